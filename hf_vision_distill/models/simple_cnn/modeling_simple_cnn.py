@@ -1,0 +1,143 @@
+"""SimpleCNN: conv3x3 + BatchNorm + ReLU + max-pool blocks, adaptive pooling to 7x7 and an MLP classifier.
+
+Self-contained for `trust_remote_code` loading: imports only torch, transformers and its sibling config.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutput
+
+from .configuration_simple_cnn import SimpleCNNConfig
+
+
+class ConvBlock(nn.Module):
+    """conv3x3 (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool: halves the resolution."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.convolution = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.normalization = nn.BatchNorm2d(out_channels)
+        self.activation = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.activation(self.normalization(self.convolution(hidden_states))))
+
+
+class SimpleCNNPreTrainedModel(PreTrainedModel):
+    config: SimpleCNNConfig
+    config_class = SimpleCNNConfig
+    base_model_prefix = "simple_cnn"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Kaiming (He et al., 2015) for layers followed by ReLU.
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if module.running_mean is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+
+class SimpleCNNModel(SimpleCNNPreTrainedModel):
+    """The convolutional feature extractor; `pooler_output` is the `(batch, channels, 7, 7)` pooled map."""
+
+    def __init__(self, config: SimpleCNNConfig):
+        super().__init__(config)
+        channels = [config.num_channels, *config.hidden_sizes]
+        self.blocks = nn.ModuleList([ConvBlock(channels[i], channels[i + 1]) for i in range(len(config.hidden_sizes))])
+        self.pool = nn.AdaptiveAvgPool2d(config.pooled_size)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images; any size of at least 2^len(hidden_sizes) pixels.
+            output_hidden_states (`bool`, *optional*):
+                Return each block's output `(batch, channels_i, height / 2^(i+1), width / 2^(i+1))`.
+            return_dict (`bool`, *optional*):
+                Return a `ModelOutput` (default) instead of a tuple.
+        """
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        hidden_states = pixel_values
+        all_hidden_states = () if output_hidden_states else None
+        for block in self.blocks:
+            hidden_states = block(hidden_states)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=hidden_states, pooler_output=self.pool(hidden_states), hidden_states=all_hidden_states
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# Copied from hf_vision_distill.models.vit.modeling_vit.classification_loss
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class indices `(batch,)` or soft targets `(batch, num_labels)` (mixup/cutmix)."""
+    if labels.ndim == logits.ndim and labels.is_floating_point():
+        return F.cross_entropy(logits.float(), labels.float())
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+class SimpleCNNForImageClassification(SimpleCNNPreTrainedModel):
+    """SimpleCNN with its classifier: flatten -> FC -> ReLU -> dropout -> FC `num_labels`."""
+
+    def __init__(self, config: SimpleCNNConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.simple_cnn = SimpleCNNModel(config)
+        flattened_size = config.hidden_sizes[-1] * config.pooled_size**2
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(flattened_size, config.classifier_hidden_size),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.classifier_dropout),
+            nn.Linear(config.classifier_hidden_size, config.num_labels),
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        Args:
+            labels (`torch.Tensor`, *optional*):
+                Class indices `(batch_size,)` or soft targets `(batch_size, num_labels)`; the loss is cross-entropy.
+            Other arguments: see [`SimpleCNNModel.forward`].
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.simple_cnn(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+        loss = classification_loss(logits, labels) if labels is not None else None
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["SimpleCNNForImageClassification", "SimpleCNNModel", "SimpleCNNPreTrainedModel"]
