@@ -1,0 +1,940 @@
+# Copyright 2025 The hf_vision_distill Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Dataset loading, column detection, image transforms and collators for image classification.
+
+The pieces fit together like this:
+
+```python
+>>> from hf_vision_distill.data import (
+...     ImageClassificationCollator,
+...     build_transforms,
+...     drop_undecodable_images,
+...     load_image_classification_dataset,
+...     make_batch_transform,
+... )
+>>> data = load_image_classification_dataset("data/cifar10-sample")  # train / validation / test, columns image + label
+>>> data = drop_undecodable_images(data, on_bad_image="skip")  # optional: one scan of every image, cached by datasets
+>>> train_dataset = data.dataset["train"].with_transform(make_batch_transform(build_transforms(32, train=True)))
+>>> collator = ImageClassificationCollator(num_labels=data.num_labels, mixup_alpha=0.8, cutmix_alpha=1.0)
+```
+
+Undecodable images are handled in two places on purpose. Decoding happens lazily (in the dataloader workers), and a
+lazy transform only sees a batch, never the row indices it came from, so it cannot say *which row* is broken.
+[`drop_undecodable_images`] scans every split once (the scan is a `Dataset.map`, so datasets caches it), reports
+split and row indices, and can drop the rows for good. [`make_batch_transform`] is the safety net at training time:
+it raises a `ValueError` naming the file (or the position in the batch) or, with `on_bad_image="skip"`, drops the
+example from the batch and counts it. The loader itself never decodes images, so loading stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+import PIL.Image
+import torch
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import InterpolationMode
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_COLUMN_CANDIDATES",
+    "LABEL_COLUMN_CANDIDATES",
+    "ImageClassificationCollator",
+    "ImageClassificationData",
+    "build_transforms",
+    "convert_image_to_rgb",
+    "drop_undecodable_images",
+    "find_undecodable_images",
+    "load_image_classification_dataset",
+    "make_batch_transform",
+]
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label")
+
+VALIDATION_SPLIT_CANDIDATES = ("validation", "valid", "val")
+ON_BAD_IMAGE_CHOICES = ("error", "skip")
+CROP_CHOICES = ("auto", "random_resized", "pad", "none")
+AUTO_AUGMENT_CHOICES = ("randaugment", "trivialaugment", "autoaugment")
+INTERPOLATION_MODES = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+# Below this size (CIFAR, MNIST) a RandomResizedCrop keeps too few pixels; pad-and-crop is the standard recipe there.
+PAD_CROP_MAX_IMAGE_SIZE = 64
+# How many bad rows an error message lists before it says "and N more".
+MAX_REPORTED_ROWS = 10
+
+_INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+_STRING_DTYPES = ("string", "large_string", "string_view")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+@dataclass
+class ImageClassificationData:
+    """An image classification dataset with normalised columns and its label mapping.
+
+    Args:
+        dataset (`datasets.DatasetDict`):
+            Splits `"train"`, `"validation"` (unless disabled) and `"test"` (when the source has one). Every split has
+            exactly two columns: `"image"` (a `datasets.Image` feature) and `"label"` (a `datasets.ClassLabel`).
+        id2label (`dict[int, str]`):
+            Class index to class name, from the `ClassLabel` names.
+        label2id (`dict[str, int]`):
+            Class name to class index.
+    """
+
+    dataset: datasets.DatasetDict
+    id2label: dict[int, str]
+    label2id: dict[str, int]
+
+    @property
+    def num_labels(self) -> int:
+        """The number of classes."""
+        return len(self.id2label)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_image_classification_dataset(
+    name_or_path: str,
+    *,
+    config_name: str | None = None,
+    data_dir: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_split: str = "train",
+    validation_split: str | None = None,
+    test_split: str | None = None,
+    validation_size: float = 0.1,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+    cache_dir: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> ImageClassificationData:
+    """Load an image classification dataset from the Hub or a local folder and normalise it.
+
+    The result always has the columns `"image"` and `"label"` (a `ClassLabel`) and the splits `"train"`,
+    `"validation"` (found or carved from train) and `"test"` (when the source has one). No image is decoded here; see
+    [`drop_undecodable_images`] to check them.
+
+    Args:
+        name_or_path (`str`):
+            A Hub dataset id (`"uoft-cs/cifar10"`), a local folder laid out as a Hub dataset repository
+            (`"../shared/datasets/cifar10"`), `"imagefolder"` together with `data_dir`, or a local folder of class
+            sub-folders (loaded by datasets' imagefolder builder, class names from the folder names).
+        config_name (`str`, *optional*):
+            The dataset configuration (`name` in `datasets.load_dataset`).
+        data_dir (`str`, *optional*):
+            The data folder; required with `"imagefolder"`, a sub-folder of the repository otherwise.
+        image_column (`str`, *optional*):
+            The image column. Detected when `None`: the first of `IMAGE_COLUMN_CANDIDATES` present, else the first
+            column whose feature is `datasets.Image`. A string (path) or binary column is cast to `datasets.Image`.
+        label_column (`str`, *optional*):
+            The label column. Detected when `None`: among `LABEL_COLUMN_CANDIDATES` present a `ClassLabel` column is
+            preferred; with none of them present, the only `ClassLabel` column (if exactly one). Integer labels become
+            a `ClassLabel` named `"0"`..`"max"` (numeric order); string labels a `ClassLabel` of the sorted strings.
+        train_split (`str`, *optional*, defaults to `"train"`):
+            The source split used for training.
+        validation_split (`str`, *optional*):
+            The source split used for validation. When `None`, a split named `"validation"`, `"valid"` or `"val"` is
+            used if present, else `validation_size` of train is carved out.
+        test_split (`str`, *optional*):
+            The source split used for testing. When `None`, `"test"` if present.
+        validation_size (`float`, *optional*, defaults to 0.1):
+            Fraction of train carved out as validation when there is no validation split, stratified by label and
+            seeded. `0` means no validation split. Ignored when the source has a validation split.
+        max_train_samples (`int`, *optional*):
+            Keep only the first N train rows, after the validation split was carved (for quick runs).
+        max_eval_samples (`int`, *optional*):
+            Keep only the first N rows of validation and of test.
+        seed (`int`, *optional*, defaults to 42):
+            Seed of the carved validation split; the same seed gives the same split.
+        cache_dir (`str`, *optional*):
+            The datasets cache folder.
+        revision (`str`, *optional*):
+            The Hub revision (branch, tag or commit).
+        token (`str` or `bool`, *optional*):
+            The Hub token, for private or gated datasets.
+
+    Returns:
+        [`ImageClassificationData`]: the splits, `id2label` and `label2id`.
+
+    Raises:
+        `ValueError`: the dataset is not found, a split or column is missing, the label column is not a
+        classification label, or an argument is out of range. Every message names the bad value and the fix.
+
+    Example:
+
+    ```python
+    >>> data = load_image_classification_dataset("data/cifar10-sample", max_train_samples=256)
+    >>> data.dataset["train"].column_names, data.num_labels
+    (['image', 'label'], 10)
+    ```
+    """
+    _check_loader_arguments(validation_size, max_train_samples, max_eval_samples)
+    raw_splits = _load_dataset_dict(
+        name_or_path, config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, revision=revision, token=token
+    )
+
+    # Pick the source splits; keys are our split names, values the source split names.
+    available = list(raw_splits.keys())
+    source_splits = {"train": _require_split(train_split, available, "train_split")}
+    if validation_split is not None:
+        source_splits["validation"] = _require_split(validation_split, available, "validation_split")
+    else:
+        found = next((name for name in VALIDATION_SPLIT_CANDIDATES if name in raw_splits), None)
+        if found is not None and found != train_split:
+            source_splits["validation"] = found
+    if test_split is not None:
+        source_splits["test"] = _require_split(test_split, available, "test_split")
+    elif "test" in raw_splits and train_split != "test":
+        source_splits["test"] = "test"
+
+    train_features = raw_splits[train_split].features
+    image_column = _resolve_image_column(image_column, train_features, train_split)
+    label_column = _resolve_label_column(label_column, train_features, train_split)
+    if image_column == label_column:
+        raise ValueError(
+            f"image_column and label_column are both '{image_column}'; pass two different columns "
+            f"(columns are {list(train_features)})."
+        )
+
+    splits = {}
+    for split_name, source_name in source_splits.items():
+        splits[split_name] = _select_columns(raw_splits[source_name], source_name, image_column, label_column)
+    splits = _encode_labels(splits, source_splits, label_column)
+    class_names = list(splits["train"].features["label"].names)
+
+    if "validation" not in splits and validation_size > 0:
+        splits["train"], splits["validation"] = _carve_validation_split(splits["train"], validation_size, seed)
+    if max_train_samples is not None:
+        splits["train"] = _take_first(splits["train"], max_train_samples)
+    if max_eval_samples is not None:
+        for split_name in ("validation", "test"):
+            if split_name in splits:
+                splits[split_name] = _take_first(splits[split_name], max_eval_samples)
+
+    ordered = {name: splits[name] for name in ("train", "validation", "test") if name in splits}
+    logger.info(
+        "Loaded %s: %s, %d classes",
+        name_or_path,
+        ", ".join(f"{name}={len(split)}" for name, split in ordered.items()),
+        len(class_names),
+    )
+    id2label = dict(enumerate(class_names))
+    label2id = {name: index for index, name in id2label.items()}
+    return ImageClassificationData(dataset=datasets.DatasetDict(ordered), id2label=id2label, label2id=label2id)
+
+
+def _check_loader_arguments(
+    validation_size: float, max_train_samples: int | None, max_eval_samples: int | None
+) -> None:
+    if not 0 <= validation_size < 1:
+        raise ValueError(
+            f"validation_size={validation_size} is out of range; pass a fraction in [0, 1), e.g. 0.1, "
+            "or 0 for no validation split."
+        )
+    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value} must be a positive number of rows, or None to keep every row.")
+
+
+def _load_dataset_dict(
+    name_or_path: str,
+    *,
+    config_name: str | None,
+    data_dir: str | None,
+    cache_dir: str | None,
+    revision: str | None,
+    token: str | bool | None,
+) -> datasets.DatasetDict:
+    if name_or_path == "imagefolder" and data_dir is None:
+        raise ValueError(
+            "name_or_path='imagefolder' needs data_dir=<folder of class sub-folders>; "
+            "or pass that folder as name_or_path directly."
+        )
+    try:
+        loaded = datasets.load_dataset(
+            name_or_path, name=config_name, data_dir=data_dir, cache_dir=cache_dir, revision=revision, token=token
+        )
+    except ConnectionError as err:
+        # datasets raises ConnectionError, not "not found", when a name is not a local path and the Hub is unreachable.
+        raise ValueError(
+            f"dataset '{name_or_path}' was not found as a local path, and the Hugging Face Hub could not be reached to "
+            f"look it up as a Hub id ({err}). Check the spelling, pass a local folder (a Hub-layout dataset repository "
+            "or a folder of class sub-folders), or run with network access (and without HF_HUB_OFFLINE=1) for Hub ids."
+        ) from err
+    except FileNotFoundError as err:
+        # Also covers datasets' DatasetNotFoundError and DataFilesNotFoundError, both FileNotFoundError subclasses.
+        location = f"'{name_or_path}'" + (f" with data_dir='{data_dir}'" if data_dir is not None else "")
+        raise ValueError(
+            f"dataset {location} was not found as a local path or a Hub dataset id ({err}). Check the spelling, pass "
+            "a local folder (a Hub-layout dataset repository or a folder of class sub-folders with images), and note "
+            "that Hub ids need network access (private or gated ones also need token=...)."
+        ) from err
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(
+            f"dataset '{name_or_path}' loaded as {type(loaded).__name__}, expected a DatasetDict of splits; "
+            "streaming datasets are not supported here."
+        )
+    return loaded
+
+
+def _require_split(split: str, available: list[str], argument: str) -> str:
+    if split not in available:
+        raise ValueError(f"split '{split}' not found; available splits are {available}. Pass {argument}=<one of them>.")
+    return split
+
+
+def _resolve_image_column(image_column: str | None, features: datasets.Features, split: str) -> str:
+    columns = list(features)
+    if image_column is not None:
+        if image_column not in features:
+            raise ValueError(
+                f"image column '{image_column}' not found in split '{split}'; columns are {columns}. "
+                "Pass image_column=<one of them>."
+            )
+        return image_column
+    for candidate in IMAGE_COLUMN_CANDIDATES:
+        if candidate in features:
+            return candidate
+    for column, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            return column
+    raise ValueError(
+        f"no image column found in split '{split}'; columns are {columns} and none is named "
+        f"{list(IMAGE_COLUMN_CANDIDATES)} or has a datasets.Image feature. Pass image_column=..."
+    )
+
+
+def _resolve_label_column(label_column: str | None, features: datasets.Features, split: str) -> str:
+    columns = list(features)
+    if label_column is not None:
+        if label_column not in features:
+            raise ValueError(
+                f"label column '{label_column}' not found in split '{split}'; columns are {columns}. "
+                "Pass label_column=<one of them>."
+            )
+        return label_column
+    present = [candidate for candidate in LABEL_COLUMN_CANDIDATES if candidate in features]
+    class_label_candidates = [column for column in present if isinstance(features[column], datasets.ClassLabel)]
+    if class_label_candidates:
+        return class_label_candidates[0]
+    if present:
+        return present[0]
+    class_label_columns = [column for column, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
+    if len(class_label_columns) == 1:
+        return class_label_columns[0]
+    raise ValueError(
+        f"no label column found in split '{split}'; columns are {columns} and none is named "
+        f"{list(LABEL_COLUMN_CANDIDATES)}. Pass label_column=..."
+    )
+
+
+def _select_columns(dataset: datasets.Dataset, split: str, image_column: str, label_column: str) -> datasets.Dataset:
+    """Keep only the image and label columns, renamed to "image" and "label"."""
+    columns = dataset.column_names
+    if image_column not in columns:
+        raise ValueError(
+            f"image column '{image_column}' not found in split '{split}'; columns are {columns}. "
+            "Pass image_column=<one of them>, or choose splits that share their columns."
+        )
+    if label_column not in columns:
+        raise ValueError(
+            f"label column '{label_column}' not found in split '{split}'; columns are {columns}. "
+            "Pass label_column=<one of them>, or choose splits that share their columns."
+        )
+    dataset = dataset.remove_columns([column for column in columns if column not in (image_column, label_column)])
+    dataset = dataset.rename_columns(
+        {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    )
+    image_feature = dataset.features["image"]
+    if not isinstance(image_feature, datasets.Image):
+        dtype = getattr(image_feature, "dtype", None)
+        if dtype not in (*_STRING_DTYPES, "binary", "large_binary"):
+            raise ValueError(
+                f"image column '{image_column}' in split '{split}' has feature {image_feature}, not an image; pass "
+                "image_column=<a datasets.Image column>, or cast it with dataset.cast_column(column, datasets.Image())."
+            )
+        # Paths and encoded bytes are what datasets.Image stores anyway, so the cast is lossless.
+        dataset = dataset.cast_column("image", datasets.Image())
+    return dataset
+
+
+def _label_kind(feature: Any) -> str:
+    if isinstance(feature, datasets.ClassLabel):
+        return "class_label"
+    dtype = getattr(feature, "dtype", None) if isinstance(feature, datasets.Value) else None
+    if dtype in _INTEGER_DTYPES:
+        return "int"
+    if dtype in _STRING_DTYPES:
+        return "string"
+    return "other"
+
+
+def _encode_labels(
+    splits: dict[str, datasets.Dataset], source_splits: dict[str, str], label_column: str
+) -> dict[str, datasets.Dataset]:
+    """Make "label" a ClassLabel with the same names in every split."""
+    features = {name: split.features["label"] for name, split in splits.items()}
+    for name, feature in features.items():
+        if _label_kind(feature) == "other":
+            raise ValueError(
+                f"label column '{label_column}' in split '{source_splits[name]}' has feature {feature}; a "
+                "classification label must be a ClassLabel, int or string column. Pass label_column=<such a column>, "
+                f"or cast it first: dataset.cast_column('{label_column}', datasets.ClassLabel(names=[...]))."
+            )
+
+    class_labels = [feature for feature in features.values() if isinstance(feature, datasets.ClassLabel)]
+    if class_labels:
+        target = class_labels[0]
+        for name, feature in features.items():
+            if isinstance(feature, datasets.ClassLabel) and feature.names != target.names:
+                raise ValueError(
+                    f"splits disagree on the class names of label column '{label_column}': "
+                    f"{source_splits[name]!r} has {feature.names}, another split has {target.names}. "
+                    "Cast them to one ClassLabel with dataset.cast_column('label', datasets.ClassLabel(names=[...]))."
+                )
+    else:
+        kinds = {_label_kind(feature) for feature in features.values()}
+        if kinds == {"int"}:
+            target = _class_label_from_integers(splits, source_splits, label_column)
+        elif kinds == {"string"}:
+            values = set()
+            for split in splits.values():
+                values.update(split.unique("label"))
+            if None in values:
+                raise ValueError(
+                    f"label column '{label_column}' has missing (None) values; drop those rows first, e.g. "
+                    "dataset.filter(lambda example: example['label'] is not None)."
+                )
+            target = datasets.ClassLabel(names=sorted(values))
+            logger.warning(
+                "Label column '%s' holds strings; encoded as a ClassLabel of the %d sorted names %s.",
+                label_column,
+                target.num_classes,
+                target.names[:MAX_REPORTED_ROWS],
+            )
+        else:
+            raise ValueError(
+                f"label column '{label_column}' mixes integer and string values across splits ({features}); cast "
+                "every split to one ClassLabel with dataset.cast_column('label', datasets.ClassLabel(names=[...]))."
+            )
+    return {
+        name: split if split.features["label"] == target else split.cast_column("label", target)
+        for name, split in splits.items()
+    }
+
+
+def _class_label_from_integers(
+    splits: dict[str, datasets.Dataset], source_splits: dict[str, str], label_column: str
+) -> datasets.ClassLabel:
+    # Not class_encode_column: it sorts the values as strings ("10" before "2") and so renumbers the classes.
+    values = set()
+    for split in splits.values():
+        values.update(split.unique("label"))
+    if None in values:
+        raise ValueError(
+            f"label column '{label_column}' has missing (None) values; drop those rows first, e.g. "
+            "dataset.filter(lambda example: example['label'] is not None)."
+        )
+    if not values:
+        raise ValueError(f"label column '{label_column}' is empty in splits {list(source_splits.values())}.")
+    if min(values) < 0:
+        raise ValueError(
+            f"label column '{label_column}' has the negative label {min(values)} (often -1 marks unlabelled rows); "
+            "drop those rows first, e.g. dataset.filter(lambda example: example['label'] >= 0)."
+        )
+    names = [str(index) for index in range(max(values) + 1)]
+    logger.warning(
+        "Label column '%s' holds integers; encoded as a ClassLabel with the %d names '0'..'%d'. Cast it to "
+        "datasets.ClassLabel(names=[...]) beforehand to get readable class names.",
+        label_column,
+        len(names),
+        len(names) - 1,
+    )
+    return datasets.ClassLabel(names=names)
+
+
+def _carve_validation_split(
+    train: datasets.Dataset, validation_size: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    num_rows = len(train)
+    num_validation = math.ceil(validation_size * num_rows)
+    if num_rows - num_validation < 1:
+        raise ValueError(
+            f"cannot carve validation_size={validation_size} out of a train split of {num_rows} rows; pass "
+            "validation_size=0 (no validation split) or a dataset with more rows."
+        )
+    labels = np.asarray(train.with_format("numpy")["label"])
+    class_counts = np.unique(labels, return_counts=True)[1]
+    num_classes = len(class_counts)
+    # datasets' stratified split needs two rows per class and one row per class on each side; tiny datasets
+    # would fail deep inside it, so fall back to a seeded random split and say so.
+    can_stratify = class_counts.min() >= 2 and min(num_validation, num_rows - num_validation) >= num_classes
+    if not can_stratify:
+        logger.warning(
+            "Cannot stratify a %d-row validation split over %d classes (smallest class has %d rows); using a "
+            "seeded random split instead.",
+            num_validation,
+            num_classes,
+            class_counts.min(),
+        )
+    parts = train.train_test_split(
+        test_size=validation_size, stratify_by_column="label" if can_stratify else None, seed=seed
+    )
+    return parts["train"], parts["test"]
+
+
+def _take_first(dataset: datasets.Dataset, max_samples: int) -> datasets.Dataset:
+    return dataset.select(range(min(max_samples, len(dataset))))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Undecodable images
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _decode_image(value: Any) -> PIL.Image.Image:
+    """Decode a `{"bytes", "path"}` dict (or a path) the way datasets does; images pass through."""
+    if isinstance(value, PIL.Image.Image):
+        return value
+    # datasets' own decoder: same handling of bytes, local and remote paths and EXIF orientation as decode=True.
+    return datasets.Image().decode_example(value)
+
+
+def _describe_image(value: Any) -> str:
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    return f"'{path}'" if path else "(embedded bytes)"
+
+
+def _flag_decodable_images(images: list[Any]) -> dict[str, list[bool]]:
+    decodable = []
+    for value in images:
+        try:
+            _decode_image(value)
+            decodable.append(True)
+        except Exception:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for malformed files
+            decodable.append(False)
+    return {"decodable": decodable}
+
+
+def find_undecodable_images(dataset: datasets.Dataset, num_proc: int | None = None) -> list[int]:
+    """Return the row indices whose image cannot be decoded.
+
+    Every image of the `"image"` column is opened and fully loaded with PIL. The scan is a `Dataset.map`, so datasets
+    caches its result next to the dataset's cache files and a second call is nearly free.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            A split with an `"image"` column (a `datasets.Image` feature, decoded or not).
+        num_proc (`int`, *optional*):
+            Processes used for the scan.
+
+    Returns:
+        `list[int]`: indices into `dataset` (as given, including any selection) of the undecodable rows, ascending.
+    """
+    if "image" not in dataset.column_names:
+        raise ValueError(
+            f"no 'image' column; columns are {dataset.column_names}. Load the data with "
+            "load_image_classification_dataset (which renames the image column) or rename it."
+        )
+    undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+    flags = undecoded.map(
+        _flag_decodable_images,
+        batched=True,
+        input_columns=["image"],
+        remove_columns=undecoded.column_names,
+        num_proc=num_proc,
+        desc="Checking images",
+    )
+    decodable = np.asarray(flags.with_format("numpy")["decodable"], dtype=bool)
+    return np.flatnonzero(~decodable).tolist()
+
+
+def drop_undecodable_images(
+    data: ImageClassificationData, on_bad_image: str = "error", num_proc: int | None = None
+) -> ImageClassificationData:
+    """Scan every split once for images that cannot be decoded, and raise or drop them.
+
+    Args:
+        data ([`ImageClassificationData`]):
+            The loaded dataset.
+        on_bad_image (`str`, *optional*, defaults to `"error"`):
+            `"error"` raises a `ValueError` listing split, row indices and file paths; `"skip"` removes those rows and
+            logs how many per split.
+        num_proc (`int`, *optional*):
+            Processes used for the scan.
+
+    Returns:
+        [`ImageClassificationData`]: `data` itself when every image decodes, else a copy without the bad rows.
+    """
+    _check_on_bad_image(on_bad_image)
+    bad_rows = {name: find_undecodable_images(split, num_proc=num_proc) for name, split in data.dataset.items()}
+    bad_rows = {name: rows for name, rows in bad_rows.items() if rows}
+    if not bad_rows:
+        return data
+    if on_bad_image == "error":
+        details = []
+        for name, rows in bad_rows.items():
+            undecoded = data.dataset[name].cast_column("image", datasets.Image(decode=False))
+            shown = rows[:MAX_REPORTED_ROWS]
+            files = ", ".join(_describe_image(undecoded[row]["image"]) for row in shown)
+            more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
+            details.append(f"split '{name}' rows {shown}{more} (files {files})")
+        raise ValueError(
+            f"found {sum(len(rows) for rows in bad_rows.values())} image(s) that cannot be decoded: "
+            f"{'; '.join(details)}. Fix or delete those files, or pass on_bad_image='skip' "
+            "(--on_bad_image skip in the recipes) to drop such rows."
+        )
+    splits = dict(data.dataset)
+    for name, rows in bad_rows.items():
+        bad = set(rows)
+        splits[name] = splits[name].select([index for index in range(len(splits[name])) if index not in bad])
+        logger.warning("Dropped %d undecodable image(s) from split '%s' (rows %s).", len(rows), name, rows[:10])
+    return ImageClassificationData(
+        dataset=datasets.DatasetDict(splits), id2label=dict(data.id2label), label2id=dict(data.label2id)
+    )
+
+
+def _check_on_bad_image(on_bad_image: str) -> None:
+    if on_bad_image not in ON_BAD_IMAGE_CHOICES:
+        raise ValueError(f"on_bad_image='{on_bad_image}' is not supported; pass one of {list(ON_BAD_IMAGE_CHOICES)}.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def convert_image_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """Convert any PIL image to RGB; transparent pixels are composited on white.
+
+    Plain `convert("RGB")` would turn transparent pixels into whatever colour they store (often black) and saturate
+    16-bit images, so those two cases are handled first.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # 16-bit grayscale (e.g. PNG): map 0..65535 onto 0..255 instead of clipping everything above 255 to white.
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    if "A" in image.getbands() or "transparency" in image.info:
+        background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _image_size_pair(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise ValueError(f"image_size={image_size!r} must be a positive int or a (height, width) pair of them.")
+    return size
+
+
+def build_transforms(
+    image_size: int | tuple[int, int],
+    *,
+    train: bool,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+    interpolation: str = "bilinear",
+    crop: str = "auto",
+    horizontal_flip: bool = True,
+    color_jitter: float = 0.0,
+    auto_augment: str | None = None,
+    random_erasing: float = 0.0,
+) -> Callable[[PIL.Image.Image], torch.Tensor]:
+    """Build the image transform of a split: PIL image in, normalised `(3, height, width)` float tensor out.
+
+    Every image is converted to RGB first ([`convert_image_to_rgb`]), so grayscale, palette, RGBA, 16-bit and CMYK
+    inputs all work. Evaluation resizes to exactly `image_size` (no crop), so the model always sees its input size.
+    Training applies, in this order: the crop, horizontal flip, colour jitter, auto-augment (all on the PIL image),
+    then `ToImage`, `ToDtype(float32, scale=True)`, `Normalize`, and random erasing (on the normalised tensor).
+
+    Args:
+        image_size (`int` or `tuple[int, int]`):
+            Output size; an int means a square `(image_size, image_size)`, a tuple is `(height, width)`.
+        train (`bool`):
+            Whether to build the augmenting training transform or the deterministic evaluation one.
+        mean (`Sequence[float]`, *optional*, defaults to timm's `IMAGENET_DEFAULT_MEAN`):
+            Per-channel RGB mean for `Normalize`; use the model's image processor values for pretrained models.
+        std (`Sequence[float]`, *optional*, defaults to timm's `IMAGENET_DEFAULT_STD`):
+            Per-channel RGB standard deviation for `Normalize`.
+        interpolation (`str`, *optional*, defaults to `"bilinear"`):
+            `"bilinear"`, `"bicubic"` or `"nearest"`; used by resizing, cropping and auto-augment.
+        crop (`str`, *optional*, defaults to `"auto"`):
+            Training crop. `"random_resized"`: `RandomResizedCrop` with scale (0.08, 1) and ratio (3/4, 4/3), the
+            ImageNet recipe. `"pad"`: resize, then `RandomCrop` with reflect padding of 1/8 of the shorter side, the
+            CIFAR recipe. `"none"`: resize only. `"auto"`: `"pad"` when both sides are at most 64 pixels, else
+            `"random_resized"`.
+        horizontal_flip (`bool`, *optional*, defaults to `True`):
+            Whether training flips images left-right with probability 0.5.
+        color_jitter (`float`, *optional*, defaults to 0.0):
+            When positive, `ColorJitter(brightness=c, contrast=c, saturation=c)`.
+        auto_augment (`str`, *optional*):
+            `"randaugment"`, `"trivialaugment"` (`TrivialAugmentWide`) or `"autoaugment"` (ImageNet policy).
+        random_erasing (`float`, *optional*, defaults to 0.0):
+            Probability of `RandomErasing`, applied after `Normalize` (erased pixels become 0, the mean colour).
+
+    Returns:
+        `Callable[[PIL.Image.Image], torch.Tensor]`: a picklable `torchvision.transforms.v2.Compose`.
+    """
+    height, width = _image_size_pair(image_size)
+    if interpolation not in INTERPOLATION_MODES:
+        raise ValueError(
+            f"interpolation='{interpolation}' is not supported; pass one of {list(INTERPOLATION_MODES)}."
+        )
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(
+            f"mean={tuple(mean)} and std={tuple(std)} must have 3 values each, one per RGB channel (images are "
+            "converted to RGB); for grayscale statistics repeat the value three times."
+        )
+    if crop not in CROP_CHOICES:
+        raise ValueError(f"crop='{crop}' is not supported; pass one of {list(CROP_CHOICES)}.")
+    if auto_augment is not None and auto_augment not in AUTO_AUGMENT_CHOICES:
+        raise ValueError(
+            f"auto_augment='{auto_augment}' is not supported; pass one of {list(AUTO_AUGMENT_CHOICES)} or None."
+        )
+    if color_jitter < 0:
+        raise ValueError(f"color_jitter={color_jitter} must be >= 0 (0 disables it).")
+    if not 0 <= random_erasing <= 1:
+        raise ValueError(f"random_erasing={random_erasing} is a probability; pass a value in [0, 1] (0 disables it).")
+
+    mode = INTERPOLATION_MODES[interpolation]
+    size = [height, width]
+    transforms: list[Callable] = [v2.Lambda(convert_image_to_rgb, PIL.Image.Image)]
+    if not train:
+        transforms.append(v2.Resize(size, interpolation=mode, antialias=True))
+    else:
+        if crop == "auto":
+            crop = "pad" if max(height, width) <= PAD_CROP_MAX_IMAGE_SIZE else "random_resized"
+        if crop == "random_resized":
+            transforms.append(
+                v2.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=mode, antialias=True)
+            )
+        else:
+            transforms.append(v2.Resize(size, interpolation=mode, antialias=True))
+            if crop == "pad":
+                # Reflect padding rather than zeros: black borders are not part of natural images.
+                padding = max(min(height, width) // 8, 1)
+                transforms.append(v2.RandomCrop(size, padding=padding, padding_mode="reflect"))
+        if horizontal_flip:
+            transforms.append(v2.RandomHorizontalFlip())
+        if color_jitter > 0:
+            transforms.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+        if auto_augment == "randaugment":
+            transforms.append(v2.RandAugment(interpolation=mode))
+        elif auto_augment == "trivialaugment":
+            transforms.append(v2.TrivialAugmentWide(interpolation=mode))
+        elif auto_augment == "autoaugment":
+            transforms.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode))
+    transforms += [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ]
+    if train and random_erasing > 0:
+        transforms.append(v2.RandomErasing(p=random_erasing, value=0))
+    return v2.Compose(transforms)
+
+
+class _ImageBatchTransform:
+    """The callable returned by [`make_batch_transform`]; a module-level class so that it pickles."""
+
+    def __init__(self, image_transform: Callable[[PIL.Image.Image], torch.Tensor], on_bad_image: str) -> None:
+        self.image_transform = image_transform
+        self.on_bad_image = on_bad_image
+        # Rows dropped so far in this process (each dataloader worker counts its own).
+        self.num_skipped = 0
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if "image" not in batch:
+            raise ValueError(
+                f"batch has no 'image' column; columns are {list(batch)}. Load the data with "
+                "load_image_classification_dataset, which renames the image column to 'image'."
+            )
+        images = batch["image"]
+        labels = batch.get("label")
+        pixel_values, kept_labels = [], []
+        skipped = []
+        for position, value in enumerate(images):
+            try:
+                image = _decode_image(value)
+            except Exception as err:  # PIL raises a zoo of exception types for malformed files
+                if self.on_bad_image == "error":
+                    raise ValueError(
+                        f"cannot decode the image at position {position} of this batch, file "
+                        f"{_describe_image(value)}: {err!r}. Run drop_undecodable_images(data) to list the row "
+                        "indices, or pass on_bad_image='skip' (--on_bad_image skip in the recipes) to drop such rows."
+                    ) from err
+                skipped.append(_describe_image(value))
+                continue
+            pixel_values.append(self.image_transform(image))
+            if labels is not None:
+                kept_labels.append(int(labels[position]))
+        if skipped:
+            self.num_skipped += len(skipped)
+            logger.warning(
+                "Skipped %d undecodable image(s) (%s); %d skipped so far in this process.",
+                len(skipped),
+                ", ".join(skipped),
+                self.num_skipped,
+            )
+        output = {"pixel_values": pixel_values}
+        if labels is not None:
+            output["labels"] = kept_labels
+        return output
+
+
+def make_batch_transform(
+    image_transform: Callable[[PIL.Image.Image], torch.Tensor], *, on_bad_image: str = "error"
+) -> Callable[[dict], dict]:
+    """Wrap an image transform into a batch function for `Dataset.with_transform`.
+
+    Applied lazily per batch, so images are decoded and augmented in the dataloader workers. The batch's `"image"`
+    values may be PIL images or, when the column was cast to `datasets.Image(decode=False)`, `{"bytes", "path"}` dicts
+    decoded here. Only undecoded values let this function catch decoding errors itself: with `decode=True` datasets
+    decodes (and fails) before this function runs. The returned callable is picklable.
+
+    Args:
+        image_transform (`Callable[[PIL.Image.Image], torch.Tensor]`):
+            Usually from [`build_transforms`].
+        on_bad_image (`str`, *optional*, defaults to `"error"`):
+            `"error"` raises a `ValueError` naming the file (a batch carries no row indices; use
+            [`drop_undecodable_images`] for those). `"skip"` drops the example from the batch, logs it and counts it
+            in the callable's `num_skipped` (per process); `dataset[index]` of a dropped row then fails, so prefer
+            removing bad rows once with [`drop_undecodable_images`].
+
+    Returns:
+        `Callable[[dict], dict]`: maps `{"image": [...], "label": [...]}` to `{"pixel_values": [CHW float tensors],
+        "labels": [ints]}` (`"labels"` only when the batch has `"label"`).
+
+    Example:
+
+    ```python
+    >>> train_dataset = data.dataset["train"].with_transform(make_batch_transform(build_transforms(32, train=True)))
+    >>> train_dataset[0]["pixel_values"].shape
+    torch.Size([3, 32, 32])
+    ```
+    """
+    _check_on_bad_image(on_bad_image)
+    return _ImageBatchTransform(image_transform, on_bad_image)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Collator
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class ImageClassificationCollator:
+    """Stack examples into a batch, with optional MixUp / CutMix and label smoothing.
+
+    MixUp and CutMix are torchvision's `v2.MixUp` / `v2.CutMix` (one picked at random per batch when both are on). A
+    batch is mixed with probability `mix_prob`. Whenever mixing or label smoothing is on, every batch gets soft targets
+    of shape `(batch, num_labels)` that sum to 1 per row, including unmixed batches (one-hot), so the loss sees one
+    label format. Soft targets need a loss that accepts probabilities, e.g.
+    `torch.nn.functional.cross_entropy(logits, soft_targets)`; transformers' built-in classification loss would treat
+    float labels as multi-label (BCE). The collator is a plain class, so it pickles into dataloader workers.
+
+    Args:
+        num_labels (`int`, *optional*):
+            Number of classes; required when mixing or label smoothing is on.
+        mixup_alpha (`float`, *optional*, defaults to 0.0):
+            Beta distribution parameter of MixUp; 0 disables it.
+        cutmix_alpha (`float`, *optional*, defaults to 0.0):
+            Beta distribution parameter of CutMix; 0 disables it.
+        mix_prob (`float`, *optional*, defaults to 1.0):
+            Probability that a batch is mixed.
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Soft targets become `targets * (1 - label_smoothing) + label_smoothing / num_labels`.
+    """
+
+    def __init__(
+        self,
+        num_labels: int | None = None,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(
+                f"mixup_alpha={mixup_alpha} and cutmix_alpha={cutmix_alpha} must be >= 0 (0 disables each)."
+            )
+        if not 0 <= mix_prob <= 1:
+            raise ValueError(f"mix_prob={mix_prob} is a probability; pass a value in [0, 1].")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1), e.g. 0.1 (0 disables it).")
+        self.soft_targets = mixup_alpha > 0 or cutmix_alpha > 0 or label_smoothing > 0
+        if self.soft_targets and (num_labels is None or num_labels < 2):
+            raise ValueError(
+                f"num_labels={num_labels}: mixup, cutmix and label smoothing need the number of classes (>= 2); "
+                "pass num_labels=data.num_labels."
+            )
+        self.num_labels = num_labels
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.mix_prob = mix_prob
+        self.label_smoothing = label_smoothing
+        mixers = []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_labels))
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_labels))
+        self.mix = None if not mixers else mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Collate examples with `"pixel_values"` (CHW tensors) and `"labels"` (ints).
+
+        Returns:
+            `dict[str, torch.Tensor]`: `"pixel_values"` of shape `(batch, channels, height, width)` and `"labels"` of
+            shape `(batch,)` (long) or, with soft targets, `(batch, num_labels)` (float).
+        """
+        if not examples:
+            raise ValueError(
+                "cannot collate an empty batch; every image in it may have been skipped as undecodable. Remove bad "
+                "rows beforehand with drop_undecodable_images(data, on_bad_image='skip')."
+            )
+        if "pixel_values" not in examples[0]:
+            raise ValueError(
+                f"examples have no 'pixel_values'; keys are {list(examples[0])}. Apply "
+                "dataset.with_transform(make_batch_transform(...)) first."
+            )
+        pixel_values = torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])
+        batch = {"pixel_values": pixel_values}
+        if "labels" not in examples[0]:
+            return batch
+        labels = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
+        if not self.soft_targets:
+            batch["labels"] = labels
+            return batch
+        if labels.min() < 0 or labels.max() >= self.num_labels:
+            raise ValueError(
+                f"labels {labels.tolist()} fall outside [0, {self.num_labels}); pass the dataset's num_labels "
+                "(data.num_labels) to ImageClassificationCollator."
+            )
+        if self.mix is not None and torch.rand(()) < self.mix_prob:
+            pixel_values, targets = self.mix(pixel_values, labels)
+        else:
+            targets = torch.nn.functional.one_hot(labels, self.num_labels).to(pixel_values.dtype)
+        if self.label_smoothing > 0:
+            targets = targets * (1 - self.label_smoothing) + self.label_smoothing / self.num_labels
+        batch["pixel_values"] = pixel_values
+        batch["labels"] = targets
+        return batch
