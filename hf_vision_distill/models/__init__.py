@@ -4,7 +4,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .compact_cnn import CompactCNNConfig, CompactCNNForImageClassification, CompactCNNModel
 from .simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification, SimpleCNNModel
-from .vit import VIT_PRESETS, VisionTransformerConfig, VisionTransformerForImageClassification, VisionTransformerModel
+from .loading import MODEL_PRESETS, LoadedClassifier, build_image_processor, config_from_preset, load_image_classifier
+from .vit import VisionTransformerConfig, VisionTransformerForImageClassification, VisionTransformerModel
 
 _FAMILIES = (
     (VisionTransformerConfig, VisionTransformerModel, VisionTransformerForImageClassification),
@@ -23,24 +24,11 @@ for _config_class, _base_class, _classification_class in _FAMILIES:
     _base_class.register_for_auto_class("AutoModel")
     _classification_class.register_for_auto_class("AutoModelForImageClassification")
 
-# Architectures the recipes build from scratch by name.
-MODEL_PRESETS: dict[str, tuple[type, dict]] = {
-    **{name: (VisionTransformerConfig, fields) for name, fields in VIT_PRESETS.items()},
-    "simple-cnn": (SimpleCNNConfig, {}),
-    "compact-cnn": (CompactCNNConfig, {}),
-}
-
-
-def config_from_preset(name: str, **overrides):
-    """The config of a named architecture (`MODEL_PRESETS`), with fields overridden by keyword arguments."""
-    if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}.")
-    config_class, fields = MODEL_PRESETS[name]
-    return config_class(**{**fields, **overrides})
-
-
 __all__ = [
     "MODEL_PRESETS",
+    "LoadedClassifier",
+    "build_image_processor",
+    "load_image_classifier",
     "CompactCNNConfig",
     "CompactCNNForImageClassification",
     "CompactCNNModel",

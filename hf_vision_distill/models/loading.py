@@ -1,0 +1,204 @@
+"""One entry point for the recipes: an image classifier and its image processor from a name.
+
+A name is one of our presets (built from scratch), a local directory or Hub id (anything
+`AutoModelForImageClassification` loads: ours, transformers', `timm/...` checkpoints), or a bare timm architecture
+name (built from scratch through transformers' `TimmWrapperForImageClassification`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
+    ViTImageProcessor,
+)
+from transformers.image_processing_utils import BaseImageProcessor
+
+from .compact_cnn import CompactCNNConfig
+from .simple_cnn import SimpleCNNConfig
+from .vit import VIT_PRESETS, VisionTransformerConfig
+
+# Architectures built from scratch by name.
+MODEL_PRESETS: dict[str, tuple[type[PreTrainedConfig], dict]] = {
+    **{name: (VisionTransformerConfig, fields) for name, fields in VIT_PRESETS.items()},
+    "simple-cnn": (SimpleCNNConfig, {}),
+    "compact-cnn": (CompactCNNConfig, {}),
+}
+
+
+def config_from_preset(name: str, **overrides) -> PreTrainedConfig:
+    """The config of a named architecture (`MODEL_PRESETS`), with fields overridden by keyword arguments."""
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}.")
+    config_class, fields = MODEL_PRESETS[name]
+    return config_class(**{**fields, **overrides})
+
+
+def build_image_processor(
+    image_size: int | tuple[int, int], image_mean: list[float], image_std: list[float]
+) -> ViTImageProcessor:
+    """The processor saved beside a trained model so `pipeline("image-classification", model=dir)` works: resize to
+    the model's size (bilinear, like the eval transform), rescale to [0, 1], normalise."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return ViTImageProcessor(
+        do_resize=True,
+        size={"height": height, "width": width},
+        resample=2,  # PIL bilinear
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+    )
+
+
+@dataclass
+class LoadedClassifier:
+    """A classifier ready to train, with the input settings its data pipeline must follow."""
+
+    model: PreTrainedModel
+    image_processor: BaseImageProcessor
+    image_size: tuple[int, int]
+    image_mean: list[float]
+    image_std: list[float]
+    from_scratch: bool
+
+
+def _is_timm_name(name: str) -> bool:
+    import timm
+
+    return "/" not in name and timm.is_model(name)
+
+
+def _processor_size(image_processor: BaseImageProcessor, fallback: int | list[int]) -> tuple[int, int]:
+    size = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", False) else None
+    size = size or getattr(image_processor, "size", None) or {}
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    if "shortest_edge" in size:
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+    return (fallback, fallback) if isinstance(fallback, int) else (int(fallback[0]), int(fallback[1]))
+
+
+def load_image_classifier(
+    name_or_path: str,
+    *,
+    id2label: dict[int, str],
+    image_size: int | None = None,
+    config_overrides: dict | None = None,
+    ignore_mismatched_sizes: bool = False,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | None = None,
+) -> LoadedClassifier:
+    """Builds or loads an image classifier for the labels `id2label`.
+
+    Args:
+        name_or_path (`str`):
+            A preset (`MODEL_PRESETS`, e.g. `"vit-cifar"`), a local directory or Hub id (e.g.
+            `"google/vit-base-patch16-224"`, `"timm/resnet18.a1_in1k"`), or a timm architecture name (`"resnet18"`).
+        id2label (`dict[int, str]`):
+            The dataset's classes; they become `config.id2label`.
+        image_size (`int`, *optional*):
+            Input size. Presets: overrides the preset's. Our saved ViTs: resamples the position embeddings for good.
+            timm names: passed as `img_size` to `timm.create_model`. Otherwise the checkpoint's size is used.
+        config_overrides (`dict`, *optional*):
+            Config fields to change (presets and timm `model_args` only), e.g. `{"num_hidden_layers": 4}`.
+        ignore_mismatched_sizes (`bool`, *optional*, defaults to `False`):
+            Allow a checkpoint whose head has another number of labels: the head is re-initialised.
+        trust_remote_code, revision, token, cache_dir:
+            Passed to `from_pretrained`.
+    """
+    id2label = {int(index): label for index, label in id2label.items()}
+    label2id = {label: index for index, label in id2label.items()}
+    config_overrides = dict(config_overrides or {})
+
+    if name_or_path in MODEL_PRESETS:
+        if image_size is not None:
+            config_overrides["image_size"] = image_size
+        config = config_from_preset(name_or_path, id2label=id2label, label2id=label2id, **config_overrides)
+        model = AutoModelForImageClassification.from_config(config)
+        size = config.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
+        return LoadedClassifier(model, build_image_processor(size, mean, std), size, mean, std, from_scratch=True)
+
+    if not os.path.isdir(name_or_path) and _is_timm_name(name_or_path):
+        import timm.data
+        from transformers import TimmWrapperConfig
+
+        model_args = dict(config_overrides)
+        if image_size is not None:
+            model_args["img_size"] = image_size
+        config = TimmWrapperConfig(
+            architecture=name_or_path, model_args=model_args or None, id2label=id2label, label2id=label2id
+        )
+        try:
+            model = AutoModelForImageClassification.from_config(config)
+        except TypeError as err:
+            raise ValueError(
+                f"timm model {name_or_path!r} does not accept the arguments {sorted(model_args)}: {err}. Drop "
+                "--image_size / --config_overrides for this architecture."
+            ) from err
+        data_config = timm.data.resolve_data_config({}, model=model.timm_model)
+        size = tuple(data_config["input_size"][1:])
+        mean, std = list(data_config["mean"]), list(data_config["std"])
+        return LoadedClassifier(model, build_image_processor(size, mean, std), size, mean, std, from_scratch=True)
+
+    if config_overrides:
+        raise ValueError(
+            f"config_overrides={config_overrides} apply to presets and timm names only; {name_or_path!r} is a saved "
+            "checkpoint, whose architecture is fixed by its weights."
+        )
+    hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir}
+    try:
+        checkpoint_config = AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
+        )
+    except OSError as err:
+        raise ValueError(
+            f"{name_or_path!r} is not a model preset ({sorted(MODEL_PRESETS)}), a timm architecture, a local "
+            f"directory with a config.json, or a reachable Hub model id: {err}"
+        ) from err
+    checkpoint_labels = checkpoint_config.id2label or {}
+    same_labels = {int(k): v for k, v in checkpoint_labels.items()} == id2label
+    if checkpoint_labels and len(checkpoint_labels) != len(id2label) and not ignore_mismatched_sizes:
+        raise ValueError(
+            f"{name_or_path!r} has a classification head for {len(checkpoint_labels)} labels but the dataset has "
+            f"{len(id2label)}; pass ignore_mismatched_sizes=True (--ignore_mismatched_sizes in the recipes) to "
+            "replace the head with a new one."
+        )
+    model = AutoModelForImageClassification.from_pretrained(
+        name_or_path,
+        id2label=id2label,
+        label2id=label2id,
+        ignore_mismatched_sizes=not same_labels,
+        trust_remote_code=trust_remote_code,
+        **hub_kwargs,
+    )
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
+        )
+    except OSError:
+        image_processor = None
+    mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
+    std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
+    checkpoint_size = getattr(checkpoint_config, "image_size", 224)
+    if image_size is not None and hasattr(model, "resize_image_size"):
+        model.resize_image_size(image_size)
+        image_processor = None  # its size is the old one; rebuilt below with the checkpoint's mean and std
+        checkpoint_size = image_size
+    if image_processor is None:
+        size = (checkpoint_size, checkpoint_size) if isinstance(checkpoint_size, int) else tuple(checkpoint_size)
+        image_processor = build_image_processor(size, mean, std)
+    size = _processor_size(image_processor, checkpoint_size)
+    return LoadedClassifier(model, image_processor, size, mean, std, from_scratch=False)
+
+
+__all__ = ["MODEL_PRESETS", "LoadedClassifier", "build_image_processor", "config_from_preset", "load_image_classifier"]

@@ -1,0 +1,84 @@
+"""load_image_classifier: presets, saved checkpoints (ours and transformers'), timm architectures."""
+
+import pytest
+import timm.data
+import torch
+from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from hf_vision_distill import VisionTransformerForImageClassification
+from hf_vision_distill.models import load_image_classifier
+
+LABELS = {0: "cat", 1: "dog", 2: "ship"}
+
+
+def test_preset_gets_labels_size_and_processor():
+    loaded = load_image_classifier("compact-cnn", id2label=LABELS, image_size=48)
+    assert loaded.from_scratch
+    assert loaded.model.config.id2label == LABELS and loaded.model.config.label2id == {"cat": 0, "dog": 1, "ship": 2}
+    assert loaded.image_size == (48, 48)
+    assert loaded.image_processor.size == {"height": 48, "width": 48}
+    assert loaded.model(torch.randn(1, 3, 48, 48)).logits.shape == (1, 3)
+
+
+def test_config_overrides_apply_to_presets_only(tmp_path):
+    loaded = load_image_classifier("vit-cifar", id2label=LABELS, config_overrides={"num_hidden_layers": 2})
+    assert len(loaded.model.vit.layers) == 2
+    loaded.model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="architecture is fixed by its weights"):
+        load_image_classifier(str(tmp_path), id2label=LABELS, config_overrides={"num_hidden_layers": 3})
+
+
+def test_transformers_checkpoint_with_its_processor(tmp_path):
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=16, num_labels=5)  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="ignore_mismatched_sizes"):
+        load_image_classifier(str(tmp_path), id2label=LABELS)
+    loaded = load_image_classifier(str(tmp_path), id2label=LABELS, ignore_mismatched_sizes=True)
+    assert not loaded.from_scratch
+    assert loaded.model.classifier.out_features == 3 and loaded.model.config.id2label == LABELS
+    assert loaded.image_size == (64, 64) and loaded.image_mean == [0.5] * 3
+
+
+def test_our_vit_checkpoint_resized_keeps_mean_and_std(tmp_path):
+    loaded = load_image_classifier("vit-cifar", id2label=LABELS, config_overrides={"num_hidden_layers": 1})
+    loaded.model.save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1] * 3, image_std=[0.2] * 3).save_pretrained(
+        tmp_path
+    )
+    resized = load_image_classifier(str(tmp_path), id2label=LABELS, image_size=48)
+    assert isinstance(resized.model, VisionTransformerForImageClassification)
+    assert resized.model.config.image_size == 48 and resized.image_size == (48, 48)
+    assert resized.image_mean == pytest.approx([0.1] * 3) and resized.image_std == pytest.approx([0.2] * 3)
+    assert resized.model(torch.randn(1, 3, 48, 48)).logits.shape == (1, 3)
+
+
+def test_timm_architecture_by_name(tmp_path):
+    loaded = load_image_classifier("resnet10t", id2label=LABELS)
+    assert type(loaded.model).__name__ == "TimmWrapperForImageClassification"
+    # The input size and normalisation come from timm's own data config for the architecture.
+    data_config = timm.data.resolve_data_config({}, model=loaded.model.timm_model)
+    assert loaded.from_scratch and loaded.image_size == tuple(data_config["input_size"][1:])
+    assert loaded.image_mean == list(data_config["mean"])
+    pixel_values = torch.randn(2, 3, 64, 64)
+    outputs = loaded.model(pixel_values, labels=torch.tensor([0, 2]))
+    assert outputs.logits.shape == (2, 3) and outputs.loss is not None
+    loaded.model.save_pretrained(tmp_path)
+    loaded.image_processor.save_pretrained(tmp_path)
+    reloaded = load_image_classifier(str(tmp_path), id2label=LABELS)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), ViTImageProcessor)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model.eval()(pixel_values).logits, loaded.model.eval()(pixel_values).logits)
+
+
+def test_timm_architecture_rejects_unknown_arguments():
+    with pytest.raises(ValueError, match="does not accept"):
+        load_image_classifier("resnet10t", id2label=LABELS, config_overrides={"no_such_argument": 1})
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a model preset"):
+        load_image_classifier("definitely-not-a-model-xyz", id2label=LABELS)

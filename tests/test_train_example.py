@@ -1,0 +1,128 @@
+"""examples/train.py end to end on tiny budgets, and the training helpers it relies on."""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+from hf_vision_distill.data import ImageClassificationCollator
+from hf_vision_distill.training import last_complete_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+TINY_VIT = json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("train_recipe", REPO / "examples" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the recipe's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_run_arguments(output_dir, *extra: str) -> list[str]:
+    return [
+        "--output_dir", str(output_dir), "--model_name_or_path", "vit-cifar", "--config_overrides", TINY_VIT,
+        "--max_train_samples", "64", "--max_eval_samples", "32", "--per_device_train_batch_size", "16",
+        "--per_device_eval_batch_size", "32", "--num_train_epochs", "1", "--dataloader_num_workers", "0",
+        "--report_to", "none", "--logging_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+def test_recipe_trains_saves_and_serves(tmp_path):
+    recipe = load_recipe()
+    metrics = recipe.main(tiny_run_arguments(tmp_path / "run"))
+    for key in ("eval_accuracy", "eval_f1_macro", "test_accuracy", "test_f1_macro", "train_loss"):
+        assert key in metrics
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    run = tmp_path / "run"
+    results = json.loads((run / "all_results.json").read_text())
+    assert results["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_vit.py"):
+        assert (run / name).exists(), name
+    assert last_complete_checkpoint(str(run)) is not None
+    model = AutoModelForImageClassification.from_pretrained(run)
+    assert [model.config.id2label[i] for i in range(10)] == CIFAR_NAMES
+    predictions = pipeline("image-classification", model=str(run))(Image.new("RGB", (32, 32), "blue"), top_k=10)
+    assert sorted(p["label"] for p in predictions) == sorted(CIFAR_NAMES)
+
+
+def test_recipe_reads_a_yaml_config(tmp_path):
+    recipe = load_recipe()
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"output_dir: {tmp_path / 'run'}\n"
+        "model_name_or_path: vit-cifar\n"
+        "max_train_samples: 64\n"
+        "max_steps: 2\n"
+        "learning_rate: 3.0e-4\n"
+        "report_to: none\n"
+    )
+    model_args, data_args, training_args = recipe.parse_arguments([str(config)])
+    assert training_args.max_steps == 2 and training_args.eval_strategy == "epoch"  # file value and recipe default
+    assert data_args.max_train_samples == 64 and model_args.model_name_or_path == "vit-cifar"
+    assert training_args.learning_rate == 3e-4 and training_args.weight_decay == 0.05
+
+
+def test_recipe_resumes_from_the_last_complete_checkpoint(tmp_path):
+    recipe = load_recipe()
+    run = tmp_path / "run"
+    common = ("--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+              "--load_best_model_at_end", "false", "--save_total_limit", "5")  # fmt: skip
+    recipe.main(tiny_run_arguments(run, "--max_steps", "2", *common))
+    assert last_complete_checkpoint(str(run)).endswith("checkpoint-2")
+    # A save that died half way: a newer folder without trainer_state.json.
+    (run / "checkpoint-3").mkdir()
+    (run / "checkpoint-3" / "config.json").write_text("{}")
+    assert last_complete_checkpoint(str(run)).endswith("checkpoint-2")
+    recipe.main(tiny_run_arguments(run, "--max_steps", "4", *common))
+    state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # Resumed, not restarted: the log holds steps 1-2 from the first run and 3-4 from the second, once each.
+    logged_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert logged_steps == [1, 2, 3, 4]
+
+
+def test_mixup_applies_to_training_batches_only(tmp_path):
+    recipe = load_recipe()
+    captured = {}
+    original = recipe.ImageClassificationTrainer
+
+    class CapturingTrainer(original):
+        def train(self, *args, **kwargs):
+            captured["train"] = next(iter(self.get_train_dataloader()))
+            captured["eval"] = next(iter(self.get_eval_dataloader()))
+            return super().train(*args, **kwargs)
+
+    recipe.ImageClassificationTrainer = CapturingTrainer
+    recipe.main(tiny_run_arguments(tmp_path / "run", "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0",
+                                   "--label_smoothing_factor", "0.1", "--max_steps", "1"))  # fmt: skip
+    train_labels, eval_labels = captured["train"]["labels"], captured["eval"]["labels"]
+    assert train_labels.shape == (16, 10) and train_labels.is_floating_point()
+    torch.testing.assert_close(train_labels.sum(-1), torch.ones(16))
+    assert train_labels.min() > 0  # label smoothing moved into the collator
+    assert eval_labels.shape == (32,) and eval_labels.dtype == torch.long
+
+
+def test_collator_default_keeps_hard_labels():
+    examples = [{"pixel_values": torch.zeros(3, 4, 4), "labels": 2}, {"pixel_values": torch.ones(3, 4, 4), "labels": 0}]
+    batch = ImageClassificationCollator()(examples)
+    assert batch["labels"].tolist() == [2, 0]
+
+
+def test_last_complete_checkpoint_on_missing_or_empty_dir(tmp_path):
+    assert last_complete_checkpoint(str(tmp_path / "nope")) is None
+    assert last_complete_checkpoint(str(tmp_path)) is None
+    for step in (5, 40):
+        os.makedirs(tmp_path / f"checkpoint-{step}")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    # Numeric, not lexicographic, order.
+    os.makedirs(tmp_path / "checkpoint-100")
+    assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-40")
