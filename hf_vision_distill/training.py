@@ -1,4 +1,5 @@
-"""Trainer pieces shared by the recipes: evaluation without train-time batch mixing, and safe resumption."""
+"""Trainer pieces shared by the recipes: one classification loss for every model, evaluation without train-time
+batch mixing, and safe resumption."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
@@ -14,10 +18,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 class ImageClassificationTrainer(Trainer):
-    """A `Trainer` that collates evaluation and test batches with `eval_data_collator`.
+    """A `Trainer` for image classifiers of any origin (ours, transformers', timm through `TimmWrapper`).
 
-    The Trainer has one `data_collator` for every dataloader, but mixup, cutmix and label smoothing belong to training
-    batches only: evaluating on mixed images or smoothed targets would misreport accuracy.
+    - The loss is cross-entropy computed here from the logits, against class indices (with `label_smoothing_factor`)
+      or soft targets `(batch, num_labels)` from mixup/cutmix. Labels never reach the model: transformers' built-in
+      loss reads float labels as multi-label and switches `config.problem_type` for good.
+    - The loss is a per-batch mean, and `training_step` divides it by the accumulation steps
+      (`loss_is_scaled_for_ga = False`), so accumulating k batches of n gives the update of one batch of k * n.
+    - Evaluation and test batches are collated with `eval_data_collator`: the Trainer has one `data_collator` for
+      every dataloader, but mixup, cutmix and label smoothing belong to training batches only.
 
     Args:
         eval_data_collator (`Callable`, *optional*):
@@ -26,9 +35,25 @@ class ImageClassificationTrainer(Trainer):
             As for `transformers.Trainer`.
     """
 
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, eval_data_collator: Callable | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        labels = inputs.get("labels")
+        outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
+        if labels is None:
+            raise ValueError("ImageClassificationTrainer needs 'labels' in every training batch.")
+        loss = classification_loss(outputs.logits, labels, label_smoothing=self.args.label_smoothing_factor)
+        return (loss, outputs) if return_outputs else loss
 
     @contextmanager
     def _collating_for_evaluation(self) -> Iterator[None]:
@@ -47,6 +72,14 @@ class ImageClassificationTrainer(Trainer):
     def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
         with self._collating_for_evaluation():
             return super().get_test_dataloader(test_dataset)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of `logits` `(batch, num_labels)` against class indices `(batch,)` (smoothed by
+    `label_smoothing`) or soft targets `(batch, num_labels)` (used as given: smooth them before mixing)."""
+    if labels.ndim == logits.ndim and labels.is_floating_point():
+        return F.cross_entropy(logits.float(), labels.float())
+    return F.cross_entropy(logits.float(), labels.long(), label_smoothing=label_smoothing)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -69,4 +102,4 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-__all__ = ["ImageClassificationTrainer", "last_complete_checkpoint"]
+__all__ = ["ImageClassificationTrainer", "classification_loss", "last_complete_checkpoint"]

@@ -1,0 +1,34 @@
+"""Shared pytest fixtures: paths to the real datasets the tests read."""
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The workspace keeps Hub-layout dataset repositories beside the repository: ../shared/datasets/<name>.
+SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+def _shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
+    if not (path / "README.md").is_file():
+        pytest.skip(f"shared dataset not available: {path} (expected a Hub-layout dataset repository there)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_path() -> Path:
+    """`../shared/datasets/cifar10`: CIFAR-10 as JPEG parquet, columns `img` and `label`; skips when absent."""
+    return _shared_dataset("cifar10")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_path() -> Path:
+    """`../shared/datasets/fashion_mnist`: grayscale PNG parquet, columns `image` and `label`; skips when absent."""
+    return _shared_dataset("fashion_mnist")
+
+
+@pytest.fixture(scope="session")
+def cifar10_sample_path() -> Path:
+    """The CIFAR-10 sample shipped in `data/cifar10-sample` (5,000 train and 1,000 test rows)."""
+    return REPO_ROOT / "data" / "cifar10-sample"

@@ -1,0 +1,93 @@
+"""ImageClassificationTrainer: the loss, gradient accumulation, and soft targets for models of any origin."""
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
+from hf_vision_distill.data import ImageClassificationCollator
+from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.training import ImageClassificationTrainer, classification_loss
+
+
+def tiny_vit() -> VisionTransformerForImageClassification:
+    torch.manual_seed(0)
+    config = VisionTransformerConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, num_labels=3)  # fmt: skip
+    return VisionTransformerForImageClassification(config)
+
+
+def examples(soft: bool) -> list[dict]:
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for index in range(8):
+        label = torch.softmax(torch.randn(3, generator=generator), -1) if soft else index % 3
+        rows.append({"pixel_values": torch.randn(3, 16, 16, generator=generator), "labels": label})
+    return rows
+
+
+def stack(rows: list[dict]) -> dict[str, torch.Tensor]:
+    labels = [row["labels"] for row in rows]
+    return {
+        "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
+        "labels": torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels),
+    }
+
+
+def train_one_update(tmp_path, batch_size: int, accumulation: int, soft: bool, label_smoothing: float = 0.0):
+    model = tiny_vit()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / f"{batch_size}x{accumulation}"), per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.5, optim="sgd",
+        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, report_to="none", save_strategy="no",
+        seed=3, use_cpu=True, dataloader_num_workers=0, label_smoothing_factor=label_smoothing,
+    )  # fmt: skip
+    ImageClassificationTrainer(model=model, args=args, train_dataset=examples(soft), data_collator=stack).train()
+    return model
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path, soft):
+    large = train_one_update(tmp_path, batch_size=8, accumulation=1, soft=soft, label_smoothing=0.1)
+    accumulated = train_one_update(tmp_path, batch_size=4, accumulation=2, soft=soft, label_smoothing=0.1)
+    untouched = tiny_vit()
+    for (name, parameter), expected, initial in zip(
+        accumulated.named_parameters(), large.parameters(), untouched.parameters()
+    ):
+        assert not torch.equal(expected, initial), f"{name} did not move"
+        torch.testing.assert_close(parameter, expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_classification_loss_closed_forms():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    log_probabilities = logits.log_softmax(-1)
+    hard = torch.tensor([0, 2])
+    torch.testing.assert_close(classification_loss(logits, hard), -log_probabilities[[0, 1], [0, 2]].mean())
+    smoothed_targets = torch.full((2, 3), 0.1 / 3) + 0.9 * torch.nn.functional.one_hot(hard, 3)
+    torch.testing.assert_close(
+        classification_loss(logits, hard, label_smoothing=0.1), -(smoothed_targets * log_probabilities).sum(-1).mean()
+    )
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.2, 0.2, 0.6]])
+    torch.testing.assert_close(classification_loss(logits, soft), -(soft * log_probabilities).sum(-1).mean())
+
+
+def test_soft_targets_train_a_timm_model_as_single_label(tmp_path):
+    loaded = load_image_classifier("resnet10t", id2label={0: "a", 1: "b", 2: "c"})
+    model = loaded.model
+    collator = ImageClassificationCollator(num_labels=3, mixup_alpha=0.4)
+    rows = [{"pixel_values": torch.randn(3, 32, 32), "labels": index % 3} for index in range(8)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2,
+                             report_to="none", save_strategy="no", use_cpu=True)  # fmt: skip
+    trainer = ImageClassificationTrainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    # transformers' own loss would have switched this to multi-label (BCE) on the first float batch.
+    assert model.config.problem_type is None
+
+
+def test_missing_labels_is_a_clear_error(tmp_path):
+    model = tiny_vit()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = ImageClassificationTrainer(model=model, args=args)
+    with pytest.raises(ValueError, match="needs 'labels'"):
+        trainer.compute_loss(model, {"pixel_values": torch.randn(2, 3, 16, 16)})
