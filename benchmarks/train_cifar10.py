@@ -63,7 +63,7 @@ def accuracy_at(model_dir: Path, dataset_path: str, image_size: int, max_samples
         ImageClassificationCollator,
         build_transforms,
         load_image_classification_dataset,
-        make_batch_transform,
+        with_image_transform,
     )
     from hf_vision_distill.models import load_image_classifier
 
@@ -71,7 +71,7 @@ def accuracy_at(model_dir: Path, dataset_path: str, image_size: int, max_samples
     loaded = load_image_classifier(str(model_dir), id2label=data.id2label)
     model = loaded.model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
     transform = build_transforms(image_size, train=False, mean=loaded.image_mean, std=loaded.image_std)
-    test = data.dataset["test"].with_transform(make_batch_transform(transform))
+    test = with_image_transform(data.dataset["test"], transform)
     loader = DataLoader(test, batch_size=256, num_workers=workers, collate_fn=ImageClassificationCollator())
     correct = total = 0
     for batch in loader:
@@ -184,7 +184,8 @@ def write_results(results: dict, args: argparse.Namespace) -> None:
     for name, metrics in results["models"].items():
         lines.append(
             f"| {name} | {metrics['num_parameters'] / 1e6:.2f}M | {metrics['test_accuracy']:.4f} | "
-            f"{metrics['test_f1_macro']:.4f} | {metrics['train_runtime']:.0f} | {metrics['train_samples_per_second']:.1f} |"
+            f"{metrics['test_f1_macro']:.4f} | {metrics['train_runtime']:.0f} | "
+            f"{metrics['train_samples_per_second']:.1f} |"
         )
     if "interpolation" in results:
         interpolation = results["interpolation"]
@@ -199,7 +200,8 @@ def write_results(results: dict, args: argparse.Namespace) -> None:
         f"Training throughput, our vit-cifar vs timm `VisionTransformer` of the same shape "
         f"({throughput['parameters'] / 1e6:.2f}M parameters each), batch {throughput['batch_size']}, median of "
         f"{throughput['rounds']} alternating rounds of {throughput['steps']} steps: ours "
-        f"{throughput['ours_images_per_second']:.1f} images/s, timm {throughput['timm_images_per_second']:.1f} images/s, "
+        f"{throughput['ours_images_per_second']:.1f} images/s, "
+        f"timm {throughput['timm_images_per_second']:.1f} images/s, "
         f"ratio **{throughput['ratio']:.3f}x**.",
         "",
     ]

@@ -29,7 +29,7 @@ from hf_vision_distill.data import (
     build_transforms,
     drop_undecodable_images,
     load_image_classification_dataset,
-    make_batch_transform,
+    with_image_transform,
 )
 from hf_vision_distill.evaluation import build_compute_metrics
 from hf_vision_distill.models import load_image_classifier
@@ -111,11 +111,14 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation/test images."})
     on_bad_image: str = field(
         default="error",
-        metadata={"help": "Undecodable images: 'error' stops with their row indices, 'skip' drops and counts them."},
+        metadata={
+            "help": "Undecodable images: 'error' stops at the first, naming its row; 'skip' drops them all up front "
+            "and counts them."
+        },
     )
     check_images: bool = field(
         default=False,
-        metadata={"help": "Decode every image once before training to find bad ones (always on with 'skip')."},
+        metadata={"help": "Decode every image once before training, to list (error) or drop (skip) all bad rows."},
     )
     crop: str = field(default="auto", metadata={"help": "Train crop: auto, random_resized, pad or none."})
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips in training."})
@@ -138,7 +141,9 @@ def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArgumen
         with open(argv[0]) as file:
             values = yaml.safe_load(file) or {}  # YAML is a superset of JSON
         if not isinstance(values, dict):
-            raise ValueError(f"{argv[0]} must hold a mapping of argument names to values, got {type(values).__name__}.")
+            raise ValueError(
+                f"{argv[0]} must hold a mapping of argument names to values, got {type(values).__name__}."
+            )
         return parser.parse_dict({**DEFAULT_TRAINING_ARGUMENTS, **values})
     defaults = []
     for name, value in DEFAULT_TRAINING_ARGUMENTS.items():
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         seed=training_args.seed,
         token=training_args.hub_token,
     )
+    # Skipping scans once up front (cached by datasets), so no training batch can end up empty; with "error" the lazy
+    # transform stops at the first bad image and names its row.
     if data_args.check_images or data_args.on_bad_image == "skip":
         data = drop_undecodable_images(data, on_bad_image=data_args.on_bad_image)
     logger.info("Dataset %s: %s; %d classes", data_args.dataset_name, data.dataset, data.num_labels)
@@ -200,14 +207,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     eval_transform = build_transforms(loaded.image_size, train=False, **common)
     # Decoding and augmentation run lazily, per batch, in the dataloader workers.
-    train_dataset = data.dataset["train"].with_transform(
-        make_batch_transform(train_transform, on_bad_image=data_args.on_bad_image)
-    )
+    train_dataset = with_image_transform(data.dataset["train"], train_transform, on_bad_image=data_args.on_bad_image)
     eval_datasets = {
-        split: data.dataset[split].with_transform(make_batch_transform(eval_transform, on_bad_image=data_args.on_bad_image))
+        split: with_image_transform(data.dataset[split], eval_transform, on_bad_image=data_args.on_bad_image)
         for split in ("validation", "test")
         if split in data.dataset
-    }  # fmt: skip
+    }
 
     # Mixed batches carry soft targets, which the Trainer's label smoother cannot take: smooth them in the collator.
     mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0

@@ -14,16 +14,15 @@ The pieces fit together like this:
 ... )
 >>> data = load_image_classification_dataset("data/cifar10-sample")  # train / validation / test, columns image + label
 >>> data = drop_undecodable_images(data, on_bad_image="skip")  # optional: one scan of every image, cached by datasets
->>> train_dataset = data.dataset["train"].with_transform(make_batch_transform(build_transforms(32, train=True)))
+>>> train_dataset = with_image_transform(data.dataset["train"], build_transforms(32, train=True))
 >>> collator = ImageClassificationCollator(num_labels=data.num_labels, mixup_alpha=0.8, cutmix_alpha=1.0)
 ```
 
-Undecodable images are handled in two places on purpose. Decoding happens lazily (in the dataloader workers), and a
-lazy transform only sees a batch, never the row indices it came from, so it cannot say *which row* is broken.
-[`drop_undecodable_images`] scans every split once (the scan is a `Dataset.map`, so datasets caches it), reports
-split and row indices, and can drop the rows for good. [`make_batch_transform`] is the safety net at training time:
-it raises a `ValueError` naming the file (or the position in the batch) or, with `on_bad_image="skip"`, drops the
-example from the batch and counts it. The loader itself never decodes images, so loading stays cheap.
+Undecodable images are handled in two places. [`with_image_transform`] keeps images as undecoded bytes plus a
+`row_index` column until the lazy transform decodes them in the dataloader workers, so a broken file stops training
+with its row index (`on_bad_image="error"`) or is dropped and counted (`"skip"`) without any scan up front.
+[`drop_undecodable_images`] scans every split once (a `Dataset.map`, cached by datasets) to list or remove all bad
+rows before training. The loader itself never decodes images, so loading stays cheap.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "IMAGE_COLUMN_CANDIDATES",
     "LABEL_COLUMN_CANDIDATES",
+    "ROW_INDEX_COLUMN",
     "ImageClassificationCollator",
     "ImageClassificationData",
     "build_transforms",
@@ -55,9 +55,12 @@ __all__ = [
     "find_undecodable_images",
     "load_image_classification_dataset",
     "make_batch_transform",
+    "with_image_transform",
 ]
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img")
+# Added by `with_image_transform` so errors about a batch can name the rows it came from.
+ROW_INDEX_COLUMN = "row_index"
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label")
 
 VALIDATION_SPLIT_CANDIDATES = ("validation", "valid", "val")
@@ -777,19 +780,23 @@ class _ImageBatchTransform:
             )
         images = batch["image"]
         labels = batch.get("label")
+        row_indices = batch.get(ROW_INDEX_COLUMN)
         pixel_values, kept_labels = [], []
         skipped = []
         for position, value in enumerate(images):
             try:
                 image = _decode_image(value)
             except Exception as err:  # PIL raises a zoo of exception types for malformed files
+                where = (
+                    f"row {row_indices[position]}" if row_indices is not None else f"position {position} of this batch"
+                )
                 if self.on_bad_image == "error":
                     raise ValueError(
-                        f"cannot decode the image at position {position} of this batch, file "
-                        f"{_describe_image(value)}: {err!r}. Run drop_undecodable_images(data) to list the row "
-                        "indices, or pass on_bad_image='skip' (--on_bad_image skip in the recipes) to drop such rows."
+                        f"cannot decode the image at {where}, file {_describe_image(value)}: {err!r}. Pass "
+                        "on_bad_image='skip' (--on_bad_image skip in the recipes) to drop undecodable rows, or run "
+                        "drop_undecodable_images(data) to list them all."
                     ) from err
-                skipped.append(_describe_image(value))
+                skipped.append(f"{where} {_describe_image(value)}")
                 continue
             pixel_values.append(self.image_transform(image))
             if labels is not None:
@@ -842,6 +849,41 @@ def make_batch_transform(
     """
     _check_on_bad_image(on_bad_image)
     return _ImageBatchTransform(image_transform, on_bad_image)
+
+
+def with_image_transform(
+    dataset: datasets.Dataset,
+    image_transform: Callable[[PIL.Image.Image], torch.Tensor],
+    *,
+    on_bad_image: str = "error",
+) -> datasets.Dataset:
+    """The dataset with `image_transform` applied lazily, ready for a `DataLoader` or the `Trainer`.
+
+    Images stay undecoded (`datasets.Image(decode=False)`) until the transform decodes them, and a `row_index` column
+    is added, so an undecodable image is reported with its row (`on_bad_image="error"`) or dropped from its batch and
+    counted (`"skip"`) while training, with no scan beforehand.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            A split of [`ImageClassificationData.dataset`] (columns `"image"` and `"label"`).
+        image_transform (`Callable[[PIL.Image.Image], torch.Tensor]`):
+            Usually from [`build_transforms`].
+        on_bad_image (`str`, *optional*, defaults to `"error"`):
+            `"error"` or `"skip"`.
+
+    Returns:
+        `datasets.Dataset` whose rows come out as `{"pixel_values": tensor, "labels": int}`.
+    """
+    _check_on_bad_image(on_bad_image)
+    if "image" not in dataset.column_names:
+        raise ValueError(
+            f"dataset has no 'image' column; columns are {dataset.column_names}. Load it with "
+            "load_image_classification_dataset, which renames the image column to 'image'."
+        )
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    if ROW_INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
+    return dataset.with_transform(make_batch_transform(image_transform, on_bad_image=on_bad_image))
 
 
 # Collator

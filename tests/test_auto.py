@@ -23,7 +23,9 @@ LABELS = {0: "cat", 1: "dog", 2: "ship"}
 
 def save_tiny(name: str, directory) -> torch.nn.Module:
     torch.manual_seed(0)
-    config = config_from_preset(name, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **TINY_OVERRIDES[name])
+    config = config_from_preset(
+        name, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **TINY_OVERRIDES[name]
+    )
     model = AutoModelForImageClassification.from_config(config).eval()
     model.save_pretrained(directory)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from hf_vision_distill.data import (
     ImageClassificationCollator,
@@ -20,6 +21,7 @@ from hf_vision_distill.data import (
     find_undecodable_images,
     load_image_classification_dataset,
     make_batch_transform,
+    with_image_transform,
 )
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -447,6 +449,26 @@ def test_batch_transform_raises_or_skips_undecodable_images(folder_with_corrupt_
     assert batch_transform.num_skipped == 1 and "Skipped 1 undecodable image(s)" in caplog.text
     # The kept labels still line up with their images: one dog (label 1) survives, next to three cats.
     assert sorted(batch["labels"]) == [0, 0, 0, 1]
+
+
+def test_with_image_transform_names_the_row_and_skips_through_a_dataloader(folder_with_corrupt_image, caplog):
+    data = folder_with_corrupt_image
+    row = broken_row(data)
+    transform = build_transforms(8, train=False)
+    prepared = with_image_transform(data.dataset["train"], transform)
+    assert prepared[0]["pixel_values"].shape == (3, 8, 8)
+    with pytest.raises(ValueError, match=rf"image at row {row}, file '.*broken.png'.*on_bad_image='skip'"):
+        prepared[row]
+
+    skipping = with_image_transform(data.dataset["train"], transform, on_bad_image="skip")
+    # Batches of 3 over 5 rows with one bad image: every batch keeps at least one image.
+    loader = DataLoader(skipping, batch_size=3, collate_fn=ImageClassificationCollator())
+    with caplog.at_level(logging.WARNING, logger="hf_vision_distill.data"):
+        labels = torch.cat([batch["labels"] for batch in loader])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1]
+    assert f"row {row}" in caplog.text
+    with pytest.raises(ValueError, match="has no 'image' column"):
+        with_image_transform(data.dataset["train"].rename_column("image", "picture"), transform)
 
 
 # Transforms

@@ -71,7 +71,9 @@ def test_timm_architecture_by_name(tmp_path):
     reloaded = load_image_classifier(str(tmp_path), id2label=LABELS)
     assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), ViTImageProcessor)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded.model.eval()(pixel_values).logits, loaded.model.eval()(pixel_values).logits)
+        torch.testing.assert_close(
+            reloaded.model.eval()(pixel_values).logits, loaded.model.eval()(pixel_values).logits
+        )
 
 
 def test_timm_architecture_rejects_unknown_arguments():

@@ -112,7 +112,10 @@ def test_mixup_applies_to_training_batches_only(tmp_path):
 
 
 def test_collator_default_keeps_hard_labels():
-    examples = [{"pixel_values": torch.zeros(3, 4, 4), "labels": 2}, {"pixel_values": torch.ones(3, 4, 4), "labels": 0}]
+    examples = [
+        {"pixel_values": torch.zeros(3, 4, 4), "labels": 2},
+        {"pixel_values": torch.ones(3, 4, 4), "labels": 0},
+    ]
     batch = ImageClassificationCollator()(examples)
     assert batch["labels"].tolist() == [2, 0]
 

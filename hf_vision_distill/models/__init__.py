@@ -3,8 +3,8 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .compact_cnn import CompactCNNConfig, CompactCNNForImageClassification, CompactCNNModel
-from .simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification, SimpleCNNModel
 from .loading import MODEL_PRESETS, LoadedClassifier, build_image_processor, config_from_preset, load_image_classifier
+from .simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification, SimpleCNNModel
 from .vit import VisionTransformerConfig, VisionTransformerForImageClassification, VisionTransformerModel
 
 _FAMILIES = (

@@ -157,9 +157,7 @@ def load_image_classifier(
         )
     hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir}
     try:
-        checkpoint_config = AutoConfig.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
-        )
+        checkpoint_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
     except OSError as err:
         raise ValueError(
             f"{name_or_path!r} is not a model preset ({sorted(MODEL_PRESETS)}), a timm architecture, a local "

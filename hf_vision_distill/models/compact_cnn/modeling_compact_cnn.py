@@ -97,7 +97,9 @@ class CompactCNNModel(CompactCNNPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         output = BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=hidden_states, pooler_output=hidden_states.mean(dim=(2, 3)), hidden_states=all_hidden_states
+            last_hidden_state=hidden_states,
+            pooler_output=hidden_states.mean(dim=(2, 3)),
+            hidden_states=all_hidden_states,
         )
         return output if return_dict else output.to_tuple()
 
@@ -118,7 +120,9 @@ class CompactCNNForImageClassification(CompactCNNPreTrainedModel):
         self.num_labels = config.num_labels
         self.compact_cnn = CompactCNNModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.post_init()
 
     def forward(

@@ -161,9 +161,7 @@ def vit_from_transformers(
     source_config = source_model.config
     if source_config.hidden_act != "gelu":
         raise ValueError(f"hidden_act={source_config.hidden_act!r} is not supported; our ViT uses exact GELU.")
-    has_head = isinstance(source_model, ViTForImageClassification) and isinstance(
-        source_model.classifier, nn.Linear
-    )
+    has_head = isinstance(source_model, ViTForImageClassification) and isinstance(source_model.classifier, nn.Linear)
     label_kwargs = (
         {"id2label": dict(source_config.id2label), "label2id": dict(source_config.label2id)}
         if has_head

@@ -1,8 +1,8 @@
 """A Vision Transformer written from its parts (Dosovitskiy et al., 2021), in the transformers model format.
 
-The parts, in the order data flows through them: `PatchEmbedding` (a strided convolution), `VisionTransformerEmbeddings`
-([CLS] token + learned position embeddings, resampled on their 2-D grid for other image sizes),
-`MultiHeadSelfAttention` (one fused QKV projection; SDPA or an eager path that returns attention maps),
+The parts, in the order data flows through them: `PatchEmbedding` (a strided convolution),
+`VisionTransformerEmbeddings` ([CLS] token + learned position embeddings, resampled on their 2-D grid for other
+image sizes), `MultiHeadSelfAttention` (one fused QKV projection; SDPA or an eager path that returns attention maps),
 `VisionTransformerMLP`, the pre-norm `EncoderBlock`, `VisionTransformerModel` and
 `VisionTransformerForImageClassification`. Parameter names and layouts follow timm's `VisionTransformer`, so its
 weights import one to one (see `convert_vit.py`).
@@ -10,7 +10,6 @@ weights import one to one (see `convert_vit.py`).
 This file imports only torch, transformers and its sibling config: `save_pretrained` copies it next to the weights
 for `trust_remote_code=True` loading.
 """
-
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +91,11 @@ class VisionTransformerEmbeddings(nn.Module):
         patch_positions = patch_positions.reshape(1, trained_height, trained_width, hidden_size).permute(0, 3, 1, 2)
         # Bicubic resampling in float32: half-precision interpolation is not implemented everywhere and loses detail.
         patch_positions = F.interpolate(
-            patch_positions.float(), size=(grid_height, grid_width), mode="bicubic", align_corners=False, antialias=True
+            patch_positions.float(),
+            size=(grid_height, grid_width),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
         ).to(cls_position.dtype)
         patch_positions = patch_positions.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, hidden_size)
         return torch.cat([cls_position, patch_positions], dim=1)
