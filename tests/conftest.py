@@ -1,8 +1,13 @@
-"""Shared pytest fixtures: paths to the real datasets the tests read."""
+"""Shared pytest fixtures: paths to the real datasets the tests read, and an offline Hub."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests never need the Hub; offline mode makes a Hub lookup fail at once instead of after network retries.
+# Set before huggingface_hub is imported, which reads it once. Tests of a local Hub server override it themselves.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The workspace keeps Hub-layout dataset repositories beside the repository: ../shared/datasets/<name>.

@@ -111,6 +111,21 @@ def test_mixup_applies_to_training_batches_only(tmp_path):
     assert eval_labels.shape == (32,) and eval_labels.dtype == torch.long
 
 
+def test_recipe_on_undecodable_images(tmp_path):
+    folder = tmp_path / "images"
+    for label, color in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (folder / label).mkdir(parents=True)
+        for index in range(6):
+            Image.new("RGB", (20, 20), color).save(folder / label / f"{index}.png")
+    (folder / "blue" / "broken.png").write_bytes(b"not an image at all")
+    recipe = load_recipe()
+    arguments = tiny_run_arguments(tmp_path / "run", "--dataset_name", str(folder), "--validation_size", "0.25")
+    with pytest.raises(ValueError, match=r"image at row \d+, file '.*broken.png'.*on_bad_image='skip'"):
+        recipe.main(arguments)
+    metrics = recipe.main(arguments + ["--on_bad_image", "skip", "--output_dir", str(tmp_path / "skipped")])
+    assert "eval_accuracy" in metrics
+
+
 def test_collator_default_keeps_hard_labels():
     examples = [
         {"pixel_values": torch.zeros(3, 4, 4), "labels": 2},

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:  `make demo` (set up + the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned: an unpinned torch lets pip pick a newer multi-GB build. Override for your platform/CUDA.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-all style quality clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# The main job: train SimpleCNN on the CIFAR-10 sample shipped in data/ (about 5 minutes on 2 CPU cores).
+demo: install
+	$(BIN)/python examples/train.py --output_dir outputs/demo
+
+test: install
+	$(BIN)/python -m pytest
+
+# Also the tests marked slow.
+test-all: install
+	$(BIN)/python -m pytest -m ""
+
+style: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+quality: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache
