@@ -1,0 +1,180 @@
+"""DistillationTrainer: frozen teacher, loss terms, accumulation, label spaces, the teacher's view of the batch."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_vision_distill import (
+    CompactCNNConfig,
+    CompactCNNForImageClassification,
+    VisionTransformerConfig,
+    VisionTransformerForImageClassification,
+)
+from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer, TeacherView, check_label_spaces
+from hf_vision_distill.losses import soft_distillation_loss
+from hf_vision_distill.training import classification_loss
+
+LABELS = {0: "cat", 1: "dog", 2: "ship"}
+LABEL_IDS = {name: index for index, name in LABELS.items()}
+
+
+def teacher_vit(image_size: int = 16, **label_fields) -> VisionTransformerForImageClassification:
+    torch.manual_seed(1)
+    label_fields = label_fields or {"id2label": LABELS, "label2id": LABEL_IDS}
+    config = VisionTransformerConfig(image_size=image_size, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, **label_fields)  # fmt: skip
+    return VisionTransformerForImageClassification(config)
+
+
+def student_vit() -> VisionTransformerForImageClassification:
+    torch.manual_seed(0)
+    config = VisionTransformerConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=16,
+                                     id2label=LABELS, label2id=LABEL_IDS)  # fmt: skip
+    return VisionTransformerForImageClassification(config)
+
+
+def rows(count: int = 8) -> list[dict]:
+    generator = torch.Generator().manual_seed(2)
+    return [
+        {"pixel_values": torch.randn(3, 16, 16, generator=generator), "labels": index % 3} for index in range(count)
+    ]
+
+
+def stack(batch: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([row["pixel_values"] for row in batch]),
+        "labels": torch.tensor([row["labels"] for row in batch]),
+    }
+
+
+def config(tmp_path, **fields) -> DistillationConfig:
+    defaults = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=0.05,
+                    report_to="none", save_strategy="no", use_cpu=True, logging_steps=1, seed=3)  # fmt: skip
+    return DistillationConfig(**{**defaults, **fields})
+
+
+def test_teacher_frozen_student_trained_and_not_saved_together(tmp_path):
+    teacher, student = teacher_vit(), student_vit()
+    teacher_before = {name: value.clone() for name, value in teacher.state_dict().items()}
+    student_before = {name: value.clone() for name, value in student.state_dict().items()}
+    args = config(tmp_path, hard_loss_weight=0.2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows(),
+                                  eval_dataset=rows(4), data_collator=stack)  # fmt: skip
+    assert not trainer.teacher_model.training
+    assert not any(parameter.requires_grad for parameter in trainer.teacher_model.parameters())
+    trainer.train()
+    for name, value in trainer.teacher_model.state_dict().items():
+        torch.testing.assert_close(value, teacher_before[name], msg=name)
+    assert any(not torch.equal(value, student_before[name]) for name, value in student.state_dict().items())
+
+    trainer.save_model(str(tmp_path / "student"))
+    saved = load_file(str(tmp_path / "student" / "model.safetensors"))
+    assert set(saved) == set(student.state_dict())  # the student's tensors only
+    assert saved["classifier.weight"].shape == student.classifier.weight.shape
+
+
+def test_every_loss_term_is_logged_in_training_and_evaluation(tmp_path):
+    args = config(tmp_path, hard_loss_weight=0.2, eval_strategy="steps", eval_steps=2)
+    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args,
+                                  train_dataset=rows(), eval_dataset=rows(4), data_collator=stack)  # fmt: skip
+    trainer.train()
+    train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert train_logs and all({"loss_label", "loss_soft", "loss_hard"} <= set(entry) for entry in train_logs)
+    eval_logs = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert eval_logs and {"eval_loss_label", "eval_loss_soft", "eval_loss_hard"} <= set(eval_logs[0])
+    test_metrics = trainer.evaluate(rows(4), metric_key_prefix="test")
+    assert {"test_loss", "test_loss_soft"} <= set(trainer.state.log_history[-1])
+    assert "test_loss" in test_metrics
+
+
+def test_loss_is_the_weighted_sum_of_the_pure_losses(tmp_path):
+    teacher, student = teacher_vit(), student_vit()
+    args = config(tmp_path, temperature=2.0, label_loss_weight=0.3, soft_loss_weight=0.7)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, data_collator=stack)
+    batch = stack(rows(4))
+    student.eval()
+    loss = trainer.compute_loss(student, batch)
+    with torch.no_grad():
+        student_logits, teacher_logits = student(batch["pixel_values"]).logits, teacher(batch["pixel_values"]).logits
+    expected = 0.3 * classification_loss(student_logits, batch["labels"]) + 0.7 * soft_distillation_loss(
+        student_logits, teacher_logits, 2.0
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path):
+    def one_update(batch_size: int, accumulation: int) -> torch.nn.Module:
+        student = student_vit()
+        args = config(tmp_path / f"{batch_size}", per_device_train_batch_size=batch_size, max_steps=1,
+                      gradient_accumulation_steps=accumulation, optim="sgd", lr_scheduler_type="constant",
+                      max_grad_norm=0.0, weight_decay=0.0, logging_steps=1)  # fmt: skip
+        DistillationTrainer(model=student, teacher_model=teacher_vit(), args=args, train_dataset=rows(),
+                            data_collator=stack).train()  # fmt: skip
+        return student
+
+    large, accumulated = one_update(8, 1), one_update(4, 2)
+    for (name, parameter), expected in zip(accumulated.named_parameters(), large.parameters()):
+        torch.testing.assert_close(parameter, expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_label_spaces_must_match(tmp_path):
+    check_label_spaces(student_vit().config, teacher_vit(num_labels=3).config)  # generic names: count only
+    with pytest.raises(ValueError, match="predicts 4 classes but the student 3"):
+        DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(num_labels=4), args=config(tmp_path))
+    renamed = teacher_vit(id2label={0: "cat", 1: "dog", 2: "truck"}, label2id={"cat": 0, "dog": 1, "truck": 2})
+    with pytest.raises(ValueError, match="2: student 'ship' vs teacher 'truck'"):
+        DistillationTrainer(model=student_vit(), teacher_model=renamed, args=config(tmp_path))
+
+
+def test_teacher_by_path_and_missing_teacher(tmp_path):
+    teacher_vit().save_pretrained(tmp_path / "teacher")
+    args = config(tmp_path, teacher_model_name_or_path=str(tmp_path / "teacher"))
+    trainer = DistillationTrainer(model=student_vit(), args=args, data_collator=stack)
+    assert isinstance(trainer.teacher_model, VisionTransformerForImageClassification)
+    with pytest.raises(ValueError, match="no teacher"):
+        DistillationTrainer(model=student_vit(), args=config(tmp_path))
+    # Labels only: no teacher needed.
+    DistillationTrainer(model=student_vit(), args=config(tmp_path, soft_loss_weight=0.0, label_loss_weight=1.0))
+    with pytest.raises(ValueError, match="DistillationConfig"):
+        DistillationTrainer(model=student_vit(), teacher_model=teacher_vit())
+
+
+def test_teacher_view_resizes_and_renormalises():
+    view = TeacherView(student_mean=(0.5, 0.5, 0.5), student_std=(0.25, 0.25, 0.25), teacher_size=(32, 32),
+                       teacher_mean=(0.0, 0.0, 0.0), teacher_std=(1.0, 1.0, 1.0))  # fmt: skip
+    images = torch.rand(2, 3, 16, 16)
+    student_batch = (images - 0.5) / 0.25
+    teacher_batch = view(student_batch)
+    assert teacher_batch.shape == (2, 3, 32, 32)
+    expected = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(teacher_batch, expected)
+    constant = torch.full((1, 3, 16, 16), 0.8)
+    torch.testing.assert_close(view((constant - 0.5) / 0.25), torch.full((1, 3, 32, 32), 0.8))
+
+
+def test_vit_teacher_at_32_distills_into_cnn_student_at_16(tmp_path):
+    """Different input sizes and statistics: the trainer feeds each model its own view of the same images."""
+    teacher = teacher_vit(image_size=32)
+    torch.manual_seed(0)
+    student = CompactCNNForImageClassification(
+        CompactCNNConfig(hidden_sizes=[4, 8, 8], depths=[1, 1, 1], id2label=LABELS, label2id=LABEL_IDS)
+    )
+    view = TeacherView(student_mean=(0.5,) * 3, student_std=(0.5,) * 3, teacher_size=(32, 32),
+                       teacher_mean=(0.485, 0.456, 0.406), teacher_std=(0.229, 0.224, 0.225))  # fmt: skip
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), teacher_view=view,
+                                  train_dataset=rows(), data_collator=stack)  # fmt: skip
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    with pytest.raises(ValueError, match="does not match the model's 32x32"):
+        DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(image_size=32), args=config(tmp_path),
+                            train_dataset=rows(), data_collator=stack).train()  # fmt: skip
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="temperature=0"):
+        config(tmp_path, temperature=0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        config(tmp_path, soft_loss_weight=-1)
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        config(tmp_path, soft_loss_weight=0, label_loss_weight=0)
