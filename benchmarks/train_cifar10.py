@@ -8,7 +8,9 @@ issue asks for, all in one run:
 
     python benchmarks/train_cifar10.py --dataset ../shared/datasets/cifar10 --max_train_samples 10000 --epochs 6
 
-Results are appended to benchmarks/RESULTS.md with the command that produced them.
+Arguments this script does not know go to examples/train.py unchanged (e.g. `--mixup_alpha 0.8
+--label_smoothing_factor 0.1` for a full-length GPU run). Each run trains in a fresh output folder. Results are
+appended to benchmarks/RESULTS.md with the command that produced them.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def load_recipe():
     return module
 
 
-def train(model_name: str, args: argparse.Namespace, output_dir: Path) -> dict:
+def train(model_name: str, args: argparse.Namespace, recipe_arguments: list[str], output_dir: Path) -> dict:
     arguments = [
         "--model_name_or_path", model_name, "--dataset_name", args.dataset, "--output_dir", str(output_dir),
+        "--overwrite_output_dir",
         "--num_train_epochs", str(args.epochs), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--dataloader_num_workers", str(args.workers),
         "--report_to", "none", "--save_total_limit", "1", "--auto_augment", "trivialaugment",
@@ -50,6 +53,7 @@ def train(model_name: str, args: argparse.Namespace, output_dir: Path) -> dict:
         arguments += ["--max_eval_samples", str(args.max_eval_samples)]
     if torch.cuda.is_available():
         arguments += ["--bf16", "true"]
+    arguments += recipe_arguments  # last, so they override the above
     start = time.perf_counter()
     metrics = load_recipe().main(arguments)
     metrics["wall_seconds"] = time.perf_counter() - start
@@ -145,13 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--throughput_steps", type=int, default=5)
     parser.add_argument("--output_dir", default=str(REPO / "outputs" / "benchmark_cifar10"))
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    args = parser.parse_args(argv)
-    output_dir = Path(args.output_dir)
+    args, recipe_arguments = parser.parse_known_args(argv)
+    output_dir = Path(args.output_dir) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     command = "python benchmarks/train_cifar10.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
-    results = {"command": command, "models": {}}
+    results = {"command": command, "recipe_arguments": recipe_arguments, "models": {}}
     for model_name in args.models:
-        metrics = train(model_name, args, output_dir / model_name)
+        metrics = train(model_name, args, recipe_arguments, output_dir / model_name)
         results["models"][model_name] = metrics
         if model_name.startswith("vit"):
             results["interpolation"] = {
@@ -159,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for size in (32, 48)
             }
     results["throughput"] = throughput_ours_vs_timm(args.batch_size, args.throughput_rounds, args.throughput_steps)
+    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_results(results, args)
     print(json.dumps(results, indent=2))
@@ -173,10 +178,13 @@ def write_results(results: dict, args: argparse.Namespace) -> None:
         "",
         f"    {results['command']}",
         "",
-        f"Budget: {args.max_train_samples or 'all'} training images (10% of them held out for validation), "
+        f"Budget: {args.max_train_samples or 'all 45,000'} training images (after a stratified 10% of the 50,000 "
+        f"was held out for validation, of which {args.max_eval_samples or 'all 5,000'} are used), "
         f"{args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.learning_rate}, cosine schedule, "
-        "TrivialAugment + pad-crop + flip; test set: "
-        f"{args.max_eval_samples or 'all 10,000'} images.",
+        "TrivialAugment + pad-crop + flip"
+        f"{' + ' + ' '.join(results['recipe_arguments']) if results['recipe_arguments'] else ''}; test set: "
+        f"{args.max_eval_samples or 'all 10,000'} images. Training time and images/s are the Trainer's, which "
+        "include the per-epoch validation.",
         "",
         "| model | parameters | test accuracy | test macro-F1 | training time (s) | training images/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

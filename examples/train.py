@@ -9,23 +9,26 @@
 The model is a preset (`vit-cifar`, `vit-tiny`, `vit-small`, `vit-base`, `simple-cnn`, `compact-cnn`), a local
 directory or Hub id, or a timm architecture name. The run keeps the best checkpoint by validation accuracy, writes
 TensorBoard logs, `all_results.json`, the model and its image processor to `--output_dir`, resumes from the last
-complete checkpoint there, and pushes to the Hub with `--push_to_hub`.
+complete checkpoint there (unless `--overwrite_output_dir`), and pushes to the Hub with `--push_to_hub`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from hf_vision_distill.data import (
     ImageClassificationCollator,
+    ImageClassificationData,
     build_transforms,
     drop_undecodable_images,
     load_image_classification_dataset,
@@ -131,10 +134,20 @@ class DataArguments:
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (0 disables)."})
 
 
-def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh even if --output_dir holds checkpoints (by default the run resumes)."},
+    )
+
+
+def parse_arguments(
+    argv: list[str] | None,
+) -> tuple[ModelArguments, DataArguments, RunArguments, TrainingArguments]:
     """Command-line arguments, or a single YAML/JSON file, over the recipe's defaults."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         import yaml
 
@@ -152,12 +165,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArgumen
     return parser.parse_args_into_dataclasses(args=defaults + argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_arguments(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    set_seed(training_args.seed)
-
+def load_data(data_args: DataArguments, training_args: TrainingArguments) -> ImageClassificationData:
     data = load_image_classification_dataset(
         data_args.dataset_name,
         config_name=data_args.dataset_config_name,
@@ -177,7 +185,33 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # transform stops at the first bad image and names its row.
     if data_args.check_images or data_args.on_bad_image == "skip":
         data = drop_undecodable_images(data, on_bad_image=data_args.on_bad_image)
+    return data
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    # Info on the main process, warnings only on the others (TrainingArguments' log_level / log_level_replica).
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    for library_logger in ("hf_vision_distill", __name__):
+        logging.getLogger(library_logger).setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, run_args, training_args = parse_arguments(argv)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+
+    # The main process prepares (and caches) the data first; the other ranks then read the cache.
+    with training_args.main_process_first(desc="dataset loading"):
+        data = load_data(data_args, training_args)
     logger.info("Dataset %s: %s; %d classes", data_args.dataset_name, data.dataset, data.num_labels)
+    if "validation" not in data.dataset and (
+        training_args.eval_strategy != "no" or training_args.load_best_model_at_end
+    ):
+        logger.warning("No validation split (validation_size=0?): evaluating at the end only, keeping the last model.")
+        training_args = dataclasses.replace(training_args, eval_strategy="no", load_best_model_at_end=False)
 
     loaded = load_image_classifier(
         model_args.model_name_or_path,
@@ -206,19 +240,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         **common,
     )
     eval_transform = build_transforms(loaded.image_size, train=False, **common)
+
     # Decoding and augmentation run lazily, per batch, in the dataloader workers.
-    train_dataset = with_image_transform(data.dataset["train"], train_transform, on_bad_image=data_args.on_bad_image)
-    eval_datasets = {
-        split: with_image_transform(data.dataset[split], eval_transform, on_bad_image=data_args.on_bad_image)
-        for split in ("validation", "test")
-        if split in data.dataset
-    }
+    def prepare(split: str, transform) -> datasets.Dataset:
+        return with_image_transform(
+            data.dataset[split], transform, on_bad_image=data_args.on_bad_image, source_split=data.source_splits[split]
+        )
+
+    train_dataset = prepare("train", train_transform)
+    eval_splits = [split for split in ("validation", "test") if split in data.dataset]
+    eval_datasets = {split: prepare(split, eval_transform) for split in eval_splits}
 
     # Mixed batches carry soft targets, which the Trainer's label smoother cannot take: smooth them in the collator.
     mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0
     label_smoothing = training_args.label_smoothing_factor if mixing else 0.0
     if mixing:
-        training_args.label_smoothing_factor = 0.0
+        training_args = dataclasses.replace(training_args, label_smoothing_factor=0.0)
     trainer = ImageClassificationTrainer(
         model=model,
         args=training_args,
@@ -235,9 +272,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=loaded.image_processor,
     )
 
-    checkpoint = training_args.resume_from_checkpoint or last_complete_checkpoint(training_args.output_dir)
-    if checkpoint and not training_args.resume_from_checkpoint:
-        logger.info("Resuming from %s; pass another --output_dir to start afresh.", checkpoint)
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and not run_args.overwrite_output_dir:
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.info("Resuming from %s; pass --overwrite_output_dir to start afresh.", checkpoint)
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # the best checkpoint (load_best_model_at_end) and its image processor
     trainer.save_state()

@@ -10,27 +10,28 @@ The pieces fit together like this:
 ...     build_transforms,
 ...     drop_undecodable_images,
 ...     load_image_classification_dataset,
-...     make_batch_transform,
+...     with_image_transform,
 ... )
->>> data = load_image_classification_dataset("data/cifar10-sample")  # train / validation / test, columns image + label
+>>> data = load_image_classification_dataset("data/cifar10-sample")  # train, validation, test: image, label, row_index
 >>> data = drop_undecodable_images(data, on_bad_image="skip")  # optional: one scan of every image, cached by datasets
 >>> train_dataset = with_image_transform(data.dataset["train"], build_transforms(32, train=True))
 >>> collator = ImageClassificationCollator(num_labels=data.num_labels, mixup_alpha=0.8, cutmix_alpha=1.0)
 ```
 
-Undecodable images are handled in two places. [`with_image_transform`] keeps images as undecoded bytes plus a
-`row_index` column until the lazy transform decodes them in the dataloader workers, so a broken file stops training
-with its row index (`on_bad_image="error"`) or is dropped and counted (`"skip"`) without any scan up front.
+Undecodable images are handled in two places. [`with_image_transform`] keeps images as undecoded bytes until the lazy
+transform decodes them in the dataloader workers, so a broken file stops training with its source row (the loader's
+`row_index` column; `on_bad_image="error"`) or is dropped and counted (`"skip"`) without any scan up front.
 [`drop_undecodable_images`] scans every split once (a `Dataset.map`, cached by datasets) to list or remove all bad
 rows before training. The loader itself never decodes images, so loading stays cheap.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img")
-# Added by `with_image_transform` so errors about a batch can name the rows it came from.
+# Added by the loader: each row's position in its source split, so errors about a batch can name the rows.
 ROW_INDEX_COLUMN = "row_index"
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label")
 
@@ -89,16 +90,20 @@ class ImageClassificationData:
     Args:
         dataset (`datasets.DatasetDict`):
             Splits `"train"`, `"validation"` (unless disabled) and `"test"` (when the source has one). Every split has
-            exactly two columns: `"image"` (a `datasets.Image` feature) and `"label"` (a `datasets.ClassLabel`).
+            the columns `"image"` (a `datasets.Image` feature), `"label"` (a `datasets.ClassLabel`) and `"row_index"`
+            (the row's position in its source split, for error messages that point back to the source).
         id2label (`dict[int, str]`):
             Class index to class name, from the `ClassLabel` names.
         label2id (`dict[str, int]`):
             Class name to class index.
+        source_splits (`dict[str, str]`):
+            Each split's source split (a carved validation split's source is the train split).
     """
 
     dataset: datasets.DatasetDict
     id2label: dict[int, str]
     label2id: dict[str, int]
+    source_splits: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -129,9 +134,9 @@ def load_image_classification_dataset(
 ) -> ImageClassificationData:
     """Load an image classification dataset from the Hub or a local folder and normalise it.
 
-    The result always has the columns `"image"` and `"label"` (a `ClassLabel`) and the splits `"train"`,
-    `"validation"` (found or carved from train) and `"test"` (when the source has one). No image is decoded here; see
-    [`drop_undecodable_images`] to check them.
+    The result always has the columns `"image"`, `"label"` (a `ClassLabel`) and `"row_index"`, and the splits
+    `"train"`, `"validation"` (found or carved from train) and `"test"` (when the source has one). No image is decoded
+    here; see [`drop_undecodable_images`] to check them.
 
     Args:
         name_or_path (`str`):
@@ -186,7 +191,7 @@ def load_image_classification_dataset(
     ```python
     >>> data = load_image_classification_dataset("data/cifar10-sample", max_train_samples=256)
     >>> data.dataset["train"].column_names, data.num_labels
-    (['image', 'label'], 10)
+    (['image', 'label', 'row_index'], 10)
     ```
     """
     _check_loader_arguments(validation_size, max_train_samples, max_eval_samples)
@@ -225,6 +230,7 @@ def load_image_classification_dataset(
 
     if "validation" not in splits and validation_size > 0:
         splits["train"], splits["validation"] = _carve_validation_split(splits["train"], validation_size, seed)
+        source_splits["validation"] = source_splits["train"]
     if max_train_samples is not None:
         splits["train"] = _take_first(splits["train"], max_train_samples)
     if max_eval_samples is not None:
@@ -241,7 +247,12 @@ def load_image_classification_dataset(
     )
     id2label = dict(enumerate(class_names))
     label2id = {name: index for index, name in id2label.items()}
-    return ImageClassificationData(dataset=datasets.DatasetDict(ordered), id2label=id2label, label2id=label2id)
+    return ImageClassificationData(
+        dataset=datasets.DatasetDict(ordered),
+        id2label=id2label,
+        label2id=label2id,
+        source_splits={name: source_splits[name] for name in ordered},
+    )
 
 
 def _check_loader_arguments(
@@ -380,7 +391,8 @@ def _select_columns(dataset: datasets.Dataset, split: str, image_column: str, la
             )
         # Paths and encoded bytes are what datasets.Image stores anyway, so the cast is lossless.
         dataset = dataset.cast_column("image", datasets.Image())
-    return dataset
+    # Added before any carving or subsetting: cheap on the source table, and it keeps the source's row numbers.
+    return dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
 
 
 def _label_kind(feature: Any) -> str:
@@ -620,9 +632,7 @@ def drop_undecodable_images(
         bad = set(rows)
         splits[name] = splits[name].select([index for index in range(len(splits[name])) if index not in bad])
         logger.warning("Dropped %d undecodable image(s) from split '%s' (rows %s).", len(rows), name, rows[:10])
-    return ImageClassificationData(
-        dataset=datasets.DatasetDict(splits), id2label=dict(data.id2label), label2id=dict(data.label2id)
-    )
+    return dataclasses.replace(data, dataset=datasets.DatasetDict(splits))
 
 
 def _check_on_bad_image(on_bad_image: str) -> None:
@@ -766,9 +776,12 @@ def build_transforms(
 class _ImageBatchTransform:
     """The callable returned by [`make_batch_transform`]; a module-level class so that it pickles."""
 
-    def __init__(self, image_transform: Callable[[PIL.Image.Image], torch.Tensor], on_bad_image: str) -> None:
+    def __init__(
+        self, image_transform: Callable[[PIL.Image.Image], torch.Tensor], on_bad_image: str, source_split: str | None
+    ) -> None:
         self.image_transform = image_transform
         self.on_bad_image = on_bad_image
+        self.source_split = source_split
         # Rows dropped so far in this process (each dataloader worker counts its own).
         self.num_skipped = 0
 
@@ -787,9 +800,12 @@ class _ImageBatchTransform:
             try:
                 image = _decode_image(value)
             except Exception as err:  # PIL raises a zoo of exception types for malformed files
-                where = (
-                    f"row {row_indices[position]}" if row_indices is not None else f"position {position} of this batch"
-                )
+                if row_indices is None:
+                    where = f"position {position} of this batch"
+                elif self.source_split is not None:
+                    where = f"row {row_indices[position]} of source split '{self.source_split}'"
+                else:
+                    where = f"row {row_indices[position]}"
                 if self.on_bad_image == "error":
                     raise ValueError(
                         f"cannot decode the image at {where}, file {_describe_image(value)}: {err!r}. Pass "
@@ -816,7 +832,10 @@ class _ImageBatchTransform:
 
 
 def make_batch_transform(
-    image_transform: Callable[[PIL.Image.Image], torch.Tensor], *, on_bad_image: str = "error"
+    image_transform: Callable[[PIL.Image.Image], torch.Tensor],
+    *,
+    on_bad_image: str = "error",
+    source_split: str | None = None,
 ) -> Callable[[dict], dict]:
     """Wrap an image transform into a batch function for `Dataset.with_transform`.
 
@@ -830,10 +849,12 @@ def make_batch_transform(
         image_transform (`Callable[[PIL.Image.Image], torch.Tensor]`):
             Usually from [`build_transforms`].
         on_bad_image (`str`, *optional*, defaults to `"error"`):
-            `"error"` raises a `ValueError` naming the file (a batch carries no row indices; use
-            [`drop_undecodable_images`] for those). `"skip"` drops the example from the batch, logs it and counts it
-            in the callable's `num_skipped` (per process); `dataset[index]` of a dropped row then fails, so prefer
-            removing bad rows once with [`drop_undecodable_images`].
+            `"error"` raises a `ValueError` naming the row (from the batch's `"row_index"`, which the loader adds) and
+            the file. `"skip"` drops the example from the batch, logs it and counts it in the callable's
+            `num_skipped` (per process); a batch of bad images only would end up empty, so prefer removing bad rows
+            once with [`drop_undecodable_images`].
+        source_split (`str`, *optional*):
+            The source split the rows come from, named in messages (see `ImageClassificationData.source_splits`).
 
     Returns:
         `Callable[[dict], dict]`: maps `{"image": [...], "label": [...]}` to `{"pixel_values": [CHW float tensors],
@@ -848,7 +869,7 @@ def make_batch_transform(
     ```
     """
     _check_on_bad_image(on_bad_image)
-    return _ImageBatchTransform(image_transform, on_bad_image)
+    return _ImageBatchTransform(image_transform, on_bad_image, source_split)
 
 
 def with_image_transform(
@@ -856,20 +877,23 @@ def with_image_transform(
     image_transform: Callable[[PIL.Image.Image], torch.Tensor],
     *,
     on_bad_image: str = "error",
+    source_split: str | None = None,
 ) -> datasets.Dataset:
     """The dataset with `image_transform` applied lazily, ready for a `DataLoader` or the `Trainer`.
 
-    Images stay undecoded (`datasets.Image(decode=False)`) until the transform decodes them, and a `row_index` column
-    is added, so an undecodable image is reported with its row (`on_bad_image="error"`) or dropped from its batch and
-    counted (`"skip"`) while training, with no scan beforehand.
+    Images stay undecoded (`datasets.Image(decode=False)`, a change of feature only, no copy) until the transform
+    decodes them, so an undecodable image is reported with its source row (`on_bad_image="error"`) or dropped from its
+    batch and counted (`"skip"`) while training, with no scan beforehand.
 
     Args:
         dataset (`datasets.Dataset`):
-            A split of [`ImageClassificationData.dataset`] (columns `"image"` and `"label"`).
+            A split of [`ImageClassificationData.dataset`] (columns `"image"`, `"label"`, `"row_index"`).
         image_transform (`Callable[[PIL.Image.Image], torch.Tensor]`):
             Usually from [`build_transforms`].
         on_bad_image (`str`, *optional*, defaults to `"error"`):
             `"error"` or `"skip"`.
+        source_split (`str`, *optional*):
+            The split the rows come from, for messages (`data.source_splits[split]`).
 
     Returns:
         `datasets.Dataset` whose rows come out as `{"pixel_values": tensor, "labels": int}`.
@@ -881,9 +905,9 @@ def with_image_transform(
             "load_image_classification_dataset, which renames the image column to 'image'."
         )
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    if ROW_INDEX_COLUMN not in dataset.column_names:
-        dataset = dataset.add_column(ROW_INDEX_COLUMN, list(range(len(dataset))))
-    return dataset.with_transform(make_batch_transform(image_transform, on_bad_image=on_bad_image))
+    return dataset.with_transform(
+        make_batch_transform(image_transform, on_bad_image=on_bad_image, source_split=source_split)
+    )
 
 
 # Collator

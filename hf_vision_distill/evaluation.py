@@ -2,7 +2,8 @@
 
 `evaluate.load("accuracy")` fetches its metric script from the Hub at run time, which fails offline and on locked
 down clusters. `ClassificationMetrics` is the same computation (scikit-learn's accuracy and macro-F1, as the Hub's
-`accuracy` and `f1` modules do) as a local `evaluate.Metric`, so it batches and gathers across processes the same way.
+`accuracy` and `f1` modules do) as a local `evaluate.Metric`, with the same `add_batch` / `compute` interface.
+Under the Trainer, predictions are already gathered from every process before `compute_metrics` sees them.
 """
 
 from __future__ import annotations
@@ -47,15 +48,14 @@ class ClassificationMetrics(evaluate.Metric):
 
 def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
     """A `compute_metrics` for `transformers.Trainer`: logits and labels in, accuracy and macro-F1 out."""
-    metric = ClassificationMetrics()
+    # In memory: no arrow cache file written at every evaluation.
+    metric = ClassificationMetrics(keep_in_memory=True)
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
         logits = eval_prediction.predictions
         if isinstance(logits, tuple):  # the model also returned hidden states or attentions
             logits = logits[0]
         labels = np.asarray(eval_prediction.label_ids)
-        if labels.ndim == 2:  # soft targets (mixup/cutmix): score against their most likely class
-            labels = labels.argmax(axis=-1)
         return metric.compute(predictions=np.asarray(logits).argmax(axis=-1), references=labels)
 
     return compute_metrics

@@ -20,9 +20,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 class ImageClassificationTrainer(Trainer):
     """A `Trainer` for image classifiers of any origin (ours, transformers', timm through `TimmWrapper`).
 
-    - The loss is cross-entropy computed here from the logits, against class indices (with `label_smoothing_factor`)
-      or soft targets `(batch, num_labels)` from mixup/cutmix. Labels never reach the model: transformers' built-in
-      loss reads float labels as multi-label and switches `config.problem_type` for good.
+    - The loss is cross-entropy computed here from the logits, against class indices (with `label_smoothing_factor`
+      in training) or soft targets `(batch, num_labels)` from mixup/cutmix. Labels never reach the model:
+      transformers' built-in loss reads float labels as multi-label and switches `config.problem_type` for good.
     - The loss is a per-batch mean, and `training_step` divides it by the accumulation steps
       (`loss_is_scaled_for_ga = False`), so accumulating k batches of n gives the update of one batch of k * n.
     - Evaluation and test batches are collated with `eval_data_collator`: the Trainer has one `data_collator` for
@@ -52,7 +52,9 @@ class ImageClassificationTrainer(Trainer):
         outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
         if labels is None:
             raise ValueError("ImageClassificationTrainer needs 'labels' in every training batch.")
-        loss = classification_loss(outputs.logits, labels, label_smoothing=self.args.label_smoothing_factor)
+        # Smoothing shapes training only; the evaluation loss is against the true labels.
+        label_smoothing = self.args.label_smoothing_factor if model.training else 0.0
+        loss = classification_loss(outputs.logits, labels, label_smoothing=label_smoothing)
         return (loss, outputs) if return_outputs else loss
 
     @contextmanager

@@ -72,7 +72,7 @@ def test_load_cifar10_detects_columns_and_carves_stratified_validation(cifar10_p
     assert list(data.dataset) == ["train", "validation", "test"]
     assert [len(data.dataset[split]) for split in data.dataset] == [64, 32, 32]
     for split in data.dataset.values():
-        assert split.column_names == ["image", "label"]
+        assert split.column_names == ["image", "label", "row_index"]
         assert isinstance(split.features["image"], datasets.Image)
         assert split.features["label"].names == CIFAR10_NAMES
     assert data.num_labels == 10
@@ -169,7 +169,7 @@ def test_image_folder_of_mixed_modes_gives_rgb_tensors(tmp_path, use_imagefolder
 
     assert data.id2label == {0: "gray", 1: "palette", 2: "rgb", 3: "rgba"}
     train = data.dataset["train"]
-    assert len(train) == 12 and train.column_names == ["image", "label"]
+    assert len(train) == 12 and train.column_names == ["image", "label", "row_index"]
     assert {image.mode for image in train["image"]} == {"L", "P", "RGB", "RGBA"}
 
     transform = build_transforms((24, 20), train=False, **NO_NORMALIZATION)
@@ -246,7 +246,7 @@ def test_explicit_columns_and_string_labels(custom_columns_dataset, tmp_path, ca
     assert "holds strings" in caplog.text
     assert data.id2label == {0: "ant", 1: "moose", 2: "zebra"}
     for split in data.dataset.values():
-        assert split.column_names == ["image", "label"]
+        assert split.column_names == ["image", "label", "row_index"]
         assert split.features["label"].names == ["ant", "moose", "zebra"]
     assert [data.id2label[label] for label in labels_of(data.dataset["train"])][:6] == [
         "zebra",
@@ -424,7 +424,7 @@ def test_corrupt_image_is_reported_with_its_row(folder_with_corrupt_image, caplo
     assert len(cleaned.dataset["train"]) == len(data.dataset["train"]) - 1 == 4
     assert find_undecodable_images(cleaned.dataset["train"]) == []
     assert all(image.size == (12, 10) for image in cleaned.dataset["train"]["image"])
-    assert cleaned.id2label == data.id2label
+    assert cleaned.id2label == data.id2label and cleaned.source_splits == data.source_splits == {"train": "train"}
     # Clean data comes back unchanged.
     assert drop_undecodable_images(cleaned) is cleaned
 

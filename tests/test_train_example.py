@@ -3,15 +3,17 @@
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_vision_distill.data import ImageClassificationCollator
+from hf_vision_distill.data import ImageClassificationCollator, load_image_classification_dataset
 from hf_vision_distill.training import last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +67,9 @@ def test_recipe_reads_a_yaml_config(tmp_path):
         "learning_rate: 3.0e-4\n"
         "report_to: none\n"
     )
-    model_args, data_args, training_args = recipe.parse_arguments([str(config)])
+    model_args, data_args, run_args, training_args = recipe.parse_arguments([str(config)])
     assert training_args.max_steps == 2 and training_args.eval_strategy == "epoch"  # file value and recipe default
+    assert run_args.overwrite_output_dir is False
     assert data_args.max_train_samples == 64 and model_args.model_name_or_path == "vit-cifar"
     assert training_args.learning_rate == 3e-4 and training_args.weight_decay == 0.05
 
@@ -120,8 +123,13 @@ def test_recipe_on_undecodable_images(tmp_path):
     (folder / "blue" / "broken.png").write_bytes(b"not an image at all")
     recipe = load_recipe()
     arguments = tiny_run_arguments(tmp_path / "run", "--dataset_name", str(folder), "--validation_size", "0.25")
-    with pytest.raises(ValueError, match=r"image at row \d+, file '.*broken.png'.*on_bad_image='skip'"):
+    expected = r"image at row \d+ of source split 'train', file '.*broken.png'.*skip"
+    with pytest.raises(ValueError, match=expected) as error:
         recipe.main(arguments)
+    # The row is the file's position in the source split, before the validation split was carved out of it.
+    row = int(re.search(r"row (\d+)", str(error.value)).group(1))
+    source = load_image_classification_dataset(str(folder), validation_size=0).dataset["train"]
+    assert source.cast_column("image", datasets.Image(decode=False))[row]["image"]["path"].endswith("broken.png")
     metrics = recipe.main(arguments + ["--on_bad_image", "skip", "--output_dir", str(tmp_path / "skipped")])
     assert "eval_accuracy" in metrics
 

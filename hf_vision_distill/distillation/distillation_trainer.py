@@ -143,7 +143,8 @@ class DistillationTrainer(ImageClassificationTrainer):
         if args.label_loss_weight > 0:
             if labels is None:
                 raise ValueError("label_loss_weight > 0 needs 'labels' in every batch.")
-            components["label"] = classification_loss(student_logits, labels, args.label_smoothing_factor)
+            label_smoothing = args.label_smoothing_factor if model.training else 0.0
+            components["label"] = classification_loss(student_logits, labels, label_smoothing)
         if args.needs_teacher:
             teacher_logits = self._teacher_logits(pixel_values)
             if args.soft_loss_weight > 0:

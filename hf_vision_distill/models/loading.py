@@ -74,7 +74,29 @@ def _is_timm_name(name: str) -> bool:
     return "/" not in name and timm.is_model(name)
 
 
-def _processor_size(image_processor: BaseImageProcessor, fallback: int | list[int]) -> tuple[int, int]:
+def _checkpoint_input_settings(
+    model: PreTrainedModel, name_or_path: str, config: PreTrainedConfig, trust_remote_code: bool, hub_kwargs: dict
+) -> tuple[tuple[int, int], list[float], list[float]]:
+    """The input size, mean and std a loaded checkpoint was trained with."""
+    if hasattr(model, "timm_model"):  # TimmWrapper: timm's own data config is the source of truth
+        import timm.data
+
+        data_config = timm.data.resolve_data_config({}, model=model.timm_model)
+        return tuple(data_config["input_size"][1:]), list(data_config["mean"]), list(data_config["std"])
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
+        )
+    except OSError:
+        image_processor = None
+    checkpoint_size = getattr(config, "image_size", 224)
+    size = _processor_size(image_processor, checkpoint_size)
+    mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
+    std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
+    return size, mean, std
+
+
+def _processor_size(image_processor: BaseImageProcessor | None, fallback: int | list[int]) -> tuple[int, int]:
     size = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", False) else None
     size = size or getattr(image_processor, "size", None) or {}
     if "height" in size and "width" in size:
@@ -101,12 +123,15 @@ def load_image_classifier(
     Args:
         name_or_path (`str`):
             A preset (`MODEL_PRESETS`, e.g. `"vit-cifar"`), a local directory or Hub id (e.g.
-            `"google/vit-base-patch16-224"`, `"timm/resnet18.a1_in1k"`), or a timm architecture name (`"resnet18"`).
+            `"google/vit-base-patch16-224"`, `"timm/resnet18.a1_in1k"`), a timm architecture name (`"resnet18"`,
+            built from scratch), or a timm name with a pretrained tag (`"resnet18.a1_in1k"`, loaded from
+            `timm/resnet18.a1_in1k`).
         id2label (`dict[int, str]`):
             The dataset's classes; they become `config.id2label`.
         image_size (`int`, *optional*):
             Input size. Presets: overrides the preset's. Our saved ViTs: resamples the position embeddings for good.
-            timm names: passed as `img_size` to `timm.create_model`. Otherwise the checkpoint's size is used.
+            Our saved CNNs: any size works. timm names: passed as `img_size` to `timm.create_model`. Other
+            checkpoints: refused unless it is their own size.
         config_overrides (`dict`, *optional*):
             Config fields to change (presets and timm `model_args` only), e.g. `{"num_hidden_layers": 4}`.
         ignore_mismatched_sizes (`bool`, *optional*, defaults to `False`):
@@ -128,6 +153,9 @@ def load_image_classifier(
         mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
         return LoadedClassifier(model, build_image_processor(size, mean, std), size, mean, std, from_scratch=True)
 
+    if not os.path.isdir(name_or_path) and _is_timm_name(name_or_path) and "." in name_or_path:
+        # "resnet18.a1_in1k" names pretrained weights: they live on the Hub as timm/resnet18.a1_in1k.
+        name_or_path = f"timm/{name_or_path}"
     if not os.path.isdir(name_or_path) and _is_timm_name(name_or_path):
         import timm.data
         from transformers import TimmWrapperConfig
@@ -179,23 +207,21 @@ def load_image_classifier(
         trust_remote_code=trust_remote_code,
         **hub_kwargs,
     )
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
-        )
-    except OSError:
-        image_processor = None
-    mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
-    std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
-    checkpoint_size = getattr(checkpoint_config, "image_size", 224)
-    if image_size is not None and hasattr(model, "resize_image_size"):
-        model.resize_image_size(image_size)
-        image_processor = None  # its size is the old one; rebuilt below with the checkpoint's mean and std
-        checkpoint_size = image_size
-    if image_processor is None:
-        size = (checkpoint_size, checkpoint_size) if isinstance(checkpoint_size, int) else tuple(checkpoint_size)
-        image_processor = build_image_processor(size, mean, std)
-    size = _processor_size(image_processor, checkpoint_size)
+    size, mean, std = _checkpoint_input_settings(model, name_or_path, checkpoint_config, trust_remote_code, hub_kwargs)
+    if image_size is not None and (image_size, image_size) != size:
+        if hasattr(model, "resize_image_size"):  # our ViT: resample the position embeddings for good
+            model.resize_image_size(image_size)
+        elif isinstance(model.config, (SimpleCNNConfig, CompactCNNConfig)):  # any input size works
+            model.config.image_size = image_size
+        else:
+            raise ValueError(
+                f"image_size={image_size} is not supported for {name_or_path!r} ({type(model).__name__}), which "
+                f"takes {size[0]}x{size[1]} images; drop --image_size."
+            )
+        size = (image_size, image_size)
+    # The processor saved beside the model mirrors the eval transform the recipes build from (size, mean, std), so
+    # pipelines see exactly what evaluation saw.
+    image_processor = build_image_processor(size, mean, std)
     return LoadedClassifier(model, image_processor, size, mean, std, from_scratch=False)
 
 

@@ -107,6 +107,11 @@ class CompactCNNModel(CompactCNNPreTrainedModel):
 # Copied from hf_vision_distill.models.vit.modeling_vit.classification_loss
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against class indices `(batch,)` or soft targets `(batch, num_labels)` (mixup/cutmix)."""
+    if logits.shape[-1] < 2:
+        raise ValueError(
+            f"cross-entropy needs at least 2 classes, the head has {logits.shape[-1]}; set num_labels (or id2label) "
+            "to the dataset's classes."
+        )
     if labels.ndim == logits.ndim and labels.is_floating_point():
         return F.cross_entropy(logits.float(), labels.float())
     return F.cross_entropy(logits.float(), labels.long())

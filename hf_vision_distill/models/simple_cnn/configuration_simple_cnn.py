@@ -36,6 +36,9 @@ class SimpleCNNConfig(PreTrainedConfig):
         self.hidden_sizes = list(self.hidden_sizes)
         if not self.hidden_sizes or any(size <= 0 for size in self.hidden_sizes):
             raise ValueError(f"hidden_sizes={self.hidden_sizes} must be a non-empty list of positive channel counts.")
+        for name in ("num_channels", "pooled_size", "classifier_hidden_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive.")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout={self.classifier_dropout} must be in [0, 1).")
         super().__post_init__(**kwargs)

@@ -97,6 +97,11 @@ class SimpleCNNModel(SimpleCNNPreTrainedModel):
 # Copied from hf_vision_distill.models.vit.modeling_vit.classification_loss
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against class indices `(batch,)` or soft targets `(batch, num_labels)` (mixup/cutmix)."""
+    if logits.shape[-1] < 2:
+        raise ValueError(
+            f"cross-entropy needs at least 2 classes, the head has {logits.shape[-1]}; set num_labels (or id2label) "
+            "to the dataset's classes."
+        )
     if labels.ndim == logits.ndim and labels.is_floating_point():
         return F.cross_entropy(logits.float(), labels.float())
     return F.cross_entropy(logits.float(), labels.long())
@@ -110,12 +115,17 @@ class SimpleCNNForImageClassification(SimpleCNNPreTrainedModel):
         self.num_labels = config.num_labels
         self.simple_cnn = SimpleCNNModel(config)
         flattened_size = config.hidden_sizes[-1] * config.pooled_size**2
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(flattened_size, config.classifier_hidden_size),
-            nn.ReLU(inplace=True),
-            nn.Dropout(config.classifier_dropout),
-            nn.Linear(config.classifier_hidden_size, config.num_labels),
+        # Without labels (num_labels=0) the model returns the flattened pooled features, like the other heads.
+        self.classifier = (
+            nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(flattened_size, config.classifier_hidden_size),
+                nn.ReLU(inplace=True),
+                nn.Dropout(config.classifier_dropout),
+                nn.Linear(config.classifier_hidden_size, config.num_labels),
+            )
+            if config.num_labels > 0
+            else nn.Flatten()
         )
         self.post_init()
 

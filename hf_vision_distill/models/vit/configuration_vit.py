@@ -1,6 +1,7 @@
 """Configuration of the from-scratch Vision Transformer (`model_type` "hvd-vit")."""
 
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 # Architecture presets. The ViT-Ti/S/B rows match Dosovitskiy et al. (2021) and DeiT (Touvron et al., 2021) at
 # patch 16 and 224 pixels; "vit-cifar" is ViT-Lite-7/4 (Hassani et al., 2021: 3.7M parameters, 91.4% on CIFAR-10
@@ -20,6 +21,8 @@ VIT_PRESETS: dict[str, dict] = {
 def _as_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
+    if len(value) == 1:
+        return (int(value[0]), int(value[0]))
     return (int(value[0]), int(value[1]))
 
 
@@ -86,6 +89,16 @@ class VisionTransformerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        for name in ("image_size", "patch_size"):
+            value = getattr(self, name)
+            pair = [value] if isinstance(value, int) else list(value)
+            if len(pair) not in (1, 2) or any(not isinstance(side, int) or side <= 0 for side in pair):
+                raise ValueError(f"{name}={value} must be a positive int or a (height, width) pair of them.")
+        for name in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is unknown; use an activation of transformers' ACT2FN.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "

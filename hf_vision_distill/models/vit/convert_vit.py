@@ -15,11 +15,6 @@ from .configuration_vit import VisionTransformerConfig
 from .modeling_vit import VisionTransformerForImageClassification
 
 
-def _load_exact(model: VisionTransformerForImageClassification, state_dict: dict[str, torch.Tensor]) -> None:
-    # strict=True: a missing or extra tensor means the mapping is wrong, never something to ignore.
-    model.load_state_dict(state_dict, strict=True)
-
-
 def _check_timm_vit_is_supported(timm_model: nn.Module) -> None:
     from timm.layers import Mlp
     from timm.models.vision_transformer import Attention, VisionTransformer
@@ -37,6 +32,12 @@ def _check_timm_vit_is_supported(timm_model: nn.Module) -> None:
         for name in ("norm_pre", "fc_norm", "head_drop"):
             if not isinstance(getattr(timm_model, name), (nn.Identity, nn.Dropout)):
                 problems.append(f"it has a {name} layer")
+        if getattr(timm_model, "pos_embed", None) is None:
+            problems.append("it has no learned position embeddings")
+        if not isinstance(timm_model.norm, nn.LayerNorm):
+            problems.append("it has no final LayerNorm")
+        if not isinstance(getattr(timm_model.patch_embed, "norm", nn.Identity()), nn.Identity):
+            problems.append("its patch embedding is normalised")
         block = timm_model.blocks[0]
         if not isinstance(block.attn, Attention) or not isinstance(block.mlp, Mlp):
             problems.append("its blocks use a non-standard attention or MLP")
@@ -47,6 +48,12 @@ def _check_timm_vit_is_supported(timm_model: nn.Module) -> None:
                     break
             if not isinstance(block.attn.q_norm, nn.Identity):
                 problems.append("its attention normalises q and k")
+            if not isinstance(getattr(block.attn, "norm", nn.Identity()), nn.Identity):
+                problems.append("its attention has an extra norm (scale_attn_norm)")
+            if not isinstance(getattr(block.mlp, "norm", nn.Identity()), nn.Identity):
+                problems.append("its MLP has an extra norm (scale_mlp_norm)")
+            if block.attn.proj.bias is None or block.mlp.fc1.bias is None or block.mlp.fc2.bias is None:
+                problems.append("some of its projections have no bias")
             activation = block.mlp.act
             if not (isinstance(activation, nn.GELU) and activation.approximate == "none"):
                 problems.append(f"its MLP activation is {activation}, not exact GELU")
@@ -127,7 +134,16 @@ def vit_from_timm(
     if num_labels:
         state_dict["classifier.weight"] = source["head.weight"]
         state_dict["classifier.bias"] = source["head.bias"]
-    _load_exact(model, state_dict)
+    # Every timm tensor must have found a place: one left over is a layer ours does not have.
+    used = {id(tensor) for tensor in state_dict.values()}
+    unused = sorted(name for name, tensor in source.items() if id(tensor) not in used)
+    if unused:
+        raise ValueError(
+            f"cannot import this timm model: ours has no place for {unused[:6]}{' ...' if len(unused) > 6 else ''}; "
+            "it is not a standard pre-norm ViT."
+        )
+    # strict=True: a missing or extra tensor means the mapping is wrong, never something to ignore.
+    model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 
@@ -213,7 +229,7 @@ def vit_from_transformers(
     if has_head:
         state_dict["classifier.weight"] = source_model.classifier.weight.detach()
         state_dict["classifier.bias"] = source_model.classifier.bias.detach()
-    _load_exact(model, state_dict)
+    model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 

@@ -128,7 +128,8 @@ def eager_attention(
         The output `(batch, heads, tokens, head_dim)` and the probabilities `(batch, heads, tokens, tokens)`
         (before dropout).
     """
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scale
+    # Scaling the query first, as timm does, keeps the products small in half precision.
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))
     probabilities = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
     output = torch.matmul(F.dropout(probabilities, p=dropout_p, training=dropout_p > 0), value)
     return output, probabilities
@@ -242,7 +243,8 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
             )
         with torch.no_grad():
             resized = embeddings.interpolate_pos_encoding(image_height // patch_height, image_width // patch_width)
-        embeddings.position_embeddings = nn.Parameter(resized.detach().clone())
+        requires_grad = embeddings.position_embeddings.requires_grad  # a frozen model stays frozen
+        embeddings.position_embeddings = nn.Parameter(resized.detach().clone(), requires_grad=requires_grad)
         new_size = image_height if image_height == image_width else [image_height, image_width]
         self.config.image_size = new_size
         if embeddings.config is not self.config:
@@ -320,6 +322,11 @@ class VisionTransformerModel(VisionTransformerPreTrainedModel):
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against class indices `(batch,)` or soft targets `(batch, num_labels)` (mixup/cutmix)."""
+    if logits.shape[-1] < 2:
+        raise ValueError(
+            f"cross-entropy needs at least 2 classes, the head has {logits.shape[-1]}; set num_labels (or id2label) "
+            "to the dataset's classes."
+        )
     if labels.ndim == logits.ndim and labels.is_floating_point():
         return F.cross_entropy(logits.float(), labels.float())
     return F.cross_entropy(logits.float(), labels.long())
