@@ -63,6 +63,8 @@ DEFAULT_TRAINING_ARGUMENTS = {
     "remove_unused_columns": False,
     "dataloader_num_workers": 2,
     "dataloader_pin_memory": torch.cuda.is_available(),
+    # Every parameter of our models takes part in each step; DDP's search for unused ones costs a graph walk a step.
+    "ddp_find_unused_parameters": False,
     "seed": 42,
 }
 

@@ -85,3 +85,14 @@ def test_cnn_gradients_and_save_load(tmp_path, model_class, config):
 def test_cnn_configs_reject_bad_values(config_class, fields, message):
     with pytest.raises(ValueError, match=message):
         config_class(**fields)
+
+
+def test_simple_cnn_without_labels_returns_features():
+    model = SimpleCNNForImageClassification(SimpleCNNConfig(num_labels=0, hidden_sizes=[4, 8, 8])).eval()
+    assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 8 * 7 * 7)
+
+
+def test_cnn_with_one_label_refuses_cross_entropy():
+    model = CompactCNNForImageClassification(CompactCNNConfig(num_labels=1, hidden_sizes=[4, 8, 8]))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 0]))

@@ -84,3 +84,39 @@ def test_timm_architecture_rejects_unknown_arguments():
 def test_unknown_name_is_a_clear_error():
     with pytest.raises(ValueError, match="not a model preset"):
         load_image_classifier("definitely-not-a-model-xyz", id2label=LABELS)
+
+
+def test_timm_checkpoint_uses_its_own_data_config(tmp_path):
+    loaded = load_image_classifier("resnet10t", id2label=LABELS)
+    # As in a timm Hub checkpoint's config.json: the data settings under pretrained_cfg.
+    loaded.model.config.pretrained_cfg = {
+        **loaded.model.timm_model.pretrained_cfg, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+        "input_size": [3, 160, 160],
+    }  # fmt: skip
+    loaded.model.save_pretrained(tmp_path)
+    reloaded = load_image_classifier(str(tmp_path), id2label=LABELS)
+    assert reloaded.image_size == (160, 160)
+    assert reloaded.image_mean == [0.5] * 3 and reloaded.image_std == [0.5] * 3
+    # The processor saved beside a trained model mirrors those settings.
+    assert reloaded.image_processor.size == {"height": 160, "width": 160}
+    assert list(reloaded.image_processor.image_mean) == [0.5] * 3
+
+
+def test_tagged_timm_name_means_pretrained_weights_from_the_hub():
+    # Offline, the Hub lookup fails, which shows the tagged name went to timm/<name> rather than a random init.
+    with pytest.raises(ValueError, match="timm/resnet18.a1_in1k"):
+        load_image_classifier("resnet18.a1_in1k", id2label=LABELS)
+
+
+def test_image_size_for_checkpoints(tmp_path):
+    loaded = load_image_classifier("compact-cnn", id2label=LABELS, config_overrides={"hidden_sizes": [4, 8, 8]})
+    loaded.model.save_pretrained(tmp_path / "cnn")
+    resized = load_image_classifier(str(tmp_path / "cnn"), id2label=LABELS, image_size=64)
+    assert resized.image_size == (64, 64) and resized.model.config.image_size == 64
+    assert resized.image_processor.size == {"height": 64, "width": 64}
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=16, num_labels=3)  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match="image_size=96 is not supported"):
+        load_image_classifier(str(tmp_path / "vit"), id2label=LABELS, image_size=96)
+    assert load_image_classifier(str(tmp_path / "vit"), id2label=LABELS, image_size=64).image_size == (64, 64)

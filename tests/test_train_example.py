@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -152,3 +153,33 @@ def test_last_complete_checkpoint_on_missing_or_empty_dir(tmp_path):
     # Numeric, not lexicographic, order.
     os.makedirs(tmp_path / "checkpoint-100")
     assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-40")
+
+
+def test_best_checkpoint_is_restored_and_tensorboard_logs_by_default(tmp_path):
+    recipe = load_recipe()
+    arguments = [argument for argument in tiny_run_arguments(tmp_path / "run", "--num_train_epochs", "3",
+                 "--learning_rate", "3e-3") if argument not in ("--report_to", "none")]  # fmt: skip
+    metrics = recipe.main(arguments)
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    during_training = [entry["eval_accuracy"] for entry in state["log_history"][:-1] if "eval_accuracy" in entry]
+    assert len(during_training) == 3
+    # load_best_model_at_end: the final validation score is the best epoch's, not necessarily the last one's.
+    assert metrics["eval_accuracy"] == pytest.approx(max(during_training))
+    assert state["best_model_checkpoint"] is not None
+    assert list((tmp_path / "run").rglob("events.out.tfevents*")), "no TensorBoard event file"
+
+
+def test_two_processes_with_torchrun(tmp_path):
+    """Data-parallel training on 2 CPU processes (gloo), as `accelerate launch` / `torchrun` start it on GPUs."""
+    arguments = tiny_run_arguments(tmp_path / "run", "--max_steps", "3", "--eval_strategy", "no",
+                                   "--load_best_model_at_end", "false", "--use_cpu", "true")  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(REPO / "examples" / "train.py"), *arguments]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((tmp_path / "run" / "all_results.json").read_text())
+    assert "test_accuracy" in results
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    # 3 steps of 2 processes x 16 images over 64 training images: 1.5 epochs (one process would make 0.75).
+    assert state["global_step"] == 3 and state["epoch"] == pytest.approx(1.5)
+    assert "find_unused_parameters=True" not in result.stderr  # the recipe turns DDP's extra graph walk off

@@ -195,22 +195,78 @@ def test_import_from_timm_matches_logits_and_parameter_count():
     torch.manual_seed(0)
     timm_model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
     model = vit_from_timm(timm_model)
-    model.config._attn_implementation = "eager"
     pixel_values = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected = timm_model(pixel_values)
-        actual = model(pixel_values).logits
-    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+        sdpa_logits = model(pixel_values).logits
+        model.config._attn_implementation = "eager"
+        eager_logits = model(pixel_values).logits
+    torch.testing.assert_close(sdpa_logits, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(eager_logits, expected, atol=1e-4, rtol=0)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in timm_model.parameters())
 
 
-def test_import_from_timm_rejects_unsupported_variants():
+@pytest.mark.parametrize(
+    ("variant", "reason"),
+    [
+        ({"global_pool": "avg"}, "global_pool='avg'"),
+        ({"scale_attn_norm": True}, "attention has an extra norm"),
+        ({"scale_mlp_norm": True}, "MLP has an extra norm"),
+        ({"proj_bias": False}, "no bias"),
+        ({"pos_embed": "none"}, "no learned position embeddings"),
+        ({"final_norm": False}, "no final LayerNorm"),
+        ({"init_values": 1e-5}, "LayerScale"),
+        ({"reg_tokens": 4}, "one prefix token"),
+    ],
+)
+def test_import_from_timm_rejects_unsupported_variants(variant, reason):
     timm = pytest.importorskip("timm")
     timm_model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, global_pool="avg", img_size=32, patch_size=8, depth=1
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1, **variant
     )
-    with pytest.raises(ValueError, match="global_pool='avg'"):
+    with pytest.raises(ValueError, match=reason):
         vit_from_timm(timm_model)
+
+
+def test_interpolation_matches_timm_resampling_on_a_non_square_grid():
+    timm_layers = pytest.importorskip("timm.layers")
+    model = tiny_model(image_size=[32, 48])  # a 4x6 grid
+    embeddings = model.vit.embeddings
+    expected = timm_layers.resample_abs_pos_embed(
+        embeddings.position_embeddings, new_size=(5, 3), old_size=(4, 6), num_prefix_tokens=1
+    )
+    torch.testing.assert_close(embeddings.interpolate_pos_encoding(5, 3), expected)
+
+
+def test_bf16_autocast_and_gradient_checkpointing():
+    model = tiny_model().train()
+    model.gradient_checkpointing_enable()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(pixel_values, labels=torch.tensor([0, 1]), interpolate_pos_encoding=True)
+    assert outputs.logits.dtype == torch.bfloat16 and outputs.loss.dtype == torch.float32
+    outputs.loss.backward()
+    assert all(parameter.grad is not None for parameter in model.parameters())
+
+
+def test_classification_loss_needs_two_classes():
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        tiny_model(num_labels=1)(torch.randn(1, 3, 32, 32), labels=torch.tensor([0]))
+    features = tiny_model(num_labels=0)(torch.randn(1, 3, 32, 32)).logits
+    assert features.shape == (1, 32)  # no head: the pooled features
+
+
+def test_copies_of_classification_loss_are_identical():
+    """The modeling files are self-contained (trust_remote_code), so each carries a copy; they must not drift."""
+    import inspect
+
+    from hf_vision_distill.models.compact_cnn import modeling_compact_cnn
+    from hf_vision_distill.models.simple_cnn import modeling_simple_cnn
+    from hf_vision_distill.models.vit import modeling_vit
+
+    sources = {inspect.getsource(module.classification_loss)
+               for module in (modeling_vit, modeling_simple_cnn, modeling_compact_cnn)}  # fmt: skip
+    assert len(sources) == 1
 
 
 def test_import_from_transformers_matches_logits_and_labels():

@@ -78,10 +78,16 @@ def _checkpoint_input_settings(
     model: PreTrainedModel, name_or_path: str, config: PreTrainedConfig, trust_remote_code: bool, hub_kwargs: dict
 ) -> tuple[tuple[int, int], list[float], list[float]]:
     """The input size, mean and std a loaded checkpoint was trained with."""
-    if hasattr(model, "timm_model"):  # TimmWrapper: timm's own data config is the source of truth
+    if hasattr(model, "timm_model"):  # TimmWrapper
         import timm.data
 
-        data_config = timm.data.resolve_data_config({}, model=model.timm_model)
+        # A timm Hub checkpoint keeps its data settings in config.json's pretrained_cfg (what transformers'
+        # TimmWrapperImageProcessor reads); the timm model itself only knows its architecture's defaults.
+        pretrained_cfg = getattr(config, "pretrained_cfg", None)
+        if pretrained_cfg:
+            data_config = timm.data.resolve_data_config({}, pretrained_cfg=dict(pretrained_cfg))
+        else:
+            data_config = timm.data.resolve_data_config({}, model=model.timm_model)
         return tuple(data_config["input_size"][1:]), list(data_config["mean"]), list(data_config["std"])
     try:
         image_processor = AutoImageProcessor.from_pretrained(
