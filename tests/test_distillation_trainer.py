@@ -178,3 +178,128 @@ def test_config_validation(tmp_path):
         config(tmp_path, soft_loss_weight=-1)
     with pytest.raises(ValueError, match="every loss weight is 0"):
         config(tmp_path, soft_loss_weight=0, label_loss_weight=0)
+
+
+# ---- feature and attention distillation ----
+
+
+def tiny_cnn_student() -> CompactCNNForImageClassification:
+    torch.manual_seed(0)
+    config = CompactCNNConfig(hidden_sizes=[4, 8, 8], depths=[1, 1, 1], id2label=LABELS, label2id=LABEL_IDS)
+    return CompactCNNForImageClassification(config)
+
+
+def deeper_teacher_vit() -> VisionTransformerForImageClassification:
+    torch.manual_seed(1)
+    config = VisionTransformerConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=3,
+                                     num_attention_heads=2, intermediate_size=32,
+                                     id2label=LABELS, label2id=LABEL_IDS)  # fmt: skip
+    return VisionTransformerForImageClassification(config)
+
+
+def test_vit_to_cnn_with_attention_and_features(tmp_path):
+    args = config(tmp_path, attention_loss_weight=0.7, feature_loss_weight=0.5, soft_loss_weight=0.3,
+                  label_loss_weight=0.0, max_steps=3, save_strategy="steps", save_steps=3)  # fmt: skip
+    student = tiny_cnn_student()
+    trainer = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(), args=args,
+                                  train_dataset=rows(), data_collator=stack)  # fmt: skip
+    adapters = student.distillation_adapters
+    # CNN last stage (8 channels, 4x4) onto the teacher's 16-wide 4x4 token grid; attention onto the 4x4 grid.
+    assert adapters["feature_0"].projection.in_channels == 8 and adapters["feature_0"].projection.out_channels == 16
+    assert adapters["attention_projection"].teacher_size == (4, 4)
+    before = {name: value.clone() for name, value in adapters.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(value, before[name]) for name, value in adapters.state_dict().items())
+
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert {"loss_soft", "loss_feature", "loss_attention"} <= set(logs[0])
+    weights = [logs[0][f"attention_layer_weight_{layer}"] for layer in range(3)]
+    assert sum(weights) == pytest.approx(1.0) and all(weight > 0 for weight in weights)
+
+    # Checkpoints keep the adapters; the exported student does not, and loads cleanly.
+    checkpoint = load_file(str(tmp_path / "checkpoint-3" / "model.safetensors"))
+    assert any(key.startswith("distillation_adapters.") for key in checkpoint)
+    trainer.save_model(str(tmp_path / "export"))
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert not any(key.startswith("distillation_adapters.") for key in exported)
+    assert hasattr(student, "distillation_adapters")  # re-attached after the export
+    reloaded = CompactCNNForImageClassification.from_pretrained(tmp_path / "export")
+    assert not hasattr(reloaded, "distillation_adapters")
+
+
+def test_resume_restores_the_adapters(tmp_path):
+    common = dict(feature_loss_weight=1.0, max_steps=2, save_strategy="steps", save_steps=2)
+    first = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(),
+                                args=config(tmp_path, **common), train_dataset=rows(),
+                                data_collator=stack)  # fmt: skip
+    first.train()
+    saved = load_file(str(tmp_path / "checkpoint-2" / "model.safetensors"))
+    torch.manual_seed(123)  # a different random start for the new adapters
+    student = tiny_cnn_student()
+    second = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(),
+                                 args=config(tmp_path, **common), train_dataset=rows(),
+                                 data_collator=stack)  # fmt: skip
+    second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    for name, value in student.distillation_adapters.state_dict().items():
+        torch.testing.assert_close(value, saved[f"distillation_adapters.{name}"], msg=name)
+
+
+def test_energy_maps_need_no_adapter_and_uniform_weighting(tmp_path):
+    args = config(tmp_path, attention_loss_weight=1.0, student_attention="energy", layer_weighting="uniform",
+                  attention_teacher_layers=[0, 2], attention_student_layer=1)  # fmt: skip
+    student = tiny_cnn_student()
+    trainer = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(), args=args,
+                                  train_dataset=rows(), data_collator=stack)  # fmt: skip
+    assert not hasattr(student, "distillation_adapters")
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs[0]["attention_layer_weight_0"] == pytest.approx(0.5)
+    assert logs[0]["attention_layer_weight_2"] == pytest.approx(0.5)
+    assert "attention_layer_weight_1" not in logs[0]
+
+
+def test_schedules_change_the_temperature_and_are_logged(tmp_path):
+    args = config(tmp_path, max_steps=4, schedules=["temperature=linear:4.0->1.0", "soft_loss_weight=0.25"])
+    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args,
+                                  train_dataset=rows(16), data_collator=stack)  # fmt: skip
+    trainer.train()
+    temperatures = [entry["temperature"] for entry in trainer.state.log_history if "temperature" in entry]
+    assert len(temperatures) == 4 and temperatures[0] == pytest.approx(4.0)
+    assert temperatures == sorted(temperatures, reverse=True) and temperatures[-1] < 2.0
+    assert all(entry["soft_loss_weight"] == 0.25 for entry in trainer.state.log_history if "soft_loss_weight" in entry)
+
+
+def test_attention_needs_a_teacher_with_maps_and_layers_must_exist(tmp_path):
+    cnn_teacher = CompactCNNForImageClassification(
+        CompactCNNConfig(hidden_sizes=[4, 8, 8], depths=[1, 1, 1], id2label=LABELS, label2id=LABEL_IDS)
+    )
+    with pytest.raises(ValueError, match="needs the teacher's attention maps"):
+        DistillationTrainer(model=tiny_cnn_student(), teacher_model=cnn_teacher,
+                            args=config(tmp_path, attention_loss_weight=1.0), train_dataset=rows())  # fmt: skip
+    with pytest.raises(ValueError, match="teacher attention layer 5 does not exist"):
+        DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(),
+                            args=config(tmp_path, attention_loss_weight=1.0, attention_teacher_layers=[5]),
+                            train_dataset=rows())  # fmt: skip
+    with pytest.raises(ValueError, match="'student_index:teacher_index'"):
+        config(tmp_path, feature_loss_weight=1.0, feature_layers=["last"])
+    with pytest.raises(ValueError, match="name=schedule"):
+        config(tmp_path, schedules=["warmup=linear:0->1"])
+
+
+def test_accumulation_equivalence_with_every_loss(tmp_path):
+    """ViT student and teacher (no BatchNorm), soft + hard + feature (linear adapter) + attention (own maps)."""
+
+    def one_update(batch_size: int, accumulation: int) -> torch.nn.Module:
+        student = student_vit()
+        args = config(tmp_path / f"{batch_size}", per_device_train_batch_size=batch_size, max_steps=1,
+                      gradient_accumulation_steps=accumulation, optim="sgd", lr_scheduler_type="constant",
+                      max_grad_norm=0.0, weight_decay=0.0, hard_loss_weight=0.2, feature_loss_weight=0.5,
+                      attention_loss_weight=0.5)  # fmt: skip
+        torch.manual_seed(5)  # same adapter initialisation in both runs
+        DistillationTrainer(model=student, teacher_model=teacher_vit(), args=args, train_dataset=rows(),
+                            data_collator=stack).train()  # fmt: skip
+        return student
+
+    large, accumulated = one_update(8, 1), one_update(4, 2)
+    for (name, parameter), expected in zip(accumulated.named_parameters(), large.parameters()):
+        torch.testing.assert_close(parameter, expected, atol=1e-6, rtol=1e-5, msg=name)

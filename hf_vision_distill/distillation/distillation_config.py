@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .schedules import Schedule
+
+LOSS_WEIGHT_NAMES = (
+    "label_loss_weight",
+    "soft_loss_weight",
+    "hard_loss_weight",
+    "feature_loss_weight",
+    "attention_loss_weight",
+)
+
 
 @dataclass
 class DistillationConfig(TrainingArguments):
@@ -17,8 +27,12 @@ class DistillationConfig(TrainingArguments):
         label_loss_weight * CE(student, labels)
         + soft_loss_weight * KL(teacher / T || student / T) * T^2
         + hard_loss_weight * CE(student, argmax teacher)
+        + feature_loss_weight * mean over feature_layers of distance(adapter(student feature), teacher feature)
+        + attention_loss_weight * sum over teacher layers l of w_l * MSE(student map, teacher [CLS] attention map l)
 
-    and each term is logged on its own (`loss_label`, `loss_soft`, `loss_hard`).
+    with w_l = softmax(-entropy_l / layer_weighting_temperature) (or uniform), and each term logged on its own
+    (`loss_label`, `loss_soft`, `loss_hard`, `loss_feature`, `loss_attention`), with the layer weights
+    (`attention_layer_weight_<l>`) and any scheduled value.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -40,6 +54,55 @@ class DistillationConfig(TrainingArguments):
     hard_loss_weight: float = field(
         default=0.0, metadata={"help": "Weight of DeiT's hard distillation: cross-entropy on the teacher's argmax."}
     )
+    feature_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the feature distillation loss (learned adapters where shapes differ)."},
+    )
+    feature_layers: list[str] = field(
+        default_factory=lambda: ["-1:-1"],
+        metadata={
+            "help": "Pairs 'student:teacher' of hidden-state indices to align, e.g. '2:4 3:7' (negative counts "
+            "from the end; index 0 of a ViT is its embeddings)."
+        },
+    )
+    feature_distance: str = field(default="mse", metadata={"help": "Feature distance: 'mse' or 'cosine'."})
+    attention_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the alignment of the teacher ViT's [CLS] attention with the student's spatial map."
+        },
+    )
+    attention_teacher_layers: list[int] | None = field(
+        default=None, metadata={"help": "Teacher layers whose attention maps are supervised; all when not given."}
+    )
+    attention_student_layer: int = field(
+        default=-1,
+        metadata={"help": "Student layer giving its spatial map: a CNN stage (hidden-state index) or a ViT block."},
+    )
+    student_attention: str = field(
+        default="learned",
+        metadata={
+            "help": "A CNN student's spatial map: 'learned' (a 1x1-conv attention projection onto the teacher's "
+            "grid, trained with the student) or 'energy' (mean squared activation, parameter-free). ViT students use "
+            "their own [CLS] attention."
+        },
+    )
+    layer_weighting: str = field(
+        default="entropy",
+        metadata={"help": "Weights of the teacher layers: 'entropy' (focused layers count more) or 'uniform'."},
+    )
+    layer_weighting_temperature: float = field(
+        default=0.1,
+        metadata={"help": "Softmax temperature over negative normalised entropies (entropy / log(cells))."},
+    )
+    schedules: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Values that change over training, as name=schedule, e.g. "
+            "'temperature=0-20:3.0->2.0,20-50:1.5->1.0' 'soft_loss_weight=linear:0.3->0.7'. Names: temperature and "
+            "the *_loss_weight fields. Schedules: a number, linear:a->b, cosine:a->b, or epoch ranges."
+        },
+    )
     # The recipes' datasets keep the image column, which the model's forward does not take.
     remove_unused_columns: bool = field(
         default=False,
@@ -49,22 +112,55 @@ class DistillationConfig(TrainingArguments):
     def __post_init__(self):
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be positive (typical values: 1 to 4).")
-        weights = {
-            "label_loss_weight": self.label_loss_weight,
-            "soft_loss_weight": self.soft_loss_weight,
-            "hard_loss_weight": self.hard_loss_weight,
-        }
+        weights = {name: getattr(self, name) for name in LOSS_WEIGHT_NAMES}
         negative = {name: weight for name, weight in weights.items() if weight < 0}
         if negative:
             raise ValueError(f"loss weights must be >= 0, got {negative}.")
-        if not any(weights.values()):
+        self.parsed_schedules = self._parse_schedules()
+        scheduled_weights = {name for name in self.parsed_schedules if name in LOSS_WEIGHT_NAMES}
+        if not any(weights.values()) and not scheduled_weights:
             raise ValueError(f"every loss weight is 0 ({weights}); give at least one a positive weight.")
+        if self.feature_distance not in ("mse", "cosine"):
+            raise ValueError(f"feature_distance={self.feature_distance!r}; use 'mse' or 'cosine'.")
+        if self.layer_weighting not in ("entropy", "uniform"):
+            raise ValueError(f"layer_weighting={self.layer_weighting!r}; use 'entropy' or 'uniform'.")
+        if self.student_attention not in ("learned", "energy"):
+            raise ValueError(f"student_attention={self.student_attention!r}; use 'learned' or 'energy'.")
+        if self.layer_weighting_temperature <= 0:
+            raise ValueError(f"layer_weighting_temperature={self.layer_weighting_temperature} must be positive.")
+        self.feature_layer_pairs = [self._parse_pair(pair) for pair in self.feature_layers]
         super().__post_init__()
+
+    def _parse_schedules(self) -> dict[str, Schedule]:
+        schedules = {}
+        for entry in self.schedules:
+            name, separator, spec = entry.partition("=")
+            if not separator or name not in ("temperature", *LOSS_WEIGHT_NAMES):
+                raise ValueError(
+                    f"schedule {entry!r} must read name=schedule with name one of "
+                    f"{['temperature', *LOSS_WEIGHT_NAMES]}, e.g. 'temperature=linear:4.0->1.0'."
+                )
+            schedules[name] = Schedule.parse(spec)
+        return schedules
+
+    @staticmethod
+    def _parse_pair(pair: str) -> tuple[int, int]:
+        student, separator, teacher = pair.partition(":")
+        try:
+            return int(student), int(teacher)
+        except ValueError:
+            raise ValueError(
+                f"feature_layers entry {pair!r} must be 'student_index:teacher_index', e.g. '-1:-1' or '2:6'."
+            ) from None
+
+    def uses(self, name: str) -> bool:
+        """Whether the loss term `name` (a *_loss_weight field) can be non-zero at some point of training."""
+        return getattr(self, name) > 0 or name in self.parsed_schedules
 
     @property
     def needs_teacher(self) -> bool:
         """Whether any loss term reads the teacher's outputs."""
-        return self.soft_loss_weight > 0 or self.hard_loss_weight > 0
+        return any(self.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
 
 
-__all__ = ["DistillationConfig"]
+__all__ = ["LOSS_WEIGHT_NAMES", "DistillationConfig"]

@@ -1,18 +1,35 @@
-"""`DistillationTrainer`: a `Trainer` whose loss mixes the labels with a frozen teacher's predictions."""
+"""`DistillationTrainer`: a `Trainer` whose loss mixes the labels with a frozen teacher's predictions, features and
+attention maps."""
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+from transformers.utils import logging
 
-from ..losses import hard_distillation_loss, soft_distillation_loss
+from ..losses import (
+    attention_alignment_loss,
+    attention_entropy,
+    cls_attention_map,
+    entropy_layer_weights,
+    feature_distillation_loss,
+    feature_energy_map,
+    hard_distillation_loss,
+    soft_distillation_loss,
+)
 from ..training import ImageClassificationTrainer, classification_loss
-from .distillation_config import DistillationConfig
+from .adapters import ADAPTERS_ATTRIBUTE, AttentionProjection, FeatureAdapter, as_feature_map, count_prefix_tokens
+from .distillation_config import LOSS_WEIGHT_NAMES, DistillationConfig
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -79,6 +96,11 @@ class DistillationTrainer(ImageClassificationTrainer):
     wrapper, autocast under mixed precision), cast to the mixed-precision dtype, and run under `torch.no_grad()`. It
     is an attribute of the trainer, not of the model, so it is never saved into the student's checkpoints.
 
+    Feature distillation and a CNN student's learned attention projection need adapters. They are built from one
+    probe batch before training, attached to the student as `distillation_adapters` so the optimizer, DDP and the
+    checkpoints (hence resumption and `load_best_model_at_end`) handle them with the student, and removed from what
+    `save_model()` exports.
+
     Args:
         model (`PreTrainedModel`):
             The student.
@@ -86,7 +108,7 @@ class DistillationTrainer(ImageClassificationTrainer):
             The teacher, or a local directory / Hub id for `AutoModelForImageClassification.from_pretrained`;
             defaults to `args.teacher_model_name_or_path`. Its `id2label` must match the student's.
         args (`DistillationConfig`):
-            Training arguments, temperature and loss weights.
+            Training arguments, temperature, loss weights, layers and schedules.
         teacher_view (`TeacherView`, *optional*):
             Maps the student's batch to the teacher's input when their sizes or normalisations differ.
         kwargs:
@@ -103,28 +125,90 @@ class DistillationTrainer(ImageClassificationTrainer):
     ):
         if not isinstance(args, DistillationConfig):
             raise ValueError(f"args must be a DistillationConfig, got {type(args).__name__}.")
-        super().__init__(model=model, args=args, **kwargs)
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if teacher_model is None and args.needs_teacher:
             raise ValueError(
-                "no teacher: pass teacher_model= or set teacher_model_name_or_path, or set soft_loss_weight and "
-                "hard_loss_weight to 0 to train the student on labels alone."
+                "no teacher: pass teacher_model= or set teacher_model_name_or_path, or set every teacher loss weight "
+                "(soft, hard, feature, attention) to 0 to train the student on labels alone."
             )
         if isinstance(teacher_model, str):
             teacher_model = AutoModelForImageClassification.from_pretrained(teacher_model)
         if teacher_model is not None:
-            if hasattr(teacher_model, "config") and hasattr(self.model, "config"):
-                check_label_spaces(self.model.config, teacher_model.config)
+            if hasattr(teacher_model, "config") and hasattr(model, "config"):
+                check_label_spaces(model.config, teacher_model.config)
             teacher_model.eval().requires_grad_(False)
+        self.teacher_view = teacher_view
+        # Set by _build_adapters when attention distillation is on.
+        self._attention_layers: list[int] = []
+        self._attention_grid: tuple[int, int] | None = None
+        self._student_is_cnn = True
+        self._student_prefix_tokens = count_prefix_tokens(model)
+        self._teacher_prefix_tokens = count_prefix_tokens(teacher_model) if teacher_model is not None else 0
+        if args.uses("feature_loss_weight") or args.uses("attention_loss_weight"):
+            probe = _probe_batch(model, kwargs.get("train_dataset"))
+            adapters = self._build_adapters(model, teacher_model, args, probe)
+            if len(adapters):
+                model.add_module(ADAPTERS_ATTRIBUTE, adapters)
+
+        super().__init__(model=model, args=args, **kwargs)
+        if teacher_model is not None:
             if args.bf16 or args.fp16:
                 teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
             teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self.teacher_model = teacher_model
-        self.teacher_view = teacher_view
-        self._loss_components: dict[str, dict[str, list[float]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
+        self._logged: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # ---- set-up ----
+
+    def _build_adapters(
+        self, student: nn.Module, teacher: nn.Module, args: DistillationConfig, probe: torch.Tensor
+    ) -> nn.ModuleDict:
+        """Runs one probe batch through both models to size the adapters and check the configured layers."""
+        student.eval()
+        with torch.no_grad():
+            student_outputs = student(pixel_values=probe, output_hidden_states=True)
+            teacher_inputs = self.teacher_view(probe) if self.teacher_view is not None else probe
+            teacher_outputs = _teacher_forward(
+                teacher, teacher_inputs, hidden_states=True, attentions=args.uses("attention_loss_weight")
+            )
+        student.train()
+        adapters = nn.ModuleDict()
+        if args.uses("feature_loss_weight"):
+            for index, (student_layer, teacher_layer) in enumerate(args.feature_layer_pairs):
+                student_map = as_feature_map(
+                    _pick(student_outputs.hidden_states, student_layer, "student hidden state"),
+                    self._student_prefix_tokens,
+                )
+                teacher_map = as_feature_map(
+                    _pick(teacher_outputs.hidden_states, teacher_layer, "teacher hidden state"),
+                    self._teacher_prefix_tokens,
+                )
+                adapters[f"feature_{index}"] = FeatureAdapter(
+                    student_map.shape[1], teacher_map.shape[1], tuple(teacher_map.shape[-2:])
+                )
+        if args.uses("attention_loss_weight"):
+            attentions = _require_attentions(teacher_outputs)
+            layers = args.attention_teacher_layers or list(range(len(attentions)))
+            for layer in layers:
+                _pick(attentions, layer, "teacher attention layer")
+            self._attention_layers = layers
+            grid = _attention_grid(attentions[0], self._teacher_prefix_tokens)
+            self._attention_grid = grid
+            student_hidden = _pick(student_outputs.hidden_states, args.attention_student_layer, "student hidden state")
+            self._student_is_cnn = student_hidden.ndim == 4
+            if self._student_is_cnn and args.student_attention == "learned":
+                adapters["attention_projection"] = AttentionProjection(student_hidden.shape[1], grid)
+        return adapters
+
+    # ---- the loss ----
+
+    def scheduled(self, name: str) -> float:
+        """The current value of `temperature` or a `*_loss_weight`, following its schedule if it has one."""
+        schedule = self.args.parsed_schedules.get(name)
+        if schedule is None:
+            return getattr(self.args, name)
+        num_epochs = self.state.num_train_epochs or self.args.num_train_epochs
+        return schedule.value(self.state.epoch or 0.0, num_epochs)
 
     def compute_loss(
         self,
@@ -133,55 +217,196 @@ class DistillationTrainer(ImageClassificationTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
+        args: DistillationConfig = self.args
         labels = inputs.get("labels")
         pixel_values = inputs["pixel_values"]
-        student_outputs = model(pixel_values=pixel_values)
+        weights = {name: self.scheduled(name) for name in LOSS_WEIGHT_NAMES}
+        temperature = self.scheduled("temperature")
+        use_features = weights["feature_loss_weight"] > 0
+        use_attention = weights["attention_loss_weight"] > 0
+        student_needs_hidden = use_features or (use_attention and self._student_is_cnn)
+        student_needs_attentions = use_attention and not self._student_is_cnn
+
+        student_kwargs = {}
+        if student_needs_hidden:
+            student_kwargs["output_hidden_states"] = True
+        if student_needs_attentions:
+            student_kwargs["output_attentions"] = True
+        student_outputs = model(pixel_values=pixel_values, **student_kwargs)
         student_logits = student_outputs.logits
-        args: DistillationConfig = self.args
+        adapters = getattr(self.accelerator.unwrap_model(model), ADAPTERS_ATTRIBUTE, None)
 
         components: dict[str, torch.Tensor] = {}
-        if args.label_loss_weight > 0:
+        if weights["label_loss_weight"] > 0:
             if labels is None:
                 raise ValueError("label_loss_weight > 0 needs 'labels' in every batch.")
             label_smoothing = args.label_smoothing_factor if model.training else 0.0
             components["label"] = classification_loss(student_logits, labels, label_smoothing)
-        if args.needs_teacher:
-            teacher_logits = self._teacher_logits(pixel_values)
-            if args.soft_loss_weight > 0:
-                components["soft"] = soft_distillation_loss(student_logits, teacher_logits, args.temperature)
-            if args.hard_loss_weight > 0:
+        if any(weight > 0 for name, weight in weights.items() if name != "label_loss_weight"):
+            teacher_outputs = self._teacher_outputs(pixel_values, hidden_states=use_features, attentions=use_attention)
+            teacher_logits = teacher_outputs.logits.float()
+            if weights["soft_loss_weight"] > 0:
+                components["soft"] = soft_distillation_loss(student_logits, teacher_logits, temperature)
+            if weights["hard_loss_weight"] > 0:
                 components["hard"] = hard_distillation_loss(student_logits, teacher_logits)
-        weights = {"label": args.label_loss_weight, "soft": args.soft_loss_weight, "hard": args.hard_loss_weight}
-        loss = sum(weights[name] * value for name, value in components.items())
+            if use_features:
+                components["feature"] = self._feature_loss(student_outputs, teacher_outputs, adapters)
+            if use_attention:
+                components["attention"] = self._attention_loss(student_outputs, teacher_outputs, adapters)
+        loss = sum(weights[f"{name}_loss_weight"] * value for name, value in components.items())
 
         mode = "train" if model.training else "eval"
         for name, value in components.items():
-            self._loss_components[mode][f"loss_{name}"].append(value.detach().float().item())
+            self._logged[mode][f"loss_{name}"].append(value.detach().float().item())
+        if mode == "train":
+            for name in args.parsed_schedules:
+                self._logged[mode][name].append(temperature if name == "temperature" else weights[name])
         return (loss, student_outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _teacher_outputs(self, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool):
         teacher_inputs = self.teacher_view(pixel_values) if self.teacher_view is not None else pixel_values
         parameter = next(self.teacher_model.parameters())
-        outputs = self.teacher_model(pixel_values=teacher_inputs.to(device=parameter.device, dtype=parameter.dtype))
-        logits = outputs.logits if hasattr(outputs, "logits") else outputs
-        return logits.float()
+        teacher_inputs = teacher_inputs.to(device=parameter.device, dtype=parameter.dtype)
+        return _teacher_forward(self.teacher_model, teacher_inputs, hidden_states=hidden_states, attentions=attentions)
+
+    def _feature_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict) -> torch.Tensor:
+        losses = []
+        for index, (student_layer, teacher_layer) in enumerate(self.args.feature_layer_pairs):
+            student_map = as_feature_map(student_outputs.hidden_states[student_layer], self._student_prefix_tokens)
+            teacher_map = as_feature_map(teacher_outputs.hidden_states[teacher_layer], self._teacher_prefix_tokens)
+            adapted = adapters[f"feature_{index}"](student_map.float())
+            losses.append(feature_distillation_loss(adapted, teacher_map.float(), self.args.feature_distance))
+        return torch.stack(losses).mean()
+
+    def _attention_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict | None) -> torch.Tensor:
+        args: DistillationConfig = self.args
+        teacher_maps = [
+            cls_attention_map(teacher_outputs.attentions[layer], self._attention_grid, self._teacher_prefix_tokens)
+            for layer in self._attention_layers
+        ]
+        if self._student_is_cnn:
+            student_features = student_outputs.hidden_states[args.attention_student_layer].float()
+            if args.student_attention == "learned":
+                student_map = adapters["attention_projection"](student_features)
+            else:
+                student_map = feature_energy_map(student_features)
+        else:
+            student_attentions = student_outputs.attentions[args.attention_student_layer]
+            grid = _attention_grid(student_attentions, self._student_prefix_tokens)
+            student_map = cls_attention_map(student_attentions, grid, self._student_prefix_tokens)
+        # Lower entropy (a more focused map), more weight; computed from the teacher alone, without gradient.
+        entropies = torch.stack([attention_entropy(teacher_map).mean() for teacher_map in teacher_maps])
+        max_entropy = math.log(self._attention_grid[0] * self._attention_grid[1])
+        layer_weights = entropy_layer_weights(
+            entropies,
+            args.layer_weighting_temperature,
+            uniform=args.layer_weighting == "uniform",
+            max_entropy=max_entropy,
+        )
+        mode = "train" if self.model.training else "eval"
+        for layer, weight in zip(self._attention_layers, layer_weights.tolist()):
+            self._logged[mode][f"attention_layer_weight_{layer}"].append(weight)
+        losses = torch.stack([attention_alignment_loss(student_map, teacher_map) for teacher_map in teacher_maps])
+        return (layer_weights.to(losses.device) * losses).sum()
+
+    # ---- logging and saving ----
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        self._loss_components["eval"].clear()
+        self._logged["eval"].clear()
         self._metric_key_prefix = metric_key_prefix
         return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Averages of each loss term since the last log, beside the Trainer's total (TRL's pattern): the model is in
-        # eval mode exactly while evaluate() logs its metrics.
+        # Averages of each loss term (and layer weight, scheduled value) since the last log, beside the Trainer's
+        # total (TRL's pattern): the model is in eval mode exactly while evaluate() logs its metrics.
         mode = "train" if self.model.training else "eval"
         prefix = f"{getattr(self, '_metric_key_prefix', 'eval')}_" if mode == "eval" else ""
-        for name, values in self._loss_components[mode].items():
+        for name, values in self._logged[mode].items():
             if values:
                 logs[f"{prefix}{name}"] = sum(values) / len(values)
-        self._loss_components[mode].clear()
+        self._logged[mode].clear()
         super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints (internal calls) keep the adapters, so a resumed run continues with them; the exported
+        student (`trainer.save_model()`) leaves them out."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        with self._adapters_detached():
+            super().save_model(output_dir, _internal_call=False)
+
+    @contextmanager
+    def _adapters_detached(self):
+        student = self.accelerator.unwrap_model(self.model)
+        adapters = getattr(student, ADAPTERS_ATTRIBUTE, None)
+        if adapters is not None:
+            delattr(student, ADAPTERS_ATTRIBUTE)
+        try:
+            yield
+        finally:
+            if adapters is not None:
+                student.add_module(ADAPTERS_ATTRIBUTE, adapters)
+
+
+def _pick(sequence: tuple | list, index: int, what: str):
+    if sequence is None:
+        raise ValueError(f"the model returned no {what}s; it must support output_hidden_states / output_attentions.")
+    if not -len(sequence) <= index < len(sequence):
+        raise ValueError(
+            f"{what} {index} does not exist: the model has {len(sequence)} (indices 0..{len(sequence) - 1})."
+        )
+    return sequence[index]
+
+
+def _teacher_forward(teacher: nn.Module, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool):
+    kwargs = {}
+    if hidden_states:
+        kwargs["output_hidden_states"] = True
+    if attentions:
+        parameters = inspect.signature(teacher.forward).parameters
+        if "output_attentions" not in parameters and not any(
+            parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
+        ):
+            raise ValueError(_NO_ATTENTIONS_MESSAGE)
+        kwargs["output_attentions"] = True
+    return teacher(pixel_values=pixel_values, **kwargs)
+
+
+def _require_attentions(outputs) -> tuple[torch.Tensor, ...]:
+    attentions = getattr(outputs, "attentions", None)
+    if not attentions or any(attention is None for attention in attentions):
+        raise ValueError(_NO_ATTENTIONS_MESSAGE)
+    return attentions
+
+
+_NO_ATTENTIONS_MESSAGE = (
+    "attention distillation needs the teacher's attention maps, and the teacher gives none. The teacher must be a ViT "
+    "on the eager attention path: load it with attn_implementation='eager' (our ViT switches to it by itself when "
+    "maps are asked for)."
+)
+
+
+def _attention_grid(attentions: torch.Tensor, num_prefix_tokens: int) -> tuple[int, int]:
+    num_patches = attentions.shape[-1] - num_prefix_tokens
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} patch tokens do not form a square grid; attention maps need one.")
+    return side, side
+
+
+def _probe_batch(model: nn.Module, train_dataset) -> torch.Tensor:
+    """One input to size the adapters: the first training image, else zeros at the student's configured size."""
+    if train_dataset is not None and len(train_dataset) > 0:
+        return torch.as_tensor(train_dataset[0]["pixel_values"])[None].float()
+    config = getattr(model, "config", None)
+    image_size = getattr(config, "image_size", None)
+    if image_size is None:
+        raise ValueError(
+            "cannot size the distillation adapters: pass train_dataset, or a student whose config has image_size."
+        )
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return torch.zeros(1, getattr(config, "num_channels", 3), height, width)
 
 
 __all__ = ["DistillationTrainer", "TeacherView", "check_label_spaces"]
