@@ -61,4 +61,91 @@ def build_compute_metrics() -> Callable[[EvalPrediction], dict[str, float]]:
     return compute_metrics
 
 
-__all__ = ["ClassificationMetrics", "build_compute_metrics"]
+# ---- plots (matplotlib's Agg backend: files only, no display needed) ----
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_log_history(log_history: list[dict], keys: list[str], path: str, title: str, x_key: str = "step") -> bool:
+    """Plots each of `keys` over `x_key` from a Trainer's `state.log_history`; returns False when none was logged."""
+    series = {key: [(entry[x_key], entry[key]) for entry in log_history if key in entry and x_key in entry]
+              for key in keys}  # fmt: skip
+    series = {key: points for key, points in series.items() if points}
+    if not series:
+        return False
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key, points in sorted(series.items()):
+        axis.plot(*zip(*points), label=key, marker="." if len(points) < 30 else None)
+    axis.set_xlabel(x_key)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_attention_overlays(
+    images: np.ndarray, teacher_maps: np.ndarray, student_maps: np.ndarray, path: str, labels: list[str] | None = None
+) -> None:
+    """One row per image: the image, the teacher's attention over it, the student's.
+
+    Args:
+        images: `(count, height, width, 3)` in [0, 1].
+        teacher_maps, student_maps: `(count, rows, columns)` spatial distributions (resampled to the image size).
+    """
+    plt = _pyplot()
+    count = len(images)
+    figure, axes = plt.subplots(count, 3, figsize=(6, 2 * count), squeeze=False)
+    for row in range(count):
+        height, width = images[row].shape[:2]
+        for column, (title, attention) in enumerate(
+            (("image", None), ("teacher attention", teacher_maps[row]), ("student attention", student_maps[row]))
+        ):
+            axis = axes[row][column]
+            axis.imshow(images[row], interpolation="nearest")
+            if attention is not None:
+                axis.imshow(attention, cmap="jet", alpha=0.5, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                            interpolation="bilinear")  # fmt: skip
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(title, fontsize=9)
+        if labels is not None:
+            axes[row][0].set_ylabel(labels[row], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table of `rows` (dicts) with `columns` given as (key, header); floats with 4 decimals."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if isinstance(value, int):
+            return f"{value:,}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(header for _, header in columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "ClassificationMetrics",
+    "build_compute_metrics",
+    "markdown_table",
+    "plot_attention_overlays",
+    "plot_log_history",
+]

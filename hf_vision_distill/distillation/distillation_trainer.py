@@ -23,6 +23,7 @@ from ..losses import (
     feature_distillation_loss,
     feature_energy_map,
     hard_distillation_loss,
+    resize_distribution,
     soft_distillation_loss,
 )
 from ..training import ImageClassificationTrainer, classification_loss
@@ -279,22 +280,13 @@ class DistillationTrainer(ImageClassificationTrainer):
             losses.append(feature_distillation_loss(adapted, teacher_map.float(), self.args.feature_distance))
         return torch.stack(losses).mean()
 
-    def _attention_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict | None) -> torch.Tensor:
+    def _teacher_maps(self, teacher_outputs) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The teacher's [CLS] attention maps of the supervised layers, and each layer's weight."""
         args: DistillationConfig = self.args
         teacher_maps = [
             cls_attention_map(teacher_outputs.attentions[layer], self._attention_grid, self._teacher_prefix_tokens)
             for layer in self._attention_layers
         ]
-        if self._student_is_cnn:
-            student_features = student_outputs.hidden_states[args.attention_student_layer].float()
-            if args.student_attention == "learned":
-                student_map = adapters["attention_projection"](student_features)
-            else:
-                student_map = feature_energy_map(student_features)
-        else:
-            student_attentions = student_outputs.attentions[args.attention_student_layer]
-            grid = _attention_grid(student_attentions, self._student_prefix_tokens)
-            student_map = cls_attention_map(student_attentions, grid, self._student_prefix_tokens)
         # Lower entropy (a more focused map), more weight; computed from the teacher alone, without gradient.
         entropies = torch.stack([attention_entropy(teacher_map).mean() for teacher_map in teacher_maps])
         max_entropy = math.log(self._attention_grid[0] * self._attention_grid[1])
@@ -304,11 +296,50 @@ class DistillationTrainer(ImageClassificationTrainer):
             uniform=args.layer_weighting == "uniform",
             max_entropy=max_entropy,
         )
+        return teacher_maps, layer_weights
+
+    def _student_map(self, student_outputs, adapters: nn.ModuleDict | None) -> torch.Tensor:
+        args: DistillationConfig = self.args
+        if self._student_is_cnn:
+            student_features = student_outputs.hidden_states[args.attention_student_layer].float()
+            if args.student_attention == "learned":
+                return adapters["attention_projection"](student_features)
+            return feature_energy_map(student_features)
+        student_attentions = student_outputs.attentions[args.attention_student_layer]
+        grid = _attention_grid(student_attentions, self._student_prefix_tokens)
+        return cls_attention_map(student_attentions, grid, self._student_prefix_tokens)
+
+    def _attention_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict | None) -> torch.Tensor:
+        teacher_maps, layer_weights = self._teacher_maps(teacher_outputs)
+        student_map = self._student_map(student_outputs, adapters)
         mode = "train" if self.model.training else "eval"
         for layer, weight in zip(self._attention_layers, layer_weights.tolist()):
             self._logged[mode][f"attention_layer_weight_{layer}"].append(weight)
         losses = torch.stack([attention_alignment_loss(student_map, teacher_map) for teacher_map in teacher_maps])
         return (layer_weights.to(losses.device) * losses).sum()
+
+    @torch.no_grad()
+    def attention_maps(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's attention (its supervised layers' maps, averaged with the layer weights) and the student's
+        spatial map for a batch of student inputs, both `(batch, rows, columns)` on the teacher's grid."""
+        if not self._attention_layers:
+            raise ValueError("attention maps need attention distillation (attention_loss_weight > 0).")
+        student = self.accelerator.unwrap_model(self.model)
+        was_training = student.training
+        student.eval()
+        pixel_values = pixel_values.to(self.args.device)
+        student_outputs = student(
+            pixel_values=pixel_values,
+            **({"output_hidden_states": True} if self._student_is_cnn else {"output_attentions": True}),
+        )
+        student.train(was_training)
+        teacher_outputs = self._teacher_outputs(pixel_values, hidden_states=False, attentions=True)
+        teacher_maps, layer_weights = self._teacher_maps(teacher_outputs)
+        teacher_map = sum(weight * layer_map for weight, layer_map in zip(layer_weights.tolist(), teacher_maps))
+        student_map = resize_distribution(
+            self._student_map(student_outputs, getattr(student, ADAPTERS_ATTRIBUTE, None)), self._attention_grid
+        )
+        return teacher_map.cpu(), student_map.cpu()
 
     # ---- logging and saving ----
 

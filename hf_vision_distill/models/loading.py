@@ -115,7 +115,7 @@ def _processor_size(image_processor: BaseImageProcessor | None, fallback: int | 
 def load_image_classifier(
     name_or_path: str,
     *,
-    id2label: dict[int, str],
+    id2label: dict[int, str] | None,
     image_size: int | None = None,
     config_overrides: dict | None = None,
     ignore_mismatched_sizes: bool = False,
@@ -132,8 +132,9 @@ def load_image_classifier(
             `"google/vit-base-patch16-224"`, `"timm/resnet18.a1_in1k"`), a timm architecture name (`"resnet18"`,
             built from scratch), or a timm name with a pretrained tag (`"resnet18.a1_in1k"`, loaded from
             `timm/resnet18.a1_in1k`).
-        id2label (`dict[int, str]`):
-            The dataset's classes; they become `config.id2label`.
+        id2label (`dict[int, str]` or `None`):
+            The dataset's classes; they become `config.id2label`. `None` keeps a checkpoint's own labels (e.g. a
+            teacher, whose labels the distillation trainer then compares with the student's).
         image_size (`int`, *optional*):
             Input size. Presets: overrides the preset's. Our saved ViTs: resamples the position embeddings for good.
             Our saved CNNs: any size works. timm names: passed as `img_size` to `timm.create_model`. Other
@@ -145,9 +146,13 @@ def load_image_classifier(
         trust_remote_code, revision, token, cache_dir:
             Passed to `from_pretrained`.
     """
+    config_overrides = dict(config_overrides or {})
+    if id2label is None:
+        if name_or_path in MODEL_PRESETS or (not os.path.isdir(name_or_path) and _is_timm_name(name_or_path)):
+            raise ValueError(f"{name_or_path!r} is built from scratch and needs id2label (the dataset's classes).")
+        return _load_checkpoint(name_or_path, None, image_size, False, trust_remote_code, revision, token, cache_dir)
     id2label = {int(index): label for index, label in id2label.items()}
     label2id = {label: index for index, label in id2label.items()}
-    config_overrides = dict(config_overrides or {})
 
     if name_or_path in MODEL_PRESETS:
         if image_size is not None:
@@ -189,6 +194,21 @@ def load_image_classifier(
             f"config_overrides={config_overrides} apply to presets and timm names only; {name_or_path!r} is a saved "
             "checkpoint, whose architecture is fixed by its weights."
         )
+    return _load_checkpoint(
+        name_or_path, id2label, image_size, ignore_mismatched_sizes, trust_remote_code, revision, token, cache_dir
+    )
+
+
+def _load_checkpoint(
+    name_or_path: str,
+    id2label: dict[int, str] | None,
+    image_size: int | None,
+    ignore_mismatched_sizes: bool,
+    trust_remote_code: bool,
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | None,
+) -> LoadedClassifier:
     hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir}
     try:
         checkpoint_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
@@ -197,18 +217,20 @@ def load_image_classifier(
             f"{name_or_path!r} is not a model preset ({sorted(MODEL_PRESETS)}), a timm architecture, a local "
             f"directory with a config.json, or a reachable Hub model id: {err}"
         ) from err
-    checkpoint_labels = checkpoint_config.id2label or {}
-    same_labels = {int(k): v for k, v in checkpoint_labels.items()} == id2label
+    checkpoint_labels = {int(index): name for index, name in (checkpoint_config.id2label or {}).items()}
+    if id2label is None:
+        id2label = checkpoint_labels
+    same_labels = checkpoint_labels == id2label
     if checkpoint_labels and len(checkpoint_labels) != len(id2label) and not ignore_mismatched_sizes:
         raise ValueError(
             f"{name_or_path!r} has a classification head for {len(checkpoint_labels)} labels but the dataset has "
             f"{len(id2label)}; pass ignore_mismatched_sizes=True (--ignore_mismatched_sizes in the recipes) to "
             "replace the head with a new one."
         )
+    label_kwargs = {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
     model = AutoModelForImageClassification.from_pretrained(
         name_or_path,
-        id2label=id2label,
-        label2id=label2id,
+        **(label_kwargs if id2label else {}),
         ignore_mismatched_sizes=not same_labels,
         trust_remote_code=trust_remote_code,
         **hub_kwargs,

@@ -1,0 +1,262 @@
+"""Distill a teacher into a student with the DistillationTrainer, and compare them with a same-budget baseline.
+
+    # 1. a teacher (any classifier of the dataset's labels; here our CIFAR ViT, trained with the training recipe)
+    accelerate launch examples/train.py --model_name_or_path vit-cifar --output_dir outputs/teacher
+    # 2. the ViT -> CNN recipe: CompactCNN student, attention alignment + logit KD + labels, and a baseline
+    accelerate launch examples/distill.py --teacher_model_name_or_path outputs/teacher --baseline
+    python examples/distill.py my_run.yaml                      # every argument from a YAML/JSON file
+
+Teacher and student may take different inputs (sizes, normalisation): the trainer gives the teacher its own view of
+each augmented batch. The run writes the student (and its image processor) to --output_dir, plus:
+`summary.md` / `summary.json` (teacher, distilled student and baseline: parameters, test accuracy and macro-F1),
+`loss_components.png`, `layer_weights.png` (the teacher layers' entropy weights over epochs),
+`attention_overlays.png` (teacher vs student attention on test images) and TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainingArguments, set_seed
+
+from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer, TeacherView
+from hf_vision_distill.evaluation import (
+    build_compute_metrics,
+    markdown_table,
+    plot_attention_overlays,
+    plot_log_history,
+)
+from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.recipes import (
+    DataArguments,
+    ModelArguments,
+    RunArguments,
+    build_collators,
+    build_datasets,
+    checkpoint_to_resume,
+    evaluation_settings_for,
+    load_data,
+    parse_arguments,
+    setup_logging,
+)
+from hf_vision_distill.training import ImageClassificationTrainer
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
+
+DEFAULTS = {
+    "model_name_or_path": "compact-cnn",
+    "dataset_name": SHIPPED_SAMPLE,
+    "output_dir": "outputs/distill",
+    # The ViT -> CNN recipe: the teacher's attention (0.7) and its soft labels (0.3), plus the true labels.
+    "attention_loss_weight": 0.7,
+    "soft_loss_weight": 0.3,
+    "label_loss_weight": 0.5,
+    "temperature": 4.0,
+    "num_train_epochs": 10,
+    "per_device_train_batch_size": 128,
+    "per_device_eval_batch_size": 256,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.05,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "accuracy",
+    "greater_is_better": True,
+    "logging_steps": 10,
+    "report_to": "tensorboard",
+    "dataloader_num_workers": 2,
+    "dataloader_pin_memory": torch.cuda.is_available(),
+    "ddp_find_unused_parameters": False,
+    "seed": 42,
+}
+
+
+@dataclass
+class ComparisonArguments:
+    baseline: bool = field(
+        default=False,
+        metadata={"help": "Also train the same student from the same start on labels alone, with the same budget."},
+    )
+    num_overlay_images: int = field(default=6, metadata={"help": "Test images in attention_overlays.png."})
+
+
+def plain_training_arguments(args: DistillationConfig, **changes) -> TrainingArguments:
+    """The TrainingArguments part of a DistillationConfig, for the baseline and the teacher's evaluation."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+    return TrainingArguments(**{**values, **changes})
+
+
+def evaluate_on(trainer, eval_datasets: dict, prefix_by_split: dict[str, str]) -> dict[str, float]:
+    metrics = {}
+    for split, dataset in eval_datasets.items():
+        metrics.update(trainer.evaluate(dataset, metric_key_prefix=prefix_by_split[split]))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, run_args, comparison_args, args = parse_arguments(
+        (ModelArguments, DataArguments, RunArguments, ComparisonArguments, DistillationConfig), DEFAULTS, argv
+    )
+    setup_logging(args)
+    set_seed(args.seed)
+    if not args.teacher_model_name_or_path:
+        raise ValueError(
+            "no teacher: pass --teacher_model_name_or_path (a trained classifier of the dataset's labels, e.g. one "
+            "trained with examples/train.py)."
+        )
+    data = load_data(data_args, args)
+    args = evaluation_settings_for(data, args)
+    output_dir = Path(args.output_dir)
+    prefixes = {"validation": "eval", "test": "test"}
+
+    teacher = load_image_classifier(
+        args.teacher_model_name_or_path, id2label=None, trust_remote_code=model_args.trust_remote_code
+    )
+
+    def load_student():
+        set_seed(args.seed)  # the baseline starts from the same weights as the distilled student
+        return load_image_classifier(
+            model_args.model_name_or_path,
+            id2label=data.id2label,
+            image_size=model_args.image_size,
+            config_overrides=json.loads(model_args.config_overrides) if model_args.config_overrides else None,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            trust_remote_code=model_args.trust_remote_code,
+            revision=model_args.model_revision,
+        )
+
+    student = load_student()
+    same_input = (student.image_size, student.image_mean, student.image_std) == (
+        teacher.image_size, teacher.image_mean, teacher.image_std,
+    )  # fmt: skip
+    teacher_view = None if same_input else TeacherView(
+        tuple(student.image_mean), tuple(student.image_std), tuple(teacher.image_size),
+        tuple(teacher.image_mean), tuple(teacher.image_std),
+    )  # fmt: skip
+    train_dataset, eval_datasets = build_datasets(
+        data, data_args, student.image_size, student.image_mean, student.image_std
+    )
+    train_collator, eval_collator, args = build_collators(data, data_args, args)
+
+    # ---- the teacher, on the same test images, through its own input pipeline ----
+    _, teacher_eval_datasets = build_datasets(
+        data, data_args, teacher.image_size, teacher.image_mean, teacher.image_std
+    )
+    teacher_evaluator = ImageClassificationTrainer(
+        model=teacher.model,
+        args=plain_training_arguments(
+            args,
+            output_dir=str(output_dir / "teacher_evaluation"),
+            report_to=[],
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+        ),  # fmt: skip
+        data_collator=eval_collator,
+        compute_metrics=build_compute_metrics(),
+    )
+    rows = [{"model": f"teacher ({args.teacher_model_name_or_path})",
+             **evaluate_on(teacher_evaluator, teacher_eval_datasets, prefixes),
+             "parameters": sum(p.numel() for p in teacher.model.parameters())}]  # fmt: skip
+
+    # ---- distillation ----
+    trainer = DistillationTrainer(
+        model=student.model,
+        teacher_model=teacher.model,
+        args=args,
+        teacher_view=teacher_view,
+        train_dataset=train_dataset,
+        eval_dataset=eval_datasets.get("validation"),
+        data_collator=train_collator,
+        eval_data_collator=eval_collator,
+        compute_metrics=build_compute_metrics(),
+        processing_class=student.image_processor,
+    )
+    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(args, run_args))
+    trainer.save_model()  # the student alone: no teacher, no adapters
+    trainer.save_state()
+    student_parameters = sum(p.numel() for name, p in student.model.named_parameters()
+                             if not name.startswith("distillation_adapters."))  # fmt: skip
+    rows.append({"model": f"distilled student ({model_args.model_name_or_path})",
+                 **evaluate_on(trainer, eval_datasets, prefixes), "parameters": student_parameters,
+                 "train_runtime": train_result.metrics["train_runtime"]})  # fmt: skip
+
+    history = trainer.state.log_history
+    loss_keys = sorted({key for entry in history for key in entry if key.startswith("loss") or key == "loss"})
+    plot_log_history(history, loss_keys, str(output_dir / "loss_components.png"), "training loss components")
+    weight_keys = sorted({key for entry in history for key in entry if key.startswith("attention_layer_weight_")})
+    plot_log_history(history, weight_keys, str(output_dir / "layer_weights.png"),
+                     "teacher layer weights (entropy)", x_key="epoch")  # fmt: skip
+    if args.attention_loss_weight > 0 and "test" in eval_datasets and comparison_args.num_overlay_images > 0:
+        write_attention_overlays(trainer, eval_datasets["test"], data, student, comparison_args.num_overlay_images,
+                                 str(output_dir / "attention_overlays.png"))  # fmt: skip
+
+    # ---- the baseline: same student, same start, same budget, labels only ----
+    if comparison_args.baseline:
+        baseline_student = load_student()
+        baseline_args = plain_training_arguments(args, output_dir=str(output_dir / "baseline"))
+        baseline = ImageClassificationTrainer(
+            model=baseline_student.model,
+            args=evaluation_settings_for(data, baseline_args),
+            train_dataset=train_dataset,
+            eval_dataset=eval_datasets.get("validation"),
+            data_collator=train_collator,
+            eval_data_collator=eval_collator,
+            compute_metrics=build_compute_metrics(),
+            processing_class=baseline_student.image_processor,
+        )
+        baseline_result = baseline.train(resume_from_checkpoint=checkpoint_to_resume(baseline_args, run_args))
+        baseline.save_model()
+        rows.append({"model": f"baseline student ({model_args.model_name_or_path}, labels only)",
+                     **evaluate_on(baseline, eval_datasets, prefixes), "parameters": student_parameters,
+                     "train_runtime": baseline_result.metrics["train_runtime"]})  # fmt: skip
+
+    summary = write_summary(rows, args, output_dir)
+    return summary
+
+
+@torch.no_grad()
+def write_attention_overlays(trainer, test_dataset, data, student, count: int, path: str) -> None:
+    examples = [test_dataset[index] for index in range(min(count, len(test_dataset)))]
+    pixel_values = torch.stack([example["pixel_values"] for example in examples])
+    teacher_maps, student_maps = trainer.attention_maps(pixel_values)
+    mean = torch.tensor(student.image_mean)[:, None, None]
+    std = torch.tensor(student.image_std)[:, None, None]
+    images = (pixel_values * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    labels = [data.id2label[int(example["labels"])] for example in examples]
+    plot_attention_overlays(images, np.asarray(teacher_maps), np.asarray(student_maps), path, labels)
+
+
+def write_summary(rows: list[dict], args: DistillationConfig, output_dir: Path) -> dict:
+    columns = [("model", "model"), ("parameters", "parameters"), ("test_accuracy", "test accuracy"),
+               ("test_f1_macro", "test macro-F1"), ("eval_accuracy", "validation accuracy"),
+               ("train_runtime", "training time (s)")]  # fmt: skip
+    settings = {name: getattr(args, name) for name in (
+        "temperature", "label_loss_weight", "soft_loss_weight", "hard_loss_weight", "feature_loss_weight",
+        "attention_loss_weight", "layer_weighting", "student_attention", "schedules", "num_train_epochs",
+        "learning_rate", "per_device_train_batch_size", "seed")}  # fmt: skip
+    summary = {"models": rows, "settings": settings}
+    if args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        settings_lines = "".join(f"- {name}: {value}\n" for name, value in settings.items())
+        (output_dir / "summary.md").write_text(
+            "# Distillation summary\n\n" + markdown_table(rows, columns) + "\n## Settings\n\n" + settings_lines
+        )
+        logger.info("Summary:\n%s", markdown_table(rows, columns))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

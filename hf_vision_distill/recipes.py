@@ -1,0 +1,248 @@
+"""What the recipes in examples/ share: their argument dataclasses, parsing over per-recipe defaults, logging, the
+data pipeline (load, transform, collate) and resumption."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import transformers
+from transformers import HfArgumentParser, TrainingArguments
+
+from .data import (
+    ImageClassificationCollator,
+    ImageClassificationData,
+    build_transforms,
+    drop_undecodable_images,
+    load_image_classification_dataset,
+    with_image_transform,
+)
+from .training import last_complete_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A preset built from scratch (vit-cifar, vit-tiny, vit-small, vit-base, simple-cnn, compact-cnn), "
+            "a local directory or Hub id (ours, transformers', timm/... checkpoints), or a timm architecture name."
+        },
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Input size; defaults to the preset's or the checkpoint's."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields for presets/timm names as JSON, e.g. '{\"num_hidden_layers\": 4}'."},
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Allow a checkpoint whose head has another number of labels: a new head is trained."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code shipped with a checkpoint."})
+    model_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub model."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id (uoft-cs/cifar10, zalando-datasets/fashion_mnist, ...), a local dataset "
+            "folder, or an imagefolder directory."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    data_dir: str | None = field(default=None, metadata={"help": "data_dir for load_dataset (e.g. imagefolder)."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column; detected when not given."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column; detected when not given."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    validation_split: str | None = field(
+        default=None, metadata={"help": "Validation split; carved from train (stratified, seeded) if absent."}
+    )
+    test_split: str | None = field(default=None, metadata={"help": "Test split; 'test' when the dataset has one."})
+    validation_size: float = field(default=0.1, metadata={"help": "Share of train carved out for validation."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation/test images."})
+    on_bad_image: str = field(
+        default="error",
+        metadata={
+            "help": "Undecodable images: 'error' stops at the first, naming its row; 'skip' drops them all up front "
+            "and counts them."
+        },
+    )
+    check_images: bool = field(
+        default=False,
+        metadata={"help": "Decode every image once before training, to list (error) or drop (skip) all bad rows."},
+    )
+    crop: str = field(default="auto", metadata={"help": "Train crop: auto, random_resized, pad or none."})
+    horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips in training."})
+    color_jitter: float = field(default=0.0, metadata={"help": "Colour jitter strength (0 disables)."})
+    auto_augment: str | None = field(
+        default=None, metadata={"help": "randaugment, trivialaugment or autoaugment (torchvision)."}
+    )
+    random_erasing: float = field(default=0.0, metadata={"help": "Probability of random erasing."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp alpha (0 disables)."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (0 disables)."})
+
+
+@dataclass
+class RunArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh even if --output_dir holds checkpoints (by default the run resumes)."},
+    )
+
+
+def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any], argv: list[str] | None) -> tuple:
+    """Command-line arguments, or a single YAML/JSON file, over a recipe's `defaults` (fields of the dataclasses)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser(dataclass_types)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        import yaml
+
+        with open(argv[0]) as file:
+            values = yaml.safe_load(file) or {}  # YAML is a superset of JSON
+        if not isinstance(values, dict):
+            raise ValueError(f"{argv[0]} must map argument names to values, got a {type(values).__name__}.")
+        return parser.parse_dict({**defaults, **values})
+    prefix = []
+    for name, value in defaults.items():
+        if isinstance(value, (list, tuple)):
+            prefix += [f"--{name}", *map(str, value)]
+        else:
+            prefix += [f"--{name}", str(value)]
+    # argparse keeps the last occurrence, so anything the user passes overrides the defaults placed first.
+    return parser.parse_args_into_dataclasses(args=prefix + argv)
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """Info on the main process, warnings only on the others (TrainingArguments' log_level / log_level_replica)."""
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    for name in ("hf_vision_distill", "__main__"):
+        logging.getLogger(name).setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def load_data(data_args: DataArguments, training_args: TrainingArguments) -> ImageClassificationData:
+    """The dataset, loaded and checked by the main process first (the other ranks then read its cache)."""
+    if not data_args.dataset_name:
+        raise ValueError("no dataset: pass --dataset_name (a Hub dataset id or a local folder).")
+    with training_args.main_process_first(desc="dataset loading"):
+        data = load_image_classification_dataset(
+            data_args.dataset_name,
+            config_name=data_args.dataset_config_name,
+            data_dir=data_args.data_dir,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            train_split=data_args.train_split,
+            validation_split=data_args.validation_split,
+            test_split=data_args.test_split,
+            validation_size=data_args.validation_size,
+            max_train_samples=data_args.max_train_samples,
+            max_eval_samples=data_args.max_eval_samples,
+            seed=training_args.seed,
+            token=training_args.hub_token,
+        )
+        # Skipping scans once up front (cached by datasets), so no training batch can end up empty; with "error"
+        # the lazy transform stops at the first bad image and names its row.
+        if data_args.check_images or data_args.on_bad_image == "skip":
+            data = drop_undecodable_images(data, on_bad_image=data_args.on_bad_image)
+    logger.info("Dataset %s: %s; %d classes", data_args.dataset_name, data.dataset, data.num_labels)
+    return data
+
+
+def evaluation_settings_for(data: ImageClassificationData, training_args: TrainingArguments) -> TrainingArguments:
+    """Without a validation split there is nothing to evaluate during training or to pick a best checkpoint by."""
+    evaluates = training_args.eval_strategy != "no" or training_args.load_best_model_at_end
+    if "validation" in data.dataset or not evaluates:
+        return training_args
+    logger.warning("No validation split (validation_size=0?): evaluating at the end only, keeping the last model.")
+    return dataclasses.replace(training_args, eval_strategy="no", load_best_model_at_end=False)
+
+
+def build_datasets(
+    data: ImageClassificationData,
+    data_args: DataArguments,
+    image_size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+    """The training split with augmentation and the validation/test splits with the eval transform, all lazy."""
+    train_transform = build_transforms(
+        image_size,
+        train=True,
+        mean=mean,
+        std=std,
+        crop=data_args.crop,
+        horizontal_flip=data_args.horizontal_flip,
+        color_jitter=data_args.color_jitter,
+        auto_augment=data_args.auto_augment,
+        random_erasing=data_args.random_erasing,
+    )
+    eval_transform = build_transforms(image_size, train=False, mean=mean, std=std)
+
+    def prepare(split: str, transform) -> datasets.Dataset:
+        return with_image_transform(
+            data.dataset[split], transform, on_bad_image=data_args.on_bad_image, source_split=data.source_splits[split]
+        )
+
+    eval_splits = [split for split in ("validation", "test") if split in data.dataset]
+    return prepare("train", train_transform), {split: prepare(split, eval_transform) for split in eval_splits}
+
+
+def build_collators(
+    data: ImageClassificationData, data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[ImageClassificationCollator, ImageClassificationCollator, TrainingArguments]:
+    """Training and evaluation collators, and the training arguments to use with them.
+
+    Mixed batches carry soft targets, which the Trainer's label smoother cannot take: with mixup/cutmix the label
+    smoothing moves into the training collator.
+    """
+    mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0
+    label_smoothing = training_args.label_smoothing_factor if mixing else 0.0
+    if mixing:
+        training_args = dataclasses.replace(training_args, label_smoothing_factor=0.0)
+    train_collator = ImageClassificationCollator(
+        num_labels=data.num_labels,
+        mixup_alpha=data_args.mixup_alpha,
+        cutmix_alpha=data_args.cutmix_alpha,
+        label_smoothing=label_smoothing,
+    )
+    return train_collator, ImageClassificationCollator(), training_args
+
+
+def checkpoint_to_resume(training_args: TrainingArguments, run_args: RunArguments) -> str | None:
+    """`--resume_from_checkpoint` if given, else the last complete checkpoint in the output folder (unless
+    `--overwrite_output_dir`)."""
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if run_args.overwrite_output_dir:
+        return None
+    checkpoint = last_complete_checkpoint(training_args.output_dir)
+    if checkpoint:
+        logger.info("Resuming from %s; pass --overwrite_output_dir to start afresh.", checkpoint)
+    return checkpoint
+
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "RunArguments",
+    "build_collators",
+    "build_datasets",
+    "checkpoint_to_resume",
+    "evaluation_settings_for",
+    "load_data",
+    "parse_arguments",
+    "setup_logging",
+]
