@@ -68,7 +68,7 @@ def test_recipe_reads_a_yaml_config(tmp_path):
         "learning_rate: 3.0e-4\n"
         "report_to: none\n"
     )
-    model_args, data_args, run_args, training_args = recipe.parse_arguments([str(config)])
+    model_args, data_args, run_args, training_args = recipe.parse([str(config)])
     assert training_args.max_steps == 2 and training_args.eval_strategy == "epoch"  # file value and recipe default
     assert run_args.overwrite_output_dir is False
     assert data_args.max_train_samples == 64 and model_args.model_name_or_path == "vit-cifar"
