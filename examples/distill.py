@@ -34,6 +34,7 @@ from hf_vision_distill.evaluation import (
 )
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
+    TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
     RunArguments,
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
 
 DEFAULTS = {
+    **TRAINING_DEFAULTS,
     "model_name_or_path": "compact-cnn",
     "dataset_name": SHIPPED_SAMPLE,
     "output_dir": "outputs/distill",
@@ -60,25 +62,6 @@ DEFAULTS = {
     "soft_loss_weight": 0.3,
     "label_loss_weight": 0.5,
     "temperature": 4.0,
-    "num_train_epochs": 10,
-    "per_device_train_batch_size": 128,
-    "per_device_eval_batch_size": 256,
-    "learning_rate": 1e-3,
-    "weight_decay": 0.05,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "accuracy",
-    "greater_is_better": True,
-    "logging_steps": 10,
-    "report_to": "tensorboard",
-    "dataloader_num_workers": 2,
-    "dataloader_pin_memory": torch.cuda.is_available(),
-    "ddp_find_unused_parameters": False,
-    "seed": 42,
 }
 
 

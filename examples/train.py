@@ -18,12 +18,12 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from transformers import TrainingArguments, set_seed
 
 from hf_vision_distill.evaluation import build_compute_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
+    TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
     RunArguments,
@@ -43,30 +43,10 @@ SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sam
 
 # The recipe's defaults; anything given on the command line or in the config file wins.
 DEFAULTS = {
+    **TRAINING_DEFAULTS,
     "model_name_or_path": "simple-cnn",
     "dataset_name": SHIPPED_SAMPLE,
     "output_dir": "outputs/train",
-    "num_train_epochs": 10,
-    "per_device_train_batch_size": 128,
-    "per_device_eval_batch_size": 256,
-    "learning_rate": 1e-3,
-    "weight_decay": 0.05,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "accuracy",
-    "greater_is_better": True,
-    "logging_steps": 10,
-    "report_to": "tensorboard",
-    "remove_unused_columns": False,
-    "dataloader_num_workers": 2,
-    "dataloader_pin_memory": torch.cuda.is_available(),
-    # Every parameter of our models takes part in each step; DDP's search for unused ones costs a graph walk a step.
-    "ddp_find_unused_parameters": False,
-    "seed": 42,
 }
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -24,6 +25,34 @@ from .data import (
 from .training import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+# TrainingArguments defaults the recipes share (each adds its own model, dataset and output folder). AdamW with a
+# cosine schedule, an evaluation and a checkpoint every epoch, the best kept by validation accuracy, TensorBoard.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "num_train_epochs": 10,
+    "per_device_train_batch_size": 128,
+    "per_device_eval_batch_size": 256,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.05,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "accuracy",
+    "greater_is_better": True,
+    "logging_steps": 10,
+    "report_to": "tensorboard",
+    # The lazy image transform needs the image column, which is not a model argument.
+    "remove_unused_columns": False,
+    "dataloader_num_workers": 2,
+    "dataloader_pin_memory": torch.cuda.is_available(),
+    # Every parameter of our models takes part in each step; DDP's search for unused ones costs a graph walk a step.
+    "ddp_find_unused_parameters": False,
+    "seed": 42,
+}
 
 
 @dataclass
@@ -235,6 +264,7 @@ def checkpoint_to_resume(training_args: TrainingArguments, run_args: RunArgument
 
 
 __all__ = [
+    "TRAINING_DEFAULTS",
     "DataArguments",
     "ModelArguments",
     "RunArguments",

@@ -1,6 +1,8 @@
 """Shared pytest fixtures: paths to the real datasets the tests read, and an offline Hub."""
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ def _shared_dataset(name: str) -> Path:
     if not (path / "README.md").is_file():
         pytest.skip(f"shared dataset not available: {path} (expected a Hub-layout dataset repository there)")
     return path
+
+
+def load_example(name: str):
+    """Imports examples/<name>.py as a module, so tests call its main(argv)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_recipe", REPO_ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the recipe's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

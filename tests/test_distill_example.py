@@ -1,12 +1,11 @@
 """examples/distill.py end to end: a tiny ViT teacher into a tiny CNN student, with the baseline and every artifact."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_example
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import pipeline
@@ -18,11 +17,7 @@ CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("distill_recipe", REPO / "examples" / "distill.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the recipe's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_example("distill")
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """examples/train.py end to end on tiny budgets, and the training helpers it relies on."""
 
-import importlib.util
 import json
 import os
 import re
@@ -11,6 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import load_example
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -23,11 +23,7 @@ TINY_VIT = json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("train_recipe", REPO / "examples" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the recipe's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_example("train")
 
 
 def tiny_run_arguments(output_dir, *extra: str) -> list[str]:
