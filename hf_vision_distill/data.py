@@ -48,6 +48,7 @@ __all__ = [
     "IMAGE_COLUMN_CANDIDATES",
     "LABEL_COLUMN_CANDIDATES",
     "ROW_INDEX_COLUMN",
+    "TEACHER_COLUMN_PREFIX",
     "ImageClassificationCollator",
     "ImageClassificationData",
     "build_transforms",
@@ -62,6 +63,8 @@ __all__ = [
 IMAGE_COLUMN_CANDIDATES = ("image", "img")
 # Added by the loader: each row's position in its source split, so errors about a batch can name the rows.
 ROW_INDEX_COLUMN = "row_index"
+# Columns of precomputed teacher outputs, passed through the lazy transform and stacked by the collator.
+TEACHER_COLUMN_PREFIX = "teacher_"
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label")
 
 VALIDATION_SPLIT_CANDIDATES = ("validation", "valid", "val")
@@ -777,11 +780,17 @@ class _ImageBatchTransform:
     """The callable returned by [`make_batch_transform`]; a module-level class so that it pickles."""
 
     def __init__(
-        self, image_transform: Callable[[PIL.Image.Image], torch.Tensor], on_bad_image: str, source_split: str | None
+        self,
+        image_transform: Callable[[PIL.Image.Image], torch.Tensor],
+        on_bad_image: str,
+        source_split: str | None,
+        row_outputs: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.image_transform = image_transform
         self.on_bad_image = on_bad_image
         self.source_split = source_split
+        # Per-row arrays indexed by row_index (e.g. precomputed teacher logits), looked up for each batch.
+        self.row_outputs = row_outputs or {}
         # Rows dropped so far in this process (each dataloader worker counts its own).
         self.num_skipped = 0
 
@@ -794,7 +803,22 @@ class _ImageBatchTransform:
         images = batch["image"]
         labels = batch.get("label")
         row_indices = batch.get(ROW_INDEX_COLUMN)
+        # Precomputed teacher outputs (see distillation.teacher_cache) travel with their images.
+        passthrough = {name: values for name, values in batch.items() if name.startswith(TEACHER_COLUMN_PREFIX)}
+        if self.row_outputs:
+            if row_indices is None:
+                raise ValueError("per-row outputs need the loader's 'row_index' column in the dataset.")
+            for name, table in self.row_outputs.items():
+                rows = np.asarray(row_indices)
+                if rows.max() >= len(table) or np.isnan(table[rows]).any():
+                    missing = [int(row) for row in rows if row >= len(table) or np.isnan(table[row]).any()]
+                    raise ValueError(
+                        f"no precomputed '{name}' for rows {missing[:10]}; compute the cache for this split (with "
+                        "cache_teacher_logits) before training from it."
+                    )
+                passthrough[name] = list(table[rows])
         pixel_values, kept_labels = [], []
+        kept_passthrough = {name: [] for name in passthrough}
         skipped = []
         for position, value in enumerate(images):
             try:
@@ -817,6 +841,8 @@ class _ImageBatchTransform:
             pixel_values.append(self.image_transform(image))
             if labels is not None:
                 kept_labels.append(int(labels[position]))
+            for name, values in passthrough.items():
+                kept_passthrough[name].append(values[position])
         if skipped:
             self.num_skipped += len(skipped)
             logger.warning(
@@ -825,7 +851,7 @@ class _ImageBatchTransform:
                 ", ".join(skipped),
                 self.num_skipped,
             )
-        output = {"pixel_values": pixel_values}
+        output = {"pixel_values": pixel_values, **kept_passthrough}
         if labels is not None:
             output["labels"] = kept_labels
         return output
@@ -836,6 +862,7 @@ def make_batch_transform(
     *,
     on_bad_image: str = "error",
     source_split: str | None = None,
+    row_outputs: dict[str, np.ndarray] | None = None,
 ) -> Callable[[dict], dict]:
     """Wrap an image transform into a batch function for `Dataset.with_transform`.
 
@@ -855,6 +882,9 @@ def make_batch_transform(
             once with [`drop_undecodable_images`].
         source_split (`str`, *optional*):
             The source split the rows come from, named in messages (see `ImageClassificationData.source_splits`).
+        row_outputs (`dict[str, np.ndarray]`, *optional*):
+            Arrays indexed by `row_index` whose rows are added to each example under their name (precomputed
+            teacher outputs, `teacher_*`); a row that is NaN or out of range is an error.
 
     Returns:
         `Callable[[dict], dict]`: maps `{"image": [...], "label": [...]}` to `{"pixel_values": [CHW float tensors],
@@ -869,7 +899,7 @@ def make_batch_transform(
     ```
     """
     _check_on_bad_image(on_bad_image)
-    return _ImageBatchTransform(image_transform, on_bad_image, source_split)
+    return _ImageBatchTransform(image_transform, on_bad_image, source_split, row_outputs)
 
 
 def with_image_transform(
@@ -878,6 +908,7 @@ def with_image_transform(
     *,
     on_bad_image: str = "error",
     source_split: str | None = None,
+    row_outputs: dict[str, np.ndarray] | None = None,
 ) -> datasets.Dataset:
     """The dataset with `image_transform` applied lazily, ready for a `DataLoader` or the `Trainer`.
 
@@ -894,6 +925,8 @@ def with_image_transform(
             `"error"` or `"skip"`.
         source_split (`str`, *optional*):
             The split the rows come from, for messages (`data.source_splits[split]`).
+        row_outputs (`dict[str, np.ndarray]`, *optional*):
+            Per-row arrays indexed by `row_index` to add to each example (see [`make_batch_transform`]).
 
     Returns:
         `datasets.Dataset` whose rows come out as `{"pixel_values": tensor, "labels": int}`.
@@ -906,7 +939,9 @@ def with_image_transform(
         )
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
     return dataset.with_transform(
-        make_batch_transform(image_transform, on_bad_image=on_bad_image, source_split=source_split)
+        make_batch_transform(
+            image_transform, on_bad_image=on_bad_image, source_split=source_split, row_outputs=row_outputs
+        )
     )
 
 
@@ -989,6 +1024,16 @@ class ImageClassificationCollator:
             )
         pixel_values = torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])
         batch = {"pixel_values": pixel_values}
+        for name in examples[0]:
+            if name.startswith(TEACHER_COLUMN_PREFIX):
+                if self.mix is not None:
+                    raise ValueError(
+                        f"the batch carries precomputed teacher outputs ('{name}'), which belong to the unmixed "
+                        "images; turn mixup/cutmix off, or distill from a live teacher."
+                    )
+                batch[name] = torch.stack(
+                    [torch.as_tensor(example[name], dtype=torch.float32) for example in examples]
+                )
         if "labels" not in examples[0]:
             return batch
         labels = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)

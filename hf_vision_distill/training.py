@@ -16,6 +16,8 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .data import TEACHER_COLUMN_PREFIX
+
 
 class ImageClassificationTrainer(Trainer):
     """A `Trainer` for image classifiers of any origin (ours, transformers', timm through `TimmWrapper`).
@@ -49,7 +51,10 @@ class ImageClassificationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         labels = inputs.get("labels")
-        outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
+        # Labels and precomputed teacher outputs are for the loss, not model inputs.
+        model_inputs = {name: value for name, value in inputs.items()
+                        if name != "labels" and not name.startswith(TEACHER_COLUMN_PREFIX)}  # fmt: skip
+        outputs = model(**model_inputs)
         if labels is None:
             raise ValueError("ImageClassificationTrainer needs 'labels' in every training batch.")
         # Smoothing shapes training only; the evaluation loss is against the true labels.

@@ -2,5 +2,14 @@
 
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer, TeacherView, check_label_spaces
+from .teacher_cache import TEACHER_LOGITS_COLUMN, cache_teacher_logits, teacher_outputs_by_row
 
-__all__ = ["DistillationConfig", "DistillationTrainer", "TeacherView", "check_label_spaces"]
+__all__ = [
+    "TEACHER_LOGITS_COLUMN",
+    "DistillationConfig",
+    "DistillationTrainer",
+    "TeacherView",
+    "cache_teacher_logits",
+    "check_label_spaces",
+    "teacher_outputs_by_row",
+]

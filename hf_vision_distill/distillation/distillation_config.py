@@ -103,6 +103,13 @@ class DistillationConfig(TrainingArguments):
             "the *_loss_weight fields. Schedules: a number, linear:a->b, cosine:a->b, or epoch ranges."
         },
     )
+    offline_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "Batches carry precomputed 'teacher_logits' (distillation.teacher_cache): the logit losses read "
+            "them instead of running a teacher. Feature and attention losses need a live teacher."
+        },
+    )
     # The recipes' datasets keep the image column, which the model's forward does not take.
     remove_unused_columns: bool = field(
         default=False,
@@ -129,6 +136,11 @@ class DistillationConfig(TrainingArguments):
         if self.layer_weighting_temperature <= 0:
             raise ValueError(f"layer_weighting_temperature={self.layer_weighting_temperature} must be positive.")
         self.feature_layer_pairs = [self._parse_pair(pair) for pair in self.feature_layers]
+        if self.offline_teacher and (self.uses("feature_loss_weight") or self.uses("attention_loss_weight")):
+            raise ValueError(
+                "offline_teacher caches logits only; feature and attention distillation need the teacher's "
+                "activations. Set feature_loss_weight and attention_loss_weight to 0, or use a live teacher."
+            )
         super().__post_init__()
 
     def _parse_schedules(self) -> dict[str, Schedule]:
@@ -159,7 +171,9 @@ class DistillationConfig(TrainingArguments):
 
     @property
     def needs_teacher(self) -> bool:
-        """Whether any loss term reads the teacher's outputs."""
+        """Whether any loss term needs a live teacher model."""
+        if self.offline_teacher:
+            return False
         return any(self.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
 
 

@@ -29,6 +29,7 @@ from ..losses import (
 from ..training import ImageClassificationTrainer, classification_loss
 from .adapters import ADAPTERS_ATTRIBUTE, AttentionProjection, FeatureAdapter, as_feature_map, count_prefix_tokens
 from .distillation_config import LOSS_WEIGHT_NAMES, DistillationConfig
+from .teacher_cache import TEACHER_LOGITS_COLUMN
 
 logger = logging.get_logger(__name__)
 
@@ -129,8 +130,9 @@ class DistillationTrainer(ImageClassificationTrainer):
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if teacher_model is None and args.needs_teacher:
             raise ValueError(
-                "no teacher: pass teacher_model= or set teacher_model_name_or_path, or set every teacher loss weight "
-                "(soft, hard, feature, attention) to 0 to train the student on labels alone."
+                "no teacher: pass teacher_model= or set teacher_model_name_or_path, train from cached teacher logits "
+                "(offline_teacher=True), or set every teacher loss weight (soft, hard, feature, attention) to 0 to "
+                "train the student on labels alone."
             )
         if isinstance(teacher_model, str):
             teacher_model = AutoModelForImageClassification.from_pretrained(teacher_model)
@@ -244,8 +246,19 @@ class DistillationTrainer(ImageClassificationTrainer):
             label_smoothing = args.label_smoothing_factor if model.training else 0.0
             components["label"] = classification_loss(student_logits, labels, label_smoothing)
         if any(weight > 0 for name, weight in weights.items() if name != "label_loss_weight"):
-            teacher_outputs = self._teacher_outputs(pixel_values, hidden_states=use_features, attentions=use_attention)
-            teacher_logits = teacher_outputs.logits.float()
+            if args.offline_teacher:
+                if TEACHER_LOGITS_COLUMN not in inputs:
+                    raise ValueError(
+                        "offline_teacher is on but the batch has no 'teacher_logits'; prepare the splits with "
+                        "with_image_transform(..., row_outputs=teacher_outputs_by_row(cache))."
+                    )
+                teacher_outputs = None
+                teacher_logits = inputs[TEACHER_LOGITS_COLUMN].float()
+            else:
+                teacher_outputs = self._teacher_outputs(
+                    pixel_values, hidden_states=use_features, attentions=use_attention
+                )
+                teacher_logits = teacher_outputs.logits.float()
             if weights["soft_loss_weight"] > 0:
                 components["soft"] = soft_distillation_loss(student_logits, teacher_logits, temperature)
             if weights["hard_loss_weight"] > 0:

@@ -1,0 +1,96 @@
+"""The offline teacher: logits cached once per source row, then distillation without a live teacher."""
+
+import datasets
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
+from hf_vision_distill.data import (
+    ImageClassificationCollator,
+    build_transforms,
+    load_image_classification_dataset,
+    with_image_transform,
+)
+from hf_vision_distill.distillation import (
+    DistillationConfig,
+    DistillationTrainer,
+    cache_teacher_logits,
+    teacher_outputs_by_row,
+)
+
+
+@pytest.fixture(scope="module")
+def data(cifar10_sample_path):
+    return load_image_classification_dataset(str(cifar10_sample_path), max_train_samples=24, max_eval_samples=8)
+
+
+def tiny_vit(seed: int, data) -> VisionTransformerForImageClassification:
+    torch.manual_seed(seed)
+    config = VisionTransformerConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, id2label=data.id2label,
+                                     label2id=data.label2id)  # fmt: skip
+    return VisionTransformerForImageClassification(config).eval()
+
+
+def test_cache_matches_the_live_teacher_row_by_row(data):
+    teacher = tiny_vit(1, data)
+    transform = build_transforms(16, train=False)
+    cache = cache_teacher_logits(teacher, data.dataset["train"], transform, batch_size=5)
+    assert cache.column_names == ["row_index", "teacher_logits"] and len(cache) == 24
+    assert cache["row_index"] == data.dataset["train"]["row_index"]  # keyed by source row, not position
+    prepared = with_image_transform(data.dataset["train"], transform)
+    with torch.no_grad():
+        live = torch.cat([teacher(batch["pixel_values"]).logits for batch in
+                          DataLoader(prepared, batch_size=7, collate_fn=ImageClassificationCollator())])  # fmt: skip
+    torch.testing.assert_close(torch.tensor(cache["teacher_logits"]), live, atol=1e-5, rtol=1e-5)
+    # Round trip through disk, as a datasets dataset.
+    assert isinstance(cache, datasets.Dataset)
+
+
+def test_random_transforms_are_refused(data):
+    with pytest.raises(ValueError, match="the transform is random"):
+        cache_teacher_logits(tiny_vit(1, data), data.dataset["train"], build_transforms(16, train=True))
+
+
+def test_batches_carry_the_cached_logits_and_missing_rows_fail(data):
+    transform = build_transforms(16, train=False)
+    cache = cache_teacher_logits(tiny_vit(1, data), data.dataset["train"], transform)
+    prepared = with_image_transform(data.dataset["train"], transform, row_outputs=teacher_outputs_by_row(cache))
+    batch = ImageClassificationCollator()([prepared[index] for index in range(4)])
+    assert batch["teacher_logits"].shape == (4, 10)
+    torch.testing.assert_close(batch["teacher_logits"], torch.tensor(cache["teacher_logits"][:4]))
+    # The validation rows were never cached.
+    validation = with_image_transform(data.dataset["validation"], transform,
+                                      row_outputs=teacher_outputs_by_row(cache))  # fmt: skip
+    with pytest.raises(ValueError, match="no precomputed 'teacher_logits' for rows"):
+        validation[0]
+    with pytest.raises(ValueError, match="turn mixup/cutmix off"):
+        ImageClassificationCollator(num_labels=10, mixup_alpha=0.2)([prepared[0], prepared[1]])
+
+
+def test_training_from_the_cache_equals_training_with_the_live_teacher(data, tmp_path):
+    transform = build_transforms(16, train=False)
+    teacher = tiny_vit(1, data)
+    cache = cache_teacher_logits(teacher, data.dataset["train"], transform)
+
+    def one_update(offline: bool) -> torch.nn.Module:
+        student = tiny_vit(0, data).train()
+        args = DistillationConfig(output_dir=str(tmp_path / str(offline)), per_device_train_batch_size=8, max_steps=2,
+                                  optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0,
+                                  report_to="none", save_strategy="no", use_cpu=True, seed=3, hard_loss_weight=0.3,
+                                  offline_teacher=offline)  # fmt: skip
+        row_outputs = teacher_outputs_by_row(cache) if offline else None
+        train = with_image_transform(data.dataset["train"], transform, row_outputs=row_outputs)
+        DistillationTrainer(model=student, teacher_model=None if offline else teacher, args=args, train_dataset=train,
+                            data_collator=ImageClassificationCollator()).train()  # fmt: skip
+        return student
+
+    live, offline = one_update(False), one_update(True)
+    for (name, parameter), expected in zip(offline.named_parameters(), live.parameters()):
+        torch.testing.assert_close(parameter, expected, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_offline_teacher_is_logits_only(tmp_path):
+    with pytest.raises(ValueError, match="caches logits only"):
+        DistillationConfig(output_dir=str(tmp_path), offline_teacher=True, attention_loss_weight=0.5)
