@@ -5,6 +5,9 @@
     # 2. the ViT -> CNN recipe: CompactCNN student, attention alignment + logit KD + labels, and a baseline
     accelerate launch examples/distill.py --teacher_model_name_or_path outputs/teacher --baseline
     python examples/distill.py my_run.yaml                      # every argument from a YAML/JSON file
+    # logits-only distillation from an offline teacher (computed once, no teacher forward per step):
+    python examples/distill.py --teacher_model_name_or_path outputs/teacher --offline_teacher \
+        --attention_loss_weight 0 --crop none --horizontal_flip false
 
 Teacher and student may take different inputs (sizes, normalisation): the trainer gives the teacher its own view of
 each augmented batch. The run writes the student (and its image processor) to --output_dir, plus:
@@ -25,7 +28,14 @@ import numpy as np
 import torch
 from transformers import TrainingArguments, set_seed
 
-from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer, TeacherView
+from hf_vision_distill.data import build_transforms
+from hf_vision_distill.distillation import (
+    DistillationConfig,
+    DistillationTrainer,
+    TeacherView,
+    cache_teacher_logits,
+    teacher_outputs_by_row,
+)
 from hf_vision_distill.evaluation import (
     build_compute_metrics,
     markdown_table,
@@ -44,6 +54,7 @@ from hf_vision_distill.recipes import (
     evaluation_settings_for,
     load_data,
     parse_arguments,
+    random_augmentations,
     setup_logging,
 )
 from hf_vision_distill.training import ImageClassificationTrainer
@@ -127,8 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
         tuple(student.image_mean), tuple(student.image_std), tuple(teacher.image_size),
         tuple(teacher.image_mean), tuple(teacher.image_std),
     )  # fmt: skip
+    row_outputs = None
+    if args.offline_teacher:
+        row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir)
     train_dataset, eval_datasets = build_datasets(
-        data, data_args, student.image_size, student.image_mean, student.image_std
+        data, data_args, student.image_size, student.image_mean, student.image_std, row_outputs=row_outputs
     )
     train_collator, eval_collator, args = build_collators(data, data_args, args)
 
@@ -156,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- distillation ----
     trainer = DistillationTrainer(
         model=student.model,
-        teacher_model=teacher.model,
+        teacher_model=None if args.offline_teacher else teacher.model,
         args=args,
         teacher_view=teacher_view,
         train_dataset=train_dataset,
@@ -207,6 +221,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = write_summary(rows, args, output_dir)
     return summary
+
+
+def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir: Path) -> dict[str, dict]:
+    """The offline teacher: its logits for every split, computed once on the student's deterministic view and saved
+    to output_dir/teacher_cache/<split> (a datasets dataset keyed by source row)."""
+    random_flags = random_augmentations(data_args)
+    if random_flags:
+        raise ValueError(
+            f"--offline_teacher needs the same image for a row in every epoch, but {random_flags} make training "
+            "batches random; pass --crop none --horizontal_flip false and leave the other augmentations off, or "
+            "distill from the live teacher."
+        )
+    transform = build_transforms(student.image_size, train=False, mean=student.image_mean, std=student.image_std)
+    row_outputs = {}
+    for split in data.dataset:
+        cache = cache_teacher_logits(teacher.model, data.dataset[split], transform, teacher_view=teacher_view,
+                                     batch_size=args.per_device_eval_batch_size, device=args.device)  # fmt: skip
+        if args.should_save:
+            cache.save_to_disk(str(output_dir / "teacher_cache" / split))
+        row_outputs[split] = teacher_outputs_by_row(cache)
+    return row_outputs
 
 
 @torch.no_grad()

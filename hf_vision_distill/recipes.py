@@ -122,6 +122,20 @@ class DataArguments:
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (0 disables)."})
 
 
+def random_augmentations(data_args: DataArguments) -> list[str]:
+    """The data arguments that make training batches random (empty when the train transform is deterministic)."""
+    flags = {
+        "--crop": data_args.crop != "none",
+        "--horizontal_flip": data_args.horizontal_flip,
+        "--color_jitter": data_args.color_jitter > 0,
+        "--auto_augment": data_args.auto_augment is not None,
+        "--random_erasing": data_args.random_erasing > 0,
+        "--mixup_alpha": data_args.mixup_alpha > 0,
+        "--cutmix_alpha": data_args.cutmix_alpha > 0,
+    }
+    return [flag for flag, random in flags.items() if random]
+
+
 @dataclass
 class RunArguments:
     overwrite_output_dir: bool = field(
@@ -205,8 +219,12 @@ def build_datasets(
     image_size: tuple[int, int],
     mean: list[float],
     std: list[float],
+    row_outputs: dict[str, dict] | None = None,
 ) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
-    """The training split with augmentation and the validation/test splits with the eval transform, all lazy."""
+    """The training split with augmentation and the validation/test splits with the eval transform, all lazy.
+
+    `row_outputs` maps a split name to per-row arrays (e.g. cached teacher logits) its batches carry.
+    """
     train_transform = build_transforms(
         image_size,
         train=True,
@@ -222,7 +240,11 @@ def build_datasets(
 
     def prepare(split: str, transform) -> datasets.Dataset:
         return with_image_transform(
-            data.dataset[split], transform, on_bad_image=data_args.on_bad_image, source_split=data.source_splits[split]
+            data.dataset[split],
+            transform,
+            on_bad_image=data_args.on_bad_image,
+            source_split=data.source_splits[split],
+            row_outputs=(row_outputs or {}).get(split),
         )
 
     eval_splits = [split for split in ("validation", "test") if split in data.dataset]
@@ -274,5 +296,6 @@ __all__ = [
     "evaluation_settings_for",
     "load_data",
     "parse_arguments",
+    "random_augmentations",
     "setup_logging",
 ]

@@ -1,16 +1,27 @@
 """examples/distill.py end to end: a tiny ViT teacher into a tiny CNN student, with the baseline and every artifact."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from conftest import load_example
 from PIL import Image
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 from transformers import pipeline
 
 from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
+from hf_vision_distill.data import (
+    ImageClassificationCollator,
+    build_transforms,
+    load_image_classification_dataset,
+    with_image_transform,
+)
+from hf_vision_distill.models import load_image_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -62,3 +73,55 @@ def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
 def test_distill_recipe_needs_a_teacher(tmp_path):
     with pytest.raises(ValueError, match="--teacher_model_name_or_path"):
         load_recipe().main(["--output_dir", str(tmp_path), "--report_to", "none"])
+
+
+TINY_STUDENT = json.dumps({"hidden_sizes": [8, 16, 16], "depths": [1, 1, 1]})
+
+
+def test_offline_teacher_recipe(tmp_path, teacher_dir):
+    arguments = [
+        "--teacher_model_name_or_path", str(teacher_dir), "--output_dir", str(tmp_path / "offline"),
+        "--config_overrides", TINY_STUDENT, "--max_train_samples", "48", "--max_eval_samples", "16",
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--dataloader_num_workers", "0",
+        "--report_to", "none", "--offline_teacher", "--attention_loss_weight", "0", "--logging_steps", "1",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"--offline_teacher needs the same image.*'--crop', '--horizontal_flip'"):
+        load_recipe().main(arguments)
+    summary = load_recipe().main(arguments + ["--crop", "none", "--horizontal_flip", "false"])
+    assert "test_accuracy" in summary["models"][1]
+    for split in ("train", "validation", "test"):
+        cache = datasets.load_from_disk(str(tmp_path / "offline" / "teacher_cache" / split))
+        assert cache.column_names == ["row_index", "teacher_logits"] and len(cache[0]["teacher_logits"]) == 10
+    history = json.loads((tmp_path / "offline" / "trainer_state.json").read_text())["log_history"]
+    assert any("loss_soft" in entry for entry in history)
+
+
+def test_two_processes_evaluate_like_one(tmp_path, teacher_dir):
+    """A 2-process (gloo) distillation run; its distributed test accuracy equals one process evaluating the export."""
+    output_dir = tmp_path / "ddp"
+    arguments = [
+        "--teacher_model_name_or_path", str(teacher_dir), "--output_dir", str(output_dir),
+        "--config_overrides", TINY_STUDENT, "--max_train_samples", "64", "--max_eval_samples", "30",
+        "--max_steps", "2", "--per_device_train_batch_size", "8", "--dataloader_num_workers", "0",
+        "--report_to", "none", "--use_cpu", "true", "--eval_strategy", "no", "--load_best_model_at_end", "false",
+        "--num_overlay_images", "0",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(REPO / "examples" / "distill.py"), *arguments]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    distributed_accuracy = summary["models"][1]["test_accuracy"]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["epoch"] == pytest.approx(0.5)  # 2 steps x 2 processes x 8 of 64
+
+    data = load_image_classification_dataset(str(REPO / "data" / "cifar10-sample"), max_eval_samples=30)
+    loaded = load_image_classifier(str(output_dir), id2label=data.id2label)
+    test = with_image_transform(data.dataset["test"], build_transforms(loaded.image_size, train=False,
+                                mean=loaded.image_mean, std=loaded.image_std))  # fmt: skip
+    model = loaded.model.eval()
+    with torch.no_grad():
+        batches = DataLoader(test, batch_size=16, collate_fn=ImageClassificationCollator())
+        correct = sum((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum().item()
+                      for batch in batches)  # fmt: skip
+    assert distributed_accuracy == pytest.approx(correct / 30)
