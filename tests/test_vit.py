@@ -238,9 +238,9 @@ def test_interpolation_matches_timm_resampling_on_a_non_square_grid():
     torch.testing.assert_close(embeddings.interpolate_pos_encoding(5, 3), expected)
 
 
-def test_bf16_autocast_and_gradient_checkpointing():
+def test_bf16_autocast_and_activation_checkpointing():
     model = tiny_model().train()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     pixel_values = torch.randn(2, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model(pixel_values, labels=torch.tensor([0, 1]), interpolate_pos_encoding=True)
