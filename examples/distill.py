@@ -12,8 +12,8 @@
 Teacher and student may take different inputs (sizes, normalisation): the trainer gives the teacher its own view of
 each augmented batch. The run writes the student (and its image processor) to --output_dir, plus:
 `summary.md` / `summary.json` (teacher, distilled student and baseline: parameters, test accuracy and macro-F1),
-`loss_components.png`, `layer_weights.png` (the teacher layers' entropy weights over epochs),
-`attention_overlays.png` (teacher vs student attention on test images) and TensorBoard logs.
+`loss_components.png`, `validation_accuracy.png`, `layer_weights.png` (the teacher layers' entropy weights over
+epochs), `attention_overlays.png` (teacher vs student attention on test images) and TensorBoard logs.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from hf_vision_distill.distillation import (
     DistillationTrainer,
     TeacherView,
     cache_teacher_logits,
+    check_label_spaces,
     teacher_outputs_by_row,
 )
 from hf_vision_distill.evaluation import (
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     row_outputs = None
     if args.offline_teacher:
+        check_label_spaces(student.model.config, teacher.model.config)  # no live teacher reaches the trainer
         row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir)
     train_dataset, eval_datasets = build_datasets(
         data, data_args, student.image_size, student.image_mean, student.image_std, row_outputs=row_outputs
@@ -190,19 +192,27 @@ def main(argv: list[str] | None = None) -> dict:
                  "train_runtime": train_result.metrics["train_runtime"]})  # fmt: skip
 
     history = trainer.state.log_history
-    loss_keys = sorted({key for entry in history for key in entry if key.startswith("loss") or key == "loss"})
-    plot_log_history(history, loss_keys, str(output_dir / "loss_components.png"), "training loss components")
-    weight_keys = sorted({key for entry in history for key in entry if key.startswith("attention_layer_weight_")})
-    plot_log_history(history, weight_keys, str(output_dir / "layer_weights.png"),
-                     "teacher layer weights (entropy)", x_key="epoch")  # fmt: skip
-    if args.attention_loss_weight > 0 and "test" in eval_datasets and comparison_args.num_overlay_images > 0:
-        write_attention_overlays(trainer, eval_datasets["test"], data, student, comparison_args.num_overlay_images,
-                                 str(output_dir / "attention_overlays.png"))  # fmt: skip
+    if args.should_save:  # the main process draws; the others would write the same files at once
+        loss_keys = sorted({key for entry in history for key in entry if key.startswith("loss")})
+        plot_log_history(history, loss_keys, str(output_dir / "loss_components.png"), "training loss components")
+        accuracy_keys = [key for key in ("eval_accuracy", "eval_f1_macro") if any(key in entry for entry in history)]
+        plot_log_history(history, accuracy_keys, str(output_dir / "validation_accuracy.png"),
+                         "validation accuracy", x_key="epoch")  # fmt: skip
+        weight_keys = sorted({key for entry in history for key in entry if key.startswith("attention_layer_weight_")})
+        plot_log_history(history, weight_keys, str(output_dir / "layer_weights.png"),
+                         "teacher layer weights (entropy)", x_key="epoch")  # fmt: skip
+        if args.uses("attention_loss_weight") and "test" in eval_datasets and comparison_args.num_overlay_images:
+            write_attention_overlays(trainer, eval_datasets["test"], data, student,
+                                     comparison_args.num_overlay_images,
+                                     str(output_dir / "attention_overlays.png"))  # fmt: skip
 
     # ---- the baseline: same student, same start, same budget, labels only ----
     if comparison_args.baseline:
         baseline_student = load_student()
-        baseline_args = plain_training_arguments(args, output_dir=str(output_dir / "baseline"))
+        # Its own folder and no --resume_from_checkpoint: that checkpoint is the distilled student's.
+        baseline_args = plain_training_arguments(
+            args, output_dir=str(output_dir / "baseline"), resume_from_checkpoint=None
+        )
         baseline = ImageClassificationTrainer(
             model=baseline_student.model,
             args=evaluation_settings_for(data, baseline_args),

@@ -127,10 +127,15 @@ def feature_energy_map(features: torch.Tensor, power: float = 2.0) -> torch.Tens
 
 
 def resize_distribution(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resamples maps `(batch, height, width)` to `size` and renormalises each to sum 1."""
+    """Resamples maps `(batch, height, width)` to `size` and renormalises each to sum 1: area-averaged when shrinking
+    (so no cell's mass is skipped), bilinear when growing."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    resized = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    shrinking = maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]
+    if shrinking:
+        resized = F.adaptive_avg_pool2d(maps[:, None].float(), size)[:, 0]
+    else:
+        resized = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
     return resized / resized.flatten(1).sum(dim=-1).clamp_min(1e-12)[:, None, None]
 
 

@@ -62,7 +62,7 @@ class DistillationConfig(TrainingArguments):
         default_factory=lambda: ["-1:-1"],
         metadata={
             "help": "Pairs 'student:teacher' of hidden-state indices to align, e.g. '2:4 3:7' (negative counts "
-            "from the end; index 0 of a ViT is its embeddings)."
+            "from the end, written --feature_layers=-1:-1 on a command line; index 0 of a ViT is its embeddings)."
         },
     )
     feature_distance: str = field(default="mse", metadata={"help": "Feature distance: 'mse' or 'cosine'."})
@@ -110,6 +110,11 @@ class DistillationConfig(TrainingArguments):
             "them instead of running a teacher. Feature and attention losses need a live teacher."
         },
     )
+    # Adapters run outside the student's forward: DDP's unused-parameter search would reject them, and every
+    # parameter takes part in every step anyway (scheduled terms are computed even at weight 0).
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP's search for unused parameters (off: the adapters need it off)."}
+    )
     # The recipes' datasets keep the image column, which the model's forward does not take.
     remove_unused_columns: bool = field(
         default=False,
@@ -152,7 +157,12 @@ class DistillationConfig(TrainingArguments):
                     f"schedule {entry!r} must read name=schedule with name one of "
                     f"{['temperature', *LOSS_WEIGHT_NAMES]}, e.g. 'temperature=linear:4.0->1.0'."
                 )
-            schedules[name] = Schedule.parse(spec)
+            schedule = Schedule.parse(spec)
+            lowest = schedule.lowest()
+            if lowest < 0 or (name == "temperature" and lowest <= 0):
+                bound = "above 0" if name == "temperature" else "at or above 0"
+                raise ValueError(f"schedule {entry!r} reaches {lowest}; {name} must stay {bound}.")
+            schedules[name] = schedule
         return schedules
 
     @staticmethod

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.trainer_utils import set_seed
 from transformers.utils import logging
 
 from ..losses import (
@@ -144,10 +146,12 @@ class DistillationTrainer(ImageClassificationTrainer):
         # Set by _build_adapters when attention distillation is on.
         self._attention_layers: list[int] = []
         self._attention_grid: tuple[int, int] | None = None
-        self._student_is_cnn = True
+        # A CNN student's spatial map comes from its features; a ViT student's from its own attention.
+        self._student_map_from_features = True
         self._student_prefix_tokens = count_prefix_tokens(model)
         self._teacher_prefix_tokens = count_prefix_tokens(teacher_model) if teacher_model is not None else 0
         if args.uses("feature_loss_weight") or args.uses("attention_loss_weight"):
+            set_seed(args.seed)  # the adapters' initialisation follows the run's seed
             probe = _probe_batch(model, kwargs.get("train_dataset"))
             adapters = self._build_adapters(model, teacher_model, args, probe)
             if len(adapters):
@@ -197,9 +201,15 @@ class DistillationTrainer(ImageClassificationTrainer):
             self._attention_layers = layers
             grid = _attention_grid(attentions[0], self._teacher_prefix_tokens)
             self._attention_grid = grid
-            student_hidden = _pick(student_outputs.hidden_states, args.attention_student_layer, "student hidden state")
-            self._student_is_cnn = student_hidden.ndim == 4
-            if self._student_is_cnn and args.student_attention == "learned":
+            student_hidden = student_outputs.hidden_states[-1]
+            self._student_map_from_features = student_hidden.ndim == 4
+            if self._student_map_from_features:
+                student_hidden = _pick(student_outputs.hidden_states, args.attention_student_layer, "student stage")
+            else:
+                with torch.no_grad():
+                    student_attentions = student(pixel_values=probe, output_attentions=True).attentions
+                _pick(student_attentions, args.attention_student_layer, "student attention layer")
+            if self._student_map_from_features and args.student_attention == "learned":
                 adapters["attention_projection"] = AttentionProjection(student_hidden.shape[1], grid)
         return adapters
 
@@ -211,7 +221,8 @@ class DistillationTrainer(ImageClassificationTrainer):
         if schedule is None:
             return getattr(self.args, name)
         num_epochs = self.state.num_train_epochs or self.args.num_train_epochs
-        return schedule.value(self.state.epoch or 0.0, num_epochs)
+        progress = self.state.global_step / self.state.max_steps if self.state.max_steps else None
+        return schedule.value(self.state.epoch or 0.0, num_epochs, progress)
 
     def compute_loss(
         self,
@@ -225,10 +236,12 @@ class DistillationTrainer(ImageClassificationTrainer):
         pixel_values = inputs["pixel_values"]
         weights = {name: self.scheduled(name) for name in LOSS_WEIGHT_NAMES}
         temperature = self.scheduled("temperature")
-        use_features = weights["feature_loss_weight"] > 0
-        use_attention = weights["attention_loss_weight"] > 0
-        student_needs_hidden = use_features or (use_attention and self._student_is_cnn)
-        student_needs_attentions = use_attention and not self._student_is_cnn
+        # A term that a schedule can turn on is computed even while its weight is 0: its adapters must take part in
+        # every step, or DDP stops waiting for their gradients.
+        use_features = args.uses("feature_loss_weight")
+        use_attention = args.uses("attention_loss_weight")
+        student_needs_hidden = use_features or (use_attention and self._student_map_from_features)
+        student_needs_attentions = use_attention and not self._student_map_from_features
 
         student_kwargs = {}
         if student_needs_hidden:
@@ -240,12 +253,12 @@ class DistillationTrainer(ImageClassificationTrainer):
         adapters = getattr(self.accelerator.unwrap_model(model), ADAPTERS_ATTRIBUTE, None)
 
         components: dict[str, torch.Tensor] = {}
-        if weights["label_loss_weight"] > 0:
+        if args.uses("label_loss_weight"):
             if labels is None:
                 raise ValueError("label_loss_weight > 0 needs 'labels' in every batch.")
             label_smoothing = args.label_smoothing_factor if model.training else 0.0
             components["label"] = classification_loss(student_logits, labels, label_smoothing)
-        if any(weight > 0 for name, weight in weights.items() if name != "label_loss_weight"):
+        if any(args.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight"):
             if args.offline_teacher:
                 if TEACHER_LOGITS_COLUMN not in inputs:
                     raise ValueError(
@@ -259,9 +272,9 @@ class DistillationTrainer(ImageClassificationTrainer):
                     pixel_values, hidden_states=use_features, attentions=use_attention
                 )
                 teacher_logits = teacher_outputs.logits.float()
-            if weights["soft_loss_weight"] > 0:
+            if args.uses("soft_loss_weight"):
                 components["soft"] = soft_distillation_loss(student_logits, teacher_logits, temperature)
-            if weights["hard_loss_weight"] > 0:
+            if args.uses("hard_loss_weight"):
                 components["hard"] = hard_distillation_loss(student_logits, teacher_logits)
             if use_features:
                 components["feature"] = self._feature_loss(student_outputs, teacher_outputs, adapters)
@@ -275,7 +288,8 @@ class DistillationTrainer(ImageClassificationTrainer):
         if mode == "train":
             for name in args.parsed_schedules:
                 self._logged[mode][name].append(temperature if name == "temperature" else weights[name])
-        return (loss, student_outputs) if return_outputs else loss
+        # Only the logits go back to evaluation: hidden states and attention maps of a whole eval set would pile up.
+        return (loss, ImageClassifierOutput(logits=student_logits)) if return_outputs else loss
 
     @torch.no_grad()
     def _teacher_outputs(self, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool):
@@ -289,7 +303,8 @@ class DistillationTrainer(ImageClassificationTrainer):
         for index, (student_layer, teacher_layer) in enumerate(self.args.feature_layer_pairs):
             student_map = as_feature_map(student_outputs.hidden_states[student_layer], self._student_prefix_tokens)
             teacher_map = as_feature_map(teacher_outputs.hidden_states[teacher_layer], self._teacher_prefix_tokens)
-            adapted = adapters[f"feature_{index}"](student_map.float())
+            adapter = adapters[f"feature_{index}"]
+            adapted = adapter(student_map.to(_dtype_of(adapter, student_map))).float()
             losses.append(feature_distillation_loss(adapted, teacher_map.float(), self.args.feature_distance))
         return torch.stack(losses).mean()
 
@@ -313,11 +328,12 @@ class DistillationTrainer(ImageClassificationTrainer):
 
     def _student_map(self, student_outputs, adapters: nn.ModuleDict | None) -> torch.Tensor:
         args: DistillationConfig = self.args
-        if self._student_is_cnn:
-            student_features = student_outputs.hidden_states[args.attention_student_layer].float()
+        if self._student_map_from_features:
+            student_features = student_outputs.hidden_states[args.attention_student_layer]
             if args.student_attention == "learned":
-                return adapters["attention_projection"](student_features)
-            return feature_energy_map(student_features)
+                projection = adapters["attention_projection"]
+                return projection(student_features.to(_dtype_of(projection, student_features))).float()
+            return feature_energy_map(student_features.float())
         student_attentions = student_outputs.attentions[args.attention_student_layer]
         grid = _attention_grid(student_attentions, self._student_prefix_tokens)
         return cls_attention_map(student_attentions, grid, self._student_prefix_tokens)
@@ -343,7 +359,7 @@ class DistillationTrainer(ImageClassificationTrainer):
         pixel_values = pixel_values.to(self.args.device)
         student_outputs = student(
             pixel_values=pixel_values,
-            **({"output_hidden_states": True} if self._student_is_cnn else {"output_attentions": True}),
+            **({"output_hidden_states": True} if self._student_map_from_features else {"output_attentions": True}),
         )
         student.train(was_training)
         teacher_outputs = self._teacher_outputs(pixel_values, hidden_states=False, attentions=True)
@@ -372,13 +388,20 @@ class DistillationTrainer(ImageClassificationTrainer):
         self._logged[mode].clear()
         super().log(logs, start_time)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints (internal calls) keep the adapters, so a resumed run continues with them; the exported
-        student (`trainer.save_model()`) leaves them out."""
-        if _internal_call:
-            return super().save_model(output_dir, _internal_call=True)
+        """Checkpoints keep the adapters, so a resumed run continues with them; every other save (the exported
+        student, `push_to_hub`) leaves them out."""
+        if getattr(self, "_saving_checkpoint", False):
+            return super().save_model(output_dir, _internal_call=_internal_call)
         with self._adapters_detached():
-            super().save_model(output_dir, _internal_call=False)
+            super().save_model(output_dir, _internal_call=_internal_call)
 
     @contextmanager
     def _adapters_detached(self):
@@ -391,6 +414,12 @@ class DistillationTrainer(ImageClassificationTrainer):
         finally:
             if adapters is not None:
                 student.add_module(ADAPTERS_ATTRIBUTE, adapters)
+
+
+def _dtype_of(module: nn.Module, fallback: torch.Tensor) -> torch.dtype:
+    """The dtype of a module's weights (bf16 under bf16_full_eval), or the input's for a parameter-free module."""
+    parameter = next(module.parameters(), None)
+    return parameter.dtype if parameter is not None else fallback.dtype
 
 
 def _pick(sequence: tuple | list, index: int, what: str):

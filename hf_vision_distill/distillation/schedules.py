@@ -3,8 +3,9 @@
     "3.0"                                 constant
     "linear:4.0->1.0"                     from 4.0 at the start to 1.0 at the end of training
     "cosine:0.9->0.1"                     the same along a half cosine
-    "0-20:3.0->2.0,20-50:1.5->1.0"        piecewise over epochs: linear within each range, constant between ranges,
-                                          the first value before the first range and the last after the last
+    "0-20:3.0->2.0,20-50:1.5->1.0"        piecewise over epochs (0-based and fractional: epoch 0 is the start of
+                                          training): linear within each range, constant between ranges, the
+                                          first value before the first range and the last after the last
 
 A schedule is a pure function of the (fractional) epoch, so a resumed run picks up exactly where it stopped.
 """
@@ -58,12 +59,24 @@ class Schedule:
                 raise ValueError(f"schedule ranges in {spec!r} overlap: {previous[:2]} and {following[:2]}.")
         return cls("piecewise", pieces=tuple(pieces))
 
-    def value(self, epoch: float, num_epochs: float) -> float:
-        """The value at `epoch` (fractional) of a run of `num_epochs`."""
+    def lowest(self) -> float:
+        """The smallest value the schedule takes (it is linear or cosine between its breakpoints)."""
+        if self.kind == "piecewise":
+            return min(min(start, end) for _, _, start, end in self.pieces)
+        return min(self.start, self.end)
+
+    def value(self, epoch: float, num_epochs: float, progress: float | None = None) -> float:
+        """The value at `epoch` (fractional, 0-based) of a run of `num_epochs`.
+
+        Ramps (linear, cosine) follow `progress` (the finished fraction of training, e.g. global_step / max_steps)
+        when given, else epoch / num_epochs; piecewise schedules follow the epoch.
+        """
         if self.kind == "constant":
             return self.start
         if self.kind in ("linear", "cosine"):
-            progress = min(max(epoch / num_epochs, 0.0), 1.0) if num_epochs > 0 else 1.0
+            if progress is None:
+                progress = epoch / num_epochs if num_epochs > 0 else 1.0
+            progress = min(max(progress, 0.0), 1.0)
             if self.kind == "cosine":
                 progress = (1 - math.cos(math.pi * progress)) / 2
             return self.start + (self.end - self.start) * progress
