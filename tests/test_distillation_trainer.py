@@ -1,5 +1,8 @@
 """DistillationTrainer: frozen teacher, loss terms, accumulation, label spaces, the teacher's view of the batch."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -303,3 +306,54 @@ def test_accumulation_equivalence_with_every_loss(tmp_path):
     large, accumulated = one_update(8, 1), one_update(4, 2)
     for (name, parameter), expected in zip(accumulated.named_parameters(), large.parameters()):
         torch.testing.assert_close(parameter, expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_resume_continues_like_an_uninterrupted_run(tmp_path):
+    """Adapters, optimizer, data order and the temperature schedule all continue where they stopped."""
+
+    def run(output_dir, max_steps: int, resume: bool = False) -> tuple[torch.nn.Module, list[float]]:
+        student = student_vit()
+        args = config(output_dir, max_steps=max_steps, feature_loss_weight=0.5, save_strategy="steps", save_steps=2,
+                      schedules=["temperature=linear:4.0->1.0"], num_train_epochs=2)  # fmt: skip
+        args = dataclasses.replace(args, max_steps=4)  # the schedule spans 4 steps in both runs
+        trainer = DistillationTrainer(model=student, teacher_model=teacher_vit(), args=args, train_dataset=rows(16),
+                                      data_collator=stack)  # fmt: skip
+        if resume:
+            trainer.train(resume_from_checkpoint=str(output_dir / "checkpoint-2"))
+        else:
+            trainer.train()
+        return student, [entry["temperature"] for entry in trainer.state.log_history if "temperature" in entry]
+
+    straight, straight_temperatures = run(tmp_path / "straight", 4)
+    interrupted = tmp_path / "interrupted"
+    first = DistillationTrainer(
+        model=student_vit(), teacher_model=teacher_vit(), train_dataset=rows(16), data_collator=stack,
+        args=dataclasses.replace(config(interrupted, feature_loss_weight=0.5, save_strategy="steps", save_steps=2,
+                                        schedules=["temperature=linear:4.0->1.0"]), max_steps=4),
+    )  # fmt: skip
+    first.train()  # writes checkpoint-2 (and -4); resume from step 2 below
+    resumed, resumed_temperatures = run(interrupted, 4, resume=True)
+    for (name, parameter), expected in zip(resumed.named_parameters(), straight.parameters()):
+        torch.testing.assert_close(parameter, expected, atol=1e-6, rtol=1e-5, msg=name)
+    assert resumed_temperatures == pytest.approx(straight_temperatures)
+
+
+def test_predictions_keep_only_logits_and_full_bf16_eval_works(tmp_path):
+    args = config(tmp_path, attention_loss_weight=0.5, feature_loss_weight=0.5, bf16_full_eval=True)
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), args=args,
+                                  train_dataset=rows(), eval_dataset=rows(4), data_collator=stack)  # fmt: skip
+    predictions = trainer.predict(rows(4)).predictions
+    # Logits only: no hidden states or attention maps gathered over the evaluation set.
+    assert not isinstance(predictions, tuple) and predictions.shape == (4, 3)
+    metrics = trainer.evaluate()  # the student and its adapters in bf16
+    assert trainer.model.classifier.weight.dtype == torch.bfloat16
+    assert math.isfinite(metrics["eval_loss"])
+    logged = trainer.state.log_history[-1]
+    assert {"eval_loss_attention", "eval_loss_feature"} <= set(logged)
+
+
+def test_schedules_must_stay_in_range(tmp_path):
+    with pytest.raises(ValueError, match="temperature must stay above 0"):
+        config(tmp_path, schedules=["temperature=linear:2.0->0.0"])
+    with pytest.raises(ValueError, match="soft_loss_weight must stay at or above 0"):
+        config(tmp_path, schedules=["soft_loss_weight=cosine:0.5->-0.1"])

@@ -100,6 +100,16 @@ def test_resize_distribution_keeps_mass_and_identity():
     torch.testing.assert_close(resized.sum(dim=(1, 2)), torch.ones(2))
 
 
+def test_shrinking_a_map_keeps_every_cell_mass():
+    point = torch.zeros(1, 16, 16)
+    point[0, 0, 0] = 1.0
+    shrunk = resize_distribution(point, (4, 4))
+    assert shrunk[0, 0, 0].item() == pytest.approx(1.0)  # a strided bilinear sample would miss it entirely
+    stripes = torch.zeros(1, 16, 16)
+    stripes[0, :, ::4] = 1 / 64
+    torch.testing.assert_close(resize_distribution(stripes, (4, 4)), torch.full((1, 4, 4), 1 / 16))
+
+
 def test_attention_alignment_loss():
     teacher = torch.tensor([[[0.5, 0.5], [0.0, 0.0]]])
     student = torch.tensor([[[0.25, 0.25], [0.25, 0.25]]])

@@ -4,6 +4,7 @@ import datasets
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
 from hf_vision_distill.data import (
@@ -51,6 +52,10 @@ def test_cache_matches_the_live_teacher_row_by_row(data):
 def test_random_transforms_are_refused(data):
     with pytest.raises(ValueError, match="the transform is random"):
         cache_teacher_logits(tiny_vit(1, data), data.dataset["train"], build_transforms(16, train=True))
+    # A random step that rarely fires is refused by its type, even when a few passes happen to agree.
+    rarely_random = v2.Compose([*build_transforms(16, train=False).transforms, v2.RandomErasing(p=0.001)])
+    with pytest.raises(ValueError, match="the transform is random"):
+        cache_teacher_logits(tiny_vit(1, data), data.dataset["train"], rarely_random)
 
 
 def test_batches_carry_the_cached_logits_and_missing_rows_fail(data):

@@ -90,7 +90,8 @@ class CompactCNNModel(CompactCNNPreTrainedModel):
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        hidden_states = pixel_values
+        # The weights' dtype (bf16/fp16 under full half-precision evaluation), as transformers' vision models do.
+        hidden_states = pixel_values.to(self.stages[0][0][0].weight.dtype)
         all_hidden_states = () if output_hidden_states else None
         for stage in self.stages:
             hidden_states = stage(hidden_states)
