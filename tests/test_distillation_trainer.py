@@ -357,3 +357,18 @@ def test_schedules_must_stay_in_range(tmp_path):
         config(tmp_path, schedules=["temperature=linear:2.0->0.0"])
     with pytest.raises(ValueError, match="soft_loss_weight must stay at or above 0"):
         config(tmp_path, schedules=["soft_loss_weight=cosine:0.5->-0.1"])
+
+
+def test_a_transformers_vit_teacher_switches_to_eager_attention(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(1)
+    teacher = ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+                                                  num_attention_heads=2, intermediate_size=32, id2label=LABELS,
+                                                  label2id=LABEL_IDS))  # fmt: skip
+    assert teacher.config._attn_implementation == "sdpa"
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=teacher, train_dataset=rows(),
+                                  args=config(tmp_path, attention_loss_weight=1.0), data_collator=stack)  # fmt: skip
+    assert trainer.teacher_model.config._attn_implementation == "eager"
+    trainer.train()
+    assert any("loss_attention" in entry for entry in trainer.state.log_history)

@@ -142,6 +142,11 @@ class DistillationTrainer(ImageClassificationTrainer):
             if hasattr(teacher_model, "config") and hasattr(model, "config"):
                 check_label_spaces(model.config, teacher_model.config)
             teacher_model.eval().requires_grad_(False)
+            # Supervised attention maps need the eager path (SDPA never materialises them); only the teacher switches.
+            attention_implementation = getattr(getattr(teacher_model, "config", None), "_attn_implementation", None)
+            if args.uses("attention_loss_weight") and attention_implementation not in (None, "eager"):
+                if hasattr(teacher_model, "set_attn_implementation"):
+                    teacher_model.set_attn_implementation("eager")
         self.teacher_view = teacher_view
         # Set by _build_adapters when attention distillation is on.
         self._attention_layers: list[int] = []

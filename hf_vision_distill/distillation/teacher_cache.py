@@ -10,6 +10,9 @@ mixup or cutmix). `cache_teacher_logits` checks that by transforming one image t
     cache.save_to_disk("outputs/teacher_cache")            # or cache.push_to_hub("user/cifar10-vit-logits")
     train = with_image_transform(data.dataset["train"], build_transforms(32, train=False),
                                  row_outputs=teacher_outputs_by_row(cache))
+
+Every split the trainer evaluates on needs its own cache too (its evaluation loss includes the teacher terms);
+examples/distill.py --offline_teacher caches train, validation and test.
 """
 
 from __future__ import annotations
