@@ -289,10 +289,11 @@ class DistillationTrainer(ImageClassificationTrainer):
 
         mode = "train" if model.training else "eval"
         for name, value in components.items():
-            self._logged[mode][f"loss_{name}"].append(value.detach().float().item())
+            # Detached tensors, averaged and reduced across processes at log time: no device sync per step.
+            self._logged[mode][f"loss_{name}"].append(value.detach().float())
         if mode == "train":
             for name in args.parsed_schedules:
-                self._logged[mode][name].append(temperature if name == "temperature" else weights[name])
+                self._logged[mode][name].append(torch.tensor(temperature if name == "temperature" else weights[name]))
         # Only the logits go back to evaluation: hidden states and attention maps of a whole eval set would pile up.
         return (loss, ImageClassifierOutput(logits=student_logits)) if return_outputs else loss
 
@@ -347,7 +348,7 @@ class DistillationTrainer(ImageClassificationTrainer):
         teacher_maps, layer_weights = self._teacher_maps(teacher_outputs)
         student_map = self._student_map(student_outputs, adapters)
         mode = "train" if self.model.training else "eval"
-        for layer, weight in zip(self._attention_layers, layer_weights.tolist()):
+        for layer, weight in zip(self._attention_layers, layer_weights.detach()):
             self._logged[mode][f"attention_layer_weight_{layer}"].append(weight)
         losses = torch.stack([attention_alignment_loss(student_map, teacher_map) for teacher_map in teacher_maps])
         return (layer_weights.to(losses.device) * losses).sum()
@@ -387,9 +388,13 @@ class DistillationTrainer(ImageClassificationTrainer):
         # total (TRL's pattern): the model is in eval mode exactly while evaluate() logs its metrics.
         mode = "train" if self.model.training else "eval"
         prefix = f"{getattr(self, '_metric_key_prefix', 'eval')}_" if mode == "eval" else ""
-        for name, values in self._logged[mode].items():
-            if values:
-                logs[f"{prefix}{name}"] = sum(values) / len(values)
+        names = sorted(name for name, values in self._logged[mode].items() if values)
+        if names:
+            # One collective for all values: every process logs at the same steps with the same names.
+            means = torch.stack([torch.stack(self._logged[mode][name]).float().mean().to(self.args.device)
+                                 for name in names])  # fmt: skip
+            means = self.accelerator.reduce(means, reduction="mean").tolist()
+            logs.update({f"{prefix}{name}": value for name, value in zip(names, means)})
         self._logged[mode].clear()
         super().log(logs, start_time)
 
