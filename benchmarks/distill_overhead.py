@@ -75,7 +75,7 @@ def trainer_seconds_per_step(batches: list[dict], steps: int, device: str, outpu
             for pixel_values, label in zip(batch["pixel_values"], batch["labels"])]  # fmt: skip
     clock = StepClock()
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows,
-                                  data_collator=_stack, callbacks=[clock])  # fmt: skip
+                                  data_collator=collate, callbacks=[clock])  # fmt: skip
     trainer.train()
     return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
 
@@ -118,9 +118,9 @@ def loop_seconds_per_step(batches: list[dict], steps: int, device: str) -> float
     return (times[-1] - times[0]) / (len(times) - 1)
 
 
-def _stack(rows: list[dict]) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.stack([row["pixel_values"] for row in rows]),
-            "labels": torch.tensor([int(row["labels"]) for row in rows])}  # fmt: skip
+def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Stacks every field of in-memory rows (pixel values, labels, cached teacher logits) into a batch."""
+    return {name: torch.stack([torch.as_tensor(row[name]) for row in rows]) for name in rows[0]}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from distill_overhead import StepClock, models
+from distill_overhead import StepClock, collate, models
 from torch.utils.flop_counter import FlopCounterMode
 
 from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer
@@ -45,10 +45,6 @@ def seconds_per_step(
     DistillationTrainer(model=student, teacher_model=None if offline else teacher, args=args, train_dataset=rows,
                         data_collator=collate, callbacks=[clock]).train()  # fmt: skip
     return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
-
-
-def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-    return {name: torch.stack([torch.as_tensor(row[name]) for row in rows]) for name in rows[0]}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -27,6 +27,7 @@ from ..losses import (
     hard_distillation_loss,
     resize_distribution,
     soft_distillation_loss,
+    uniform_entropy,
 )
 from ..training import ImageClassificationTrainer, classification_loss
 from .adapters import ADAPTERS_ATTRIBUTE, AttentionProjection, FeatureAdapter, as_feature_map, count_prefix_tokens
@@ -323,7 +324,7 @@ class DistillationTrainer(ImageClassificationTrainer):
         ]
         # Lower entropy (a more focused map), more weight; computed from the teacher alone, without gradient.
         entropies = torch.stack([attention_entropy(teacher_map).mean() for teacher_map in teacher_maps])
-        max_entropy = math.log(self._attention_grid[0] * self._attention_grid[1])
+        max_entropy = uniform_entropy(self._attention_grid[0] * self._attention_grid[1])
         layer_weights = entropy_layer_weights(
             entropies,
             args.layer_weighting_temperature,
