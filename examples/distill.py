@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             image_size=model_args.image_size,
             config_overrides=json.loads(model_args.config_overrides) if model_args.config_overrides else None,
             ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            attn_implementation=model_args.attn_implementation,
             trust_remote_code=model_args.trust_remote_code,
             revision=model_args.model_revision,
         )

@@ -120,3 +120,20 @@ def test_image_size_for_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="image_size=96 is not supported"):
         load_image_classifier(str(tmp_path / "vit"), id2label=LABELS, image_size=96)
     assert load_image_classifier(str(tmp_path / "vit"), id2label=LABELS, image_size=64).image_size == (64, 64)
+
+
+def test_attention_implementation_and_float32_weights(tmp_path):
+    loaded = load_image_classifier(
+        "vit-cifar", id2label=LABELS, config_overrides={"num_hidden_layers": 1}, attn_implementation="eager"
+    )
+    assert loaded.model.config._attn_implementation == "eager"
+    loaded.model.to(torch.bfloat16).save_pretrained(tmp_path)  # a half-size checkpoint, as one might ship
+    reloaded = load_image_classifier(str(tmp_path), id2label=None)
+    assert reloaded.model.config._attn_implementation == "sdpa"  # the choice is a run's, not the checkpoint's
+    assert {parameter.dtype for parameter in reloaded.model.parameters()} == {torch.float32}
+    assert (
+        load_image_classifier(
+            str(tmp_path), id2label=None, attn_implementation="eager"
+        ).model.config._attn_implementation
+        == "eager"
+    )
