@@ -1,9 +1,12 @@
 """Distill a teacher into a student with the DistillationTrainer, and compare them with a same-budget baseline.
 
-    # 1. a teacher (any classifier of the dataset's labels; here our CIFAR ViT, trained with the training recipe)
-    accelerate launch examples/train.py --model_name_or_path vit-cifar --output_dir outputs/teacher
-    # 2. the ViT -> CNN recipe: CompactCNN student, attention alignment + logit KD + labels, and a baseline
-    accelerate launch examples/distill.py --teacher_model_name_or_path outputs/teacher --baseline
+    # the ViT -> CNN recipe on the shipped CIFAR-10 sample, from the shipped ViT teacher, with a baseline
+    python examples/distill.py --baseline
+    # your own teacher: any classifier of the dataset's labels, e.g. trained with the training recipe
+    accelerate launch examples/train.py --model_name_or_path vit-cifar --dataset_name uoft-cs/cifar10 \
+        --output_dir outputs/teacher
+    accelerate launch examples/distill.py --teacher_model_name_or_path outputs/teacher \
+        --dataset_name uoft-cs/cifar10 --baseline
     python examples/distill.py my_run.yaml                      # every argument from a YAML/JSON file
     # logits-only distillation from an offline teacher (computed once, no teacher forward per step):
     python examples/distill.py --teacher_model_name_or_path outputs/teacher --offline_teacher \
@@ -62,11 +65,15 @@ from hf_vision_distill.training import ImageClassificationTrainer
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_SAMPLE = str(REPO / "data" / "cifar10-sample")
+# Our CIFAR ViT trained on the full CIFAR-10 training split (pretrained/vit-cifar-teacher/README.md says how).
+SHIPPED_TEACHER = str(REPO / "pretrained" / "vit-cifar-teacher")
 
 DEFAULTS = {
     **TRAINING_DEFAULTS,
     "model_name_or_path": "compact-cnn",
+    "teacher_model_name_or_path": SHIPPED_TEACHER,
     "dataset_name": SHIPPED_SAMPLE,
     "output_dir": "outputs/distill",
     # The ViT -> CNN recipe: the teacher's attention (0.7) and its soft labels (0.3), plus the true labels.

@@ -72,7 +72,7 @@ def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
 
 def test_distill_recipe_needs_a_teacher(tmp_path):
     with pytest.raises(ValueError, match="--teacher_model_name_or_path"):
-        load_recipe().main(["--output_dir", str(tmp_path), "--report_to", "none"])
+        load_recipe().main(["--teacher_model_name_or_path", "", "--output_dir", str(tmp_path), "--report_to", "none"])
 
 
 TINY_STUDENT = json.dumps({"hidden_sizes": [8, 16, 16], "depths": [1, 1, 1]})
@@ -147,3 +147,21 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, teacher_dir):
         correct = sum((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum().item()
                       for batch in batches)  # fmt: skip
     assert distributed_summary["models"][1]["test_accuracy"] == pytest.approx(correct / 30)
+
+
+def test_shipped_teacher_classifies_the_shipped_sample():
+    """The recipe's default teacher (pretrained/vit-cifar-teacher, bf16 on disk) loads in float32 with the sample's
+    labels and classifies the sample's test images far above chance (its card reports the measured accuracy)."""
+    recipe = load_recipe()
+    data = load_image_classification_dataset(recipe.SHIPPED_SAMPLE, max_eval_samples=200)
+    teacher = load_image_classifier(recipe.SHIPPED_TEACHER, id2label=None)
+    assert teacher.model.config.id2label == data.id2label
+    assert {parameter.dtype for parameter in teacher.model.parameters()} == {torch.float32}
+    test = with_image_transform(data.dataset["test"], build_transforms(teacher.image_size, train=False,
+                                mean=teacher.image_mean, std=teacher.image_std))  # fmt: skip
+    model = teacher.model.eval()
+    with torch.no_grad():
+        batches = DataLoader(test, batch_size=100, collate_fn=ImageClassificationCollator())
+        correct = sum((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum().item()
+                      for batch in batches)  # fmt: skip
+    assert correct / len(test) > 0.6

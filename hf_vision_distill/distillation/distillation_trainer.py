@@ -138,15 +138,18 @@ class DistillationTrainer(ImageClassificationTrainer):
                 "train the student on labels alone."
             )
         if isinstance(teacher_model, str):
-            teacher_model = AutoModelForImageClassification.from_pretrained(teacher_model)
+            # float32 whatever the checkpoint's dtype: inputs arrive in float32 and mixed precision is autocast's job.
+            teacher_model = AutoModelForImageClassification.from_pretrained(teacher_model, dtype=torch.float32)
         if teacher_model is not None:
             if hasattr(teacher_model, "config") and hasattr(model, "config"):
                 check_label_spaces(model.config, teacher_model.config)
             teacher_model.eval().requires_grad_(False)
             # Supervised attention maps need the eager path (SDPA never materialises them); only the teacher switches.
             attention_implementation = getattr(getattr(teacher_model, "config", None), "_attn_implementation", None)
+            # Our ViT takes the eager path by itself whenever maps are asked for (and transformers declines to switch
+            # it); models written on transformers' AttentionInterface switch here.
             if args.uses("attention_loss_weight") and attention_implementation not in (None, "eager"):
-                if hasattr(teacher_model, "set_attn_implementation"):
+                if getattr(teacher_model, "_can_set_attn_implementation", lambda: False)():
                     teacher_model.set_attn_implementation("eager")
         self.teacher_view = teacher_view
         # Set by _build_adapters when attention distillation is on.
