@@ -13,10 +13,12 @@
         --attention_loss_weight 0 --crop none --horizontal_flip false
 
 Teacher and student may take different inputs (sizes, normalisation): the trainer gives the teacher its own view of
-each augmented batch. The run writes the student (and its image processor) to --output_dir, plus:
-`summary.md` / `summary.json` (teacher, distilled student and baseline: parameters, test accuracy and macro-F1),
+each augmented batch. The run writes the student (its image processor and model card, README.md) to --output_dir,
+plus `summary.md` / `summary.json` (teacher, distilled student and baseline: parameters, test accuracy and macro-F1),
 `loss_components.png`, `validation_accuracy.png`, `layer_weights.png` (the teacher layers' entropy weights over
-epochs), `attention_overlays.png` (teacher vs student attention on test images) and TensorBoard logs.
+epochs), `attention_overlays.png` (teacher vs student attention on test images) and TensorBoard logs; the
+baseline goes to `_baseline/`. `--push_to_hub --hub_model_id user/name` uploads the student with its card, summary
+and plots (folders starting with "_" stay local).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from hf_vision_distill.evaluation import (
     plot_attention_overlays,
     plot_log_history,
 )
+from hf_vision_distill.hub import build_model_card, results_from_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
@@ -56,9 +59,11 @@ from hf_vision_distill.recipes import (
     build_datasets,
     checkpoint_to_resume,
     evaluation_settings_for,
+    hyperparameters_for_card,
     load_data,
     parse_arguments,
     random_augmentations,
+    recipe_command,
     setup_logging,
 )
 from hf_vision_distill.training import ImageClassificationTrainer
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         model=teacher.model,
         args=plain_training_arguments(
             args,
-            output_dir=str(output_dir / "teacher_evaluation"),
+            output_dir=str(output_dir / "_teacher_evaluation"),
             report_to=[],
             eval_strategy="no",
             save_strategy="no",
@@ -215,11 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
                                      str(output_dir / "attention_overlays.png"))  # fmt: skip
 
     # ---- the baseline: same student, same start, same budget, labels only ----
+    # Side outputs live in folders starting with "_", which the Trainer's Hub uploads skip.
     if comparison_args.baseline:
         baseline_student = load_student()
         # Its own folder and no --resume_from_checkpoint: that checkpoint is the distilled student's.
         baseline_args = plain_training_arguments(
-            args, output_dir=str(output_dir / "baseline"), resume_from_checkpoint=None
+            args, output_dir=str(output_dir / "_baseline"), resume_from_checkpoint=None, push_to_hub=False
         )
         baseline = ImageClassificationTrainer(
             model=baseline_student.model,
@@ -238,12 +244,34 @@ def main(argv: list[str] | None = None) -> dict:
                      "train_runtime": baseline_result.metrics["train_runtime"]})  # fmt: skip
 
     summary = write_summary(rows, args, output_dir)
+    if args.should_save:
+        distilled = rows[1]
+        card = build_model_card(
+            student.model,
+            repo_id=trainer.args.hub_model_id or args.output_dir,
+            dataset_name=data_args.dataset_name,
+            recipe="examples/distill.py",
+            results=results_from_metrics(distilled),
+            hyperparameters=hyperparameters_for_card(data_args, args),
+            input_size=student.image_size,
+            image_mean=student.image_mean,
+            image_std=student.image_std,
+            command=recipe_command("examples/distill.py", argv),
+            base_model=None if student.from_scratch else model_args.model_name_or_path,
+            teacher_name=args.teacher_model_name_or_path,
+            teacher_parameters=rows[0]["parameters"],
+            distillation_settings=distillation_settings(args),
+            comparison=rows,
+        )
+        card.save(output_dir / "README.md")
+    if args.push_to_hub:
+        trainer.push_to_hub()  # the student, its image processor, the card, summary and plots
     return summary
 
 
 def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir: Path) -> dict[str, dict]:
     """The offline teacher: its logits for every split, computed once on the student's deterministic view and saved
-    to output_dir/teacher_cache/<split> (a datasets dataset keyed by source row)."""
+    to output_dir/_teacher_cache/<split> (a datasets dataset keyed by source row)."""
     random_flags = random_augmentations(data_args)
     if random_flags:
         raise ValueError(
@@ -257,7 +285,7 @@ def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_
         cache = cache_teacher_logits(teacher.model, data.dataset[split], transform, teacher_view=teacher_view,
                                      batch_size=args.per_device_eval_batch_size, device=args.device)  # fmt: skip
         if args.should_save:
-            cache.save_to_disk(str(output_dir / "teacher_cache" / split))
+            cache.save_to_disk(str(output_dir / "_teacher_cache" / split))
         row_outputs[split] = teacher_outputs_by_row(cache)
     return row_outputs
 
@@ -274,14 +302,18 @@ def write_attention_overlays(trainer, test_dataset, data, student, count: int, p
     plot_attention_overlays(images, np.asarray(teacher_maps), np.asarray(student_maps), path, labels)
 
 
+def distillation_settings(args: DistillationConfig) -> dict:
+    return {name: getattr(args, name) for name in (
+        "temperature", "label_loss_weight", "soft_loss_weight", "hard_loss_weight", "feature_loss_weight",
+        "attention_loss_weight", "layer_weighting", "student_attention", "schedules")}  # fmt: skip
+
+
 def write_summary(rows: list[dict], args: DistillationConfig, output_dir: Path) -> dict:
     columns = [("model", "model"), ("parameters", "parameters"), ("test_accuracy", "test accuracy"),
                ("test_f1_macro", "test macro-F1"), ("eval_accuracy", "validation accuracy"),
                ("train_runtime", "training time (s)")]  # fmt: skip
-    settings = {name: getattr(args, name) for name in (
-        "temperature", "label_loss_weight", "soft_loss_weight", "hard_loss_weight", "feature_loss_weight",
-        "attention_loss_weight", "layer_weighting", "student_attention", "schedules", "num_train_epochs",
-        "learning_rate", "per_device_train_batch_size", "seed")}  # fmt: skip
+    settings = {**distillation_settings(args), **{name: getattr(args, name) for name in (
+        "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed")}}  # fmt: skip
     summary = {"models": rows, "settings": settings}
     if args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@
 
 The model is a preset (`vit-cifar`, `vit-tiny`, `vit-small`, `vit-base`, `simple-cnn`, `compact-cnn`), a local
 directory or Hub id, or a timm architecture name. The run keeps the best checkpoint by validation accuracy, writes
-TensorBoard logs, `all_results.json`, the model and its image processor to `--output_dir`, resumes from the last
-complete checkpoint there (unless `--overwrite_output_dir`), and pushes to the Hub with `--push_to_hub`.
+TensorBoard logs, `all_results.json`, the model, its image processor and its model card (README.md) to
+`--output_dir`, resumes from the last complete checkpoint there (unless `--overwrite_output_dir`), and pushes all of
+it to the Hub with `--push_to_hub` (`--hub_model_id user/name`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from transformers import TrainingArguments, set_seed
 
 from hf_vision_distill.evaluation import build_compute_metrics
+from hf_vision_distill.hub import build_model_card, results_from_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
@@ -31,8 +33,10 @@ from hf_vision_distill.recipes import (
     build_datasets,
     checkpoint_to_resume,
     evaluation_settings_for,
+    hyperparameters_for_card,
     load_data,
     parse_arguments,
+    recipe_command,
     setup_logging,
 )
 from hf_vision_distill.training import ImageClassificationTrainer
@@ -100,12 +104,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("all", metrics)
     trainer.save_metrics("all", metrics)
 
-    if training_args.push_to_hub:
-        trainer.push_to_hub(
-            dataset=data_args.dataset_name,
-            tags=["image-classification", "hf-vision-distill"],
-            finetuned_from=None if loaded.from_scratch else model_args.model_name_or_path,
+    if training_args.should_save:
+        card = build_model_card(
+            model,
+            repo_id=trainer.args.hub_model_id or training_args.output_dir,
+            dataset_name=data_args.dataset_name,
+            recipe="examples/train.py",
+            results=results_from_metrics(metrics),
+            hyperparameters=hyperparameters_for_card(data_args, training_args),
+            input_size=loaded.image_size,
+            image_mean=loaded.image_mean,
+            image_std=loaded.image_std,
+            command=recipe_command("examples/train.py", argv),
+            base_model=None if loaded.from_scratch else model_args.model_name_or_path,
         )
+        card.save(Path(training_args.output_dir) / "README.md")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()  # the model, its image processor and the card above
     return metrics
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,6 +280,35 @@ def build_collators(
     return train_collator, ImageClassificationCollator(), training_args
 
 
+def hyperparameters_for_card(data_args: DataArguments, training_args: TrainingArguments) -> dict[str, Any]:
+    """The training settings a model card repeats: budget, optimisation, augmentation, precision."""
+    augmentations = [flag.removeprefix("--") for flag in random_augmentations(data_args)]
+    settings = {
+        "epochs": training_args.num_train_epochs if training_args.max_steps <= 0 else None,
+        "max_steps": training_args.max_steps if training_args.max_steps > 0 else None,
+        "batch size (all devices, per update)": training_args.per_device_train_batch_size
+        * training_args.world_size
+        * training_args.gradient_accumulation_steps,
+        "optimizer": str(training_args.optim.value if hasattr(training_args.optim, "value") else training_args.optim),
+        "learning rate": training_args.learning_rate,
+        "schedule": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
+        "warm-up (steps, or share of them when < 1)": training_args.warmup_steps,
+        "weight decay": training_args.weight_decay,
+        "label smoothing": training_args.label_smoothing_factor,
+        "augmentations": augmentations
+        + [f"{name}={value}" for name, value in (("auto_augment", data_args.auto_augment),) if value],
+        "mixed precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        "seed": training_args.seed,
+    }
+    return {name: value for name, value in settings.items() if value is not None}
+
+
+def recipe_command(script: str, argv: list[str] | None) -> str:
+    """The command line that ran a recipe, for its model card."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python", script, *(shlex.quote(argument) for argument in arguments)])
+
+
 def checkpoint_to_resume(training_args: TrainingArguments, run_args: RunArguments) -> str | None:
     """`--resume_from_checkpoint` if given, else the last complete checkpoint in the output folder (unless
     `--overwrite_output_dir`)."""
@@ -301,8 +331,10 @@ __all__ = [
     "build_datasets",
     "checkpoint_to_resume",
     "evaluation_settings_for",
+    "hyperparameters_for_card",
     "load_data",
     "parse_arguments",
     "random_augmentations",
+    "recipe_command",
     "setup_logging",
 ]

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,14 @@ class ImageClassificationTrainer(Trainer):
     def __init__(self, *args, eval_data_collator: Callable | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        # The recipes render a fuller card into output_dir/README.md (hf_vision_distill.hub) before pushing; the
+        # Trainer's generic one would replace it on push_to_hub.
+        readme = Path(self.args.output_dir) / "README.md"
+        if readme.is_file() and "hf_vision_distill" in readme.read_text(encoding="utf-8"):
+            return
+        super().create_model_card(*args, **kwargs)
 
     def compute_loss(
         self,

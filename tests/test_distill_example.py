@@ -9,6 +9,7 @@ import datasets
 import pytest
 import torch
 from conftest import load_example
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
@@ -59,6 +60,13 @@ def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
     for name in ("summary.md", "summary.json", "loss_components.png", "layer_weights.png", "attention_overlays.png"):
         assert (output_dir / name).is_file(), name
     assert "| distilled student (compact-cnn) |" in (output_dir / "summary.md").read_text()
+    card = ModelCard.load(output_dir / "README.md")
+    assert {"knowledge-distillation", "image-classification"} <= set(card.data.tags)
+    test_results = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert test_results == {"accuracy": round(distilled_row["test_accuracy"], 4),
+                            "f1": round(distilled_row["test_f1_macro"], 4)}  # fmt: skip
+    assert f"Distilled from `{teacher_dir}`" in card.text and "| attention_loss_weight | 0.7 |" in card.text
+    assert "--feature_loss_weight 0.5 --baseline" in card.text  # the command that ran
 
     # The exported student has neither teacher nor adapter weights, and serves through a pipeline.
     exported = load_file(str(output_dir / "model.safetensors"))
@@ -90,7 +98,7 @@ def test_offline_teacher_recipe(tmp_path, teacher_dir):
     summary = load_recipe().main(arguments + ["--crop", "none", "--horizontal_flip", "false"])
     assert "test_accuracy" in summary["models"][1]
     for split in ("train", "validation", "test"):
-        cache = datasets.load_from_disk(str(tmp_path / "offline" / "teacher_cache" / split))
+        cache = datasets.load_from_disk(str(tmp_path / "offline" / "_teacher_cache" / split))
         assert cache.column_names == ["row_index", "teacher_logits"] and len(cache[0]["teacher_logits"]) == 10
     history = json.loads((tmp_path / "offline" / "trainer_state.json").read_text())["log_history"]
     assert any("loss_soft" in entry for entry in history)

@@ -219,9 +219,9 @@ def test_vit_to_cnn_with_attention_and_features(tmp_path):
     weights = [logs[0][f"attention_layer_weight_{layer}"] for layer in range(3)]
     assert sum(weights) == pytest.approx(1.0) and all(weight > 0 for weight in weights)
 
-    # Checkpoints keep the adapters; the exported student does not, and loads cleanly.
-    checkpoint = load_file(str(tmp_path / "checkpoint-3" / "model.safetensors"))
-    assert any(key.startswith("distillation_adapters.") for key in checkpoint)
+    # Checkpoints keep the adapters in their own file; the exported student does not, and loads cleanly.
+    checkpoint_adapters = load_file(str(tmp_path / "checkpoint-3" / "distillation_adapters.safetensors"))
+    assert checkpoint_adapters.keys() == adapters.state_dict().keys()
     trainer.save_model(str(tmp_path / "export"))
     exported = load_file(str(tmp_path / "export" / "model.safetensors"))
     assert not any(key.startswith("distillation_adapters.") for key in exported)
@@ -236,7 +236,12 @@ def test_resume_restores_the_adapters(tmp_path):
                                 args=config(tmp_path, **common), train_dataset=rows(),
                                 data_collator=stack)  # fmt: skip
     first.train()
-    saved = load_file(str(tmp_path / "checkpoint-2" / "model.safetensors"))
+    # The checkpoint's model file is the student alone (what push_to_hub copies); the adapters sit beside it.
+    assert not any(
+        key.startswith("distillation_adapters.")
+        for key in load_file(str(tmp_path / "checkpoint-2" / "model.safetensors"))
+    )
+    saved = load_file(str(tmp_path / "checkpoint-2" / "distillation_adapters.safetensors"))
     torch.manual_seed(123)  # a different random start for the new adapters
     student = tiny_cnn_student()
     second = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(),
@@ -244,7 +249,7 @@ def test_resume_restores_the_adapters(tmp_path):
                                  data_collator=stack)  # fmt: skip
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     for name, value in student.distillation_adapters.state_dict().items():
-        torch.testing.assert_close(value, saved[f"distillation_adapters.{name}"], msg=name)
+        torch.testing.assert_close(value, saved[name], msg=name)
 
 
 def test_energy_maps_need_no_adapter_and_uniform_weighting(tmp_path):

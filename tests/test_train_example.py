@@ -11,6 +11,7 @@ import datasets
 import pytest
 import torch
 from conftest import load_example
+from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
@@ -51,6 +52,15 @@ def test_recipe_trains_saves_and_serves(tmp_path):
     assert [model.config.id2label[i] for i in range(10)] == CIFAR_NAMES
     predictions = pipeline("image-classification", model=str(run))(Image.new("RGB", (32, 32), "blue"), top_k=10)
     assert sorted(p["label"] for p in predictions) == sorted(CIFAR_NAMES)
+
+    # The model card: results as model-index metadata, the labels, the command, loading both ways.
+    card = ModelCard.load(run / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "image-classification"
+    [accuracy] = [result for result in card.data.eval_results if result.metric_type == "accuracy"]
+    assert accuracy.dataset_split == "test" and accuracy.metric_value == round(metrics["test_accuracy"], 4)
+    assert "| Classes | 10: airplane, automobile, bird" in card.text
+    assert "--config_overrides" in card.text and "trust_remote_code=True" in card.text
+    assert "| Parameters | " + f"{sum(p.numel() for p in model.parameters()):,}" in card.text
 
 
 def test_recipe_reads_a_yaml_config(tmp_path):

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ADAPTERS_ATTRIBUTE = "distillation_adapters"
+# Checkpoints keep the adapters in their own file beside the student's weights.
+ADAPTERS_WEIGHTS_NAME = "distillation_adapters.safetensors"
 
 
 def count_prefix_tokens(model: nn.Module) -> int:
@@ -93,6 +95,7 @@ class AttentionProjection(nn.Module):
 
 __all__ = [
     "ADAPTERS_ATTRIBUTE",
+    "ADAPTERS_WEIGHTS_NAME",
     "AttentionProjection",
     "FeatureAdapter",
     "as_feature_map",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -30,7 +32,14 @@ from ..losses import (
     uniform_entropy,
 )
 from ..training import ImageClassificationTrainer, classification_loss
-from .adapters import ADAPTERS_ATTRIBUTE, AttentionProjection, FeatureAdapter, as_feature_map, count_prefix_tokens
+from .adapters import (
+    ADAPTERS_ATTRIBUTE,
+    ADAPTERS_WEIGHTS_NAME,
+    AttentionProjection,
+    FeatureAdapter,
+    as_feature_map,
+    count_prefix_tokens,
+)
 from .distillation_config import LOSS_WEIGHT_NAMES, DistillationConfig
 from .teacher_cache import TEACHER_LOGITS_COLUMN
 
@@ -410,21 +419,41 @@ class DistillationTrainer(ImageClassificationTrainer):
             self._saving_checkpoint = False
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints keep the adapters, so a resumed run continues with them; every other save (the exported
-        student, `push_to_hub`) leaves them out."""
-        if getattr(self, "_saving_checkpoint", False):
-            return super().save_model(output_dir, _internal_call=_internal_call)
-        with self._adapters_detached():
+        """The saved weights are the student's alone, always. A checkpoint also keeps the adapters, beside them in
+        `distillation_adapters.safetensors`, so a resumed run continues with them; and a checkpoint's model files
+        stay the clean student that `push_to_hub` (with `hub_strategy`) copies and uploads."""
+        with self._adapters_detached() as adapters:
             super().save_model(output_dir, _internal_call=_internal_call)
+        if getattr(self, "_saving_checkpoint", False) and adapters is not None and self.args.should_save:
+            state = {name: tensor.detach().contiguous().cpu() for name, tensor in adapters.state_dict().items()}
+            save_file(state, os.path.join(output_dir or self.args.output_dir, ADAPTERS_WEIGHTS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        with self._adapters_detached() as adapters:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if adapters is None:
+            return
+        path = os.path.join(resume_from_checkpoint, ADAPTERS_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {ADAPTERS_WEIGHTS_NAME}, but this run trains adapters: it was saved "
+                "by a run with other distillation losses. Resume with the same settings, or start afresh."
+            )
+        adapters.load_state_dict(load_file(path, device=str(next(adapters.parameters()).device)))
+
+    def _load_best_model(self) -> None:
+        with self._adapters_detached():  # the best checkpoint's weights are the student's alone
+            super()._load_best_model()
 
     @contextmanager
     def _adapters_detached(self):
+        """The student without its adapters for the duration (yields the adapters, or None)."""
         student = self.accelerator.unwrap_model(self.model)
         adapters = getattr(student, ADAPTERS_ATTRIBUTE, None)
         if adapters is not None:
             delattr(student, ADAPTERS_ATTRIBUTE)
         try:
-            yield
+            yield adapters
         finally:
             if adapters is not None:
                 student.add_module(ADAPTERS_ATTRIBUTE, adapters)

@@ -1,0 +1,206 @@
+"""Model cards for what the recipes train, rendered from the templates in `model_cards/`.
+
+A card carries the Hub metadata (license, tags, datasets, base model, `model-index` results that the Hub renders as
+an evaluation widget) and a readable page: what the model is, its results, the teacher and distillation settings
+where there was one, how to load it with and without this package, the training command and hyperparameters, and
+its limitations. `huggingface_hub.ModelCard` does the YAML and Jinja2 work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import PreTrainedModel
+
+from .evaluation import markdown_table
+
+# The templates live in model_cards/ at the top of the repository: the package runs from a checkout
+# (`pip install -e .`), as the README sets it up.
+_TEMPLATE_FOLDERS = [Path(__file__).resolve().parents[1] / "model_cards"]
+IMAGE_CLASSIFIER_TEMPLATE = "image_classifier.md"
+
+METRIC_NAMES = {"accuracy": "Accuracy", "f1_macro": "Macro-F1"}
+SPLIT_NAMES = {"test": "test", "eval": "validation", "validation": "validation"}
+
+DEFAULT_LIMITATIONS = (
+    "Trained for the classes listed above only: every image gets one of them, including images of none. Accuracy "
+    "was measured on the dataset's own test split; images from another distribution (camera, resolution, style) "
+    "can score far lower. Check the model on your data before relying on it."
+)
+
+
+def template_path(name: str = IMAGE_CLASSIFIER_TEMPLATE) -> Path:
+    for folder in _TEMPLATE_FOLDERS:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"model card template {name!r} not found in {[str(f) for f in _TEMPLATE_FOLDERS]}.")
+
+
+def count_parameters(model: PreTrainedModel) -> int:
+    """Parameters of the exported model: distillation adapters train with a student but are not part of it."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("distillation_adapters."))
+
+
+def build_model_card(
+    model: PreTrainedModel,
+    *,
+    repo_id: str,
+    dataset_name: str,
+    recipe: str,
+    results: dict[str, dict[str, float]],
+    hyperparameters: dict[str, Any],
+    input_size: tuple[int, int],
+    image_mean: list[float],
+    image_std: list[float],
+    command: str | None = None,
+    base_model: str | None = None,
+    teacher_name: str | None = None,
+    teacher_parameters: int | None = None,
+    distillation_settings: dict[str, Any] | None = None,
+    comparison: list[dict] | None = None,
+    description: str | None = None,
+    limitations: str = DEFAULT_LIMITATIONS,
+    license: str = "apache-2.0",
+    tags: list[str] | None = None,
+) -> ModelCard:
+    """Renders the model card of an image classifier trained by one of the recipes.
+
+    Args:
+        model (`PreTrainedModel`): the trained model (its config gives the architecture and the labels).
+        repo_id (`str`): where the model lives or will live: a Hub id (`"user/name"`) or a local path; used in the
+            loading snippets.
+        dataset_name (`str`): the training dataset's Hub id or path (a Hub id becomes a link and metadata).
+        recipe (`str`): the recipe that trained it, e.g. `"examples/distill.py"`.
+        results (`dict`): per split (`"test"`, `"eval"`), metric name (`"accuracy"`, `"f1_macro"`) to value; the test
+            results become `model-index` metadata.
+        hyperparameters (`dict`): the training settings worth repeating (epochs, batch size, learning rate, ...).
+        input_size, image_mean, image_std: the input the model expects (its image processor's).
+        command (`str`, *optional*): the command line that trained it.
+        base_model (`str`, *optional*): the checkpoint it was fine-tuned from (`None`: from scratch).
+        teacher_name, teacher_parameters, distillation_settings: the teacher and the distillation settings.
+        comparison (`list[dict]`, *optional*): rows of the run's side-by-side table (teacher, distilled, baseline),
+            each with `model`, `parameters`, `test_accuracy`, `test_f1_macro`.
+        description (`str`, *optional*): the card's opening paragraph; a default one is written from the rest.
+        limitations, license, tags: as named.
+    """
+    config = model.config
+    architecture = type(model).__name__
+    parameters = count_parameters(model)
+    labels = [config.id2label[index] for index in sorted(config.id2label)]
+    on_hub = _looks_like_hub_id(dataset_name)
+    dataset_id = dataset_name if on_hub else Path(dataset_name).name
+    if description is None:
+        how = f"distilled from `{teacher_name}`" if teacher_name else "trained"
+        start = f"fine-tuned from `{base_model}`" if base_model else "from scratch"
+        description = (
+            f"An image classifier ({architecture}, {parameters / 1e6:.2f}M parameters) {how} on "
+            f"{_dataset_link(dataset_name)}, {start}, with hf_vision_distill."
+        )
+
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_id,
+            dataset_name=dataset_id,
+            dataset_split=SPLIT_NAMES.get(split, split),
+            metric_type="f1" if metric == "f1_macro" else metric,
+            metric_name=METRIC_NAMES.get(metric, metric),
+            metric_args={"average": "macro"} if metric == "f1_macro" else None,
+            metric_value=round(float(value), 4),
+        )
+        for split, metrics in results.items()
+        if split == "test"
+        for metric, value in metrics.items()
+        if metric in METRIC_NAMES
+    ]
+    card_tags = ["image-classification", "hf_vision_distill", "vision"]
+    if teacher_name:
+        card_tags.append("knowledge-distillation")
+    card_data = ModelCardData(
+        model_name=repo_id.rstrip("/").split("/")[-1],
+        license=license,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=card_tags + [tag for tag in tags or [] if tag not in card_tags],
+        datasets=[dataset_id] if on_hub else None,
+        base_model=base_model if base_model and _looks_like_hub_id(base_model) else None,
+        metrics=["accuracy", "f1"],
+        eval_results=eval_results or None,
+    )
+
+    result_rows = [
+        {"split": SPLIT_NAMES.get(split, split), **{METRIC_NAMES.get(k, k): v for k, v in metrics.items()}}
+        for split, metrics in results.items()
+    ]
+    result_columns = [("split", "split")] + [(name, name) for name in METRIC_NAMES.values()]
+    comparison_table = None
+    if comparison:
+        comparison_table = markdown_table(
+            comparison,
+            [("model", "model"), ("parameters", "parameters"), ("test_accuracy", "test accuracy"),
+             ("test_f1_macro", "test macro-F1")],
+        )  # fmt: skip
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path()),
+        description=description,
+        architecture=architecture,
+        model_type=config.model_type,
+        parameters=f"{parameters:,}",
+        input_size=f"{input_size[0]}x{input_size[1]}",
+        image_mean=[round(value, 4) for value in image_mean],
+        image_std=[round(value, 4) for value in image_std],
+        num_labels=len(labels),
+        label_names=", ".join(labels) if len(labels) <= 20 else ", ".join(labels[:20]) + ", ...",
+        dataset_link=_dataset_link(dataset_name),
+        start=f"`{base_model}`" if base_model else "random initialisation (trained from scratch)",
+        recipe=recipe,
+        repo_id=repo_id,
+        results_table=markdown_table(result_rows, result_columns),
+        comparison_table=comparison_table,
+        teacher_name=teacher_name,
+        teacher_parameters=f"{teacher_parameters:,}" if teacher_parameters else None,
+        distillation_table=_settings_table(distillation_settings) if distillation_settings else None,
+        command=command,
+        hyperparameters_table=_settings_table(hyperparameters),
+        limitations=limitations,
+        license=license,
+    )
+
+
+def results_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """`{"test_accuracy": .., "eval_f1_macro": ..}` (Trainer metric names) as `{"test": {"accuracy": ..}, ...}`."""
+    results: dict[str, dict[str, float]] = {}
+    for split in ("test", "eval"):
+        for metric in METRIC_NAMES:
+            if f"{split}_{metric}" in metrics:
+                results.setdefault(split, {})[metric] = metrics[f"{split}_{metric}"]
+    return results
+
+
+def _settings_table(settings: dict[str, Any]) -> str:
+    rows = [{"setting": name, "value": _plain(value)} for name, value in settings.items()]
+    return markdown_table(rows, [("setting", "setting"), ("value", "value")])
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) if value else "(none)"
+    return str(value)
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """`user/name` that is not a path on this machine."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def _dataset_link(dataset_name: str) -> str:
+    if _looks_like_hub_id(dataset_name):
+        return f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
+    return f"`{Path(dataset_name).name}` (a local dataset)"
+
+
+__all__ = ["DEFAULT_LIMITATIONS", "build_model_card", "count_parameters", "results_from_metrics", "template_path"]
