@@ -61,8 +61,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
+            "aliases": ["--model_path"],
             "help": "A preset built from scratch (vit-cifar, vit-tiny, vit-small, vit-base, simple-cnn, compact-cnn), "
-            "a local directory or Hub id (ours, transformers', timm/... checkpoints), or a timm architecture name."
+            "a local directory or Hub id (ours, transformers', timm/... checkpoints), or a timm architecture name.",
         },
     )
     image_size: int | None = field(

@@ -3,12 +3,15 @@
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hub_server import LocalHubServer, run_hub_client
 
 # The tests never need the Hub; offline mode makes a Hub lookup fail at once instead of after network retries.
-# Set before huggingface_hub is imported, which reads it once. Tests of a local Hub server override it themselves.
+# Set before huggingface_hub is imported, which reads it once. Tests that talk to the local Hub server
+# (tests/hub_server.py) keep it: their clients run in subprocesses with LocalHubServer.client_env().
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +51,27 @@ def fashion_mnist_path() -> Path:
 def cifar10_sample_path() -> Path:
     """The CIFAR-10 sample shipped in `data/cifar10-sample` (5,000 train and 1,000 test rows)."""
     return REPO_ROOT / "data" / "cifar10-sample"
+
+
+@pytest.fixture
+def hub() -> Iterator[LocalHubServer]:
+    """A fresh local Hub server per test; fails the test if a handler crashed or a client called an endpoint we
+    lack."""
+    with LocalHubServer() as server:
+        yield server
+    assert not server.internal_errors, "\n".join(server.internal_errors)
+    assert not server.unhandled_requests, f"clients called endpoints the server lacks: {server.unhandled_requests}"
+
+
+@pytest.fixture
+def hub_env(hub: LocalHubServer, tmp_path: Path) -> dict[str, str]:
+    """The environment of a client process of `hub`, authenticated as its default user."""
+    env = hub.client_env(tmp_path / "hf_home")
+    env["OMP_NUM_THREADS"] = "1"  # clients that import torch must not compete with the machine's other jobs
+    return env
+
+
+@pytest.fixture
+def client(hub_env: dict[str, str], tmp_path: Path) -> Callable[[str], str]:
+    """Runs a client script against `hub`, authenticated as its default user; returns the script's stdout."""
+    return lambda code: run_hub_client(code, hub_env, cwd=tmp_path)

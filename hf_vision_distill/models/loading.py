@@ -248,6 +248,9 @@ def _load_checkpoint(
             "replace the head with a new one."
         )
     label_kwargs = {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
+    if checkpoint_config.model_type == "timm_wrapper":
+        # TimmWrapperConfig keeps its own num_labels in config.json, which wins over id2label alone.
+        label_kwargs["num_labels"] = len(id2label)
     model = AutoModelForImageClassification.from_pretrained(
         name_or_path,
         **(label_kwargs if id2label else {}),
