@@ -57,11 +57,13 @@ from hf_vision_distill.recipes import (
     RunArguments,
     build_collators,
     build_datasets,
+    check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
     hyperparameters_for_card,
     load_data,
     parse_arguments,
+    push_output,
     random_augmentations,
     recipe_command,
     setup_logging,
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         (ModelArguments, DataArguments, RunArguments, ComparisonArguments, DistillationConfig), DEFAULTS, argv
     )
     setup_logging(args)
+    check_hub_access(args)
     set_seed(args.seed)
     if not args.teacher_model_name_or_path:
         raise ValueError(
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=student.image_processor,
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(args, run_args))
-    trainer.save_model()  # the student alone: no teacher, no adapters
+    trainer.save_model(_internal_call=True)  # the student alone; _internal_call: pushed once, at the end
     trainer.save_state()
     student_parameters = sum(p.numel() for name, p in student.model.named_parameters()
                              if not name.startswith("distillation_adapters."))  # fmt: skip
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         card.save(output_dir / "README.md")
     if args.push_to_hub:
-        trainer.push_to_hub()  # the student, its image processor, the card, summary and plots
+        push_output(trainer)  # the student, its image processor, the card, summary and plots
     return summary
 
 

@@ -52,11 +52,13 @@ from hf_vision_distill.recipes import (
     RunArguments,
     build_collators,
     build_datasets,
+    check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
     hyperparameters_for_card,
     load_data,
     parse_arguments,
+    push_output,
     recipe_command,
     setup_logging,
 )
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         argv,
     )
     setup_logging(training_args)
+    check_hub_access(training_args)
     if not model_args.model_name_or_path:
         raise ValueError(
             "no backbone: pass --model_name_or_path (a Hub id such as google/vit-base-patch16-224 or "
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         callbacks=callbacks if finetuning_args.strategy == "gradual" else None,
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, run_args))
-    trainer.save_model()
+    trainer.save_model(_internal_call=True)  # not pushed yet: push_output does, with the card
     trainer.save_state()
     final_trainable = describe_trainable(model)["trainable_parameters"]
     metrics = {**train_result.metrics, **trainable, "trainable_parameters_at_end": final_trainable}
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         card.save(Path(training_args.output_dir) / "README.md")
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        push_output(trainer)
     return metrics
 
 

@@ -31,11 +31,13 @@ from hf_vision_distill.recipes import (
     RunArguments,
     build_collators,
     build_datasets,
+    check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
     hyperparameters_for_card,
     load_data,
     parse_arguments,
+    push_output,
     recipe_command,
     setup_logging,
 )
@@ -61,6 +63,7 @@ def parse(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, RunArg
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, run_args, training_args = parse(argv)
     setup_logging(training_args)
+    check_hub_access(training_args)
     set_seed(training_args.seed)
     data = load_data(data_args, training_args)
     training_args = evaluation_settings_for(data, training_args)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=loaded.image_processor,
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, run_args))
-    trainer.save_model()  # the best checkpoint (load_best_model_at_end) and its image processor
+    trainer.save_model(_internal_call=True)  # the best model and its processor; pushed at the end, with the card
     trainer.save_state()
     metrics = {**train_result.metrics, "num_parameters": num_parameters}
     for split, dataset in eval_datasets.items():
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         card.save(Path(training_args.output_dir) / "README.md")
     if training_args.push_to_hub:
-        trainer.push_to_hub()  # the model, its image processor and the card above
+        push_output(trainer)  # the model, its image processor and the card above
     return metrics
 
 

@@ -13,7 +13,10 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from transformers import HfArgumentParser, TrainingArguments
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
+from huggingface_hub.utils import validate_repo_id
+from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from .data import (
     ImageClassificationCollator,
@@ -310,6 +313,47 @@ def recipe_command(script: str, argv: list[str] | None) -> str:
     return " ".join(["python", script, *(shlex.quote(argument) for argument in arguments)])
 
 
+def check_hub_access(training_args: TrainingArguments) -> None:
+    """With `--push_to_hub`, fail before training rather than after it: a malformed `--hub_model_id`, or no token
+    the Hub accepts, each gives an error that says what to do."""
+    if not training_args.push_to_hub:
+        return
+    if training_args.hub_model_id:
+        try:
+            validate_repo_id(training_args.hub_model_id)
+        except HFValidationError as err:
+            raise ValueError(
+                f"--hub_model_id {training_args.hub_model_id!r} is not a valid repo id: {err} Use 'user_or_org/name'."
+            ) from err
+    try:
+        HfApi().whoami(token=training_args.hub_token)
+    except LocalTokenNotFoundError as err:
+        raise ValueError(
+            "--push_to_hub needs a Hub token: log in with `hf auth login`, set HF_TOKEN, or pass --hub_token."
+        ) from err
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status == 401:
+            raise ValueError(
+                "--push_to_hub: the Hub rejected the token (401). Log in again with `hf auth login`, or set a valid "
+                "HF_TOKEN / --hub_token (it needs write access)."
+            ) from err
+        raise
+
+
+def push_output(trainer: Trainer) -> None:
+    """`trainer.push_to_hub()`, with an error that says the trained model is safe on disk and how to push it again."""
+    try:
+        trainer.push_to_hub()
+    except Exception as err:
+        output_dir = trainer.args.output_dir
+        raise RuntimeError(
+            f"pushing {output_dir} to the Hub repo {trainer.hub_model_id} failed: {err}\nThe trained model is saved "
+            f"in {output_dir}; push it again with: hf upload {trainer.hub_model_id} {output_dir} --exclude '_*' "
+            "--exclude 'checkpoint-*'"
+        ) from err
+
+
 def checkpoint_to_resume(training_args: TrainingArguments, run_args: RunArguments) -> str | None:
     """`--resume_from_checkpoint` if given, else the last complete checkpoint in the output folder (unless
     `--overwrite_output_dir`)."""
@@ -330,11 +374,13 @@ __all__ = [
     "RunArguments",
     "build_collators",
     "build_datasets",
+    "check_hub_access",
     "checkpoint_to_resume",
     "evaluation_settings_for",
     "hyperparameters_for_card",
     "load_data",
     "parse_arguments",
+    "push_output",
     "random_augmentations",
     "recipe_command",
     "setup_logging",
