@@ -94,6 +94,29 @@ def plot_log_history(log_history: list[dict], keys: list[str], path: str, title:
     return True
 
 
+def plot_training_curves(log_history: list[dict], path: str, title: str) -> bool:
+    """Training loss, gradient norm and learning rate over steps, one panel each, from a Trainer's
+    `state.log_history`; returns False when nothing was logged."""
+    panels = [("loss", "training loss"), ("grad_norm", "gradient norm"), ("learning_rate", "learning rate")]
+    series = {key: [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+              for key, _ in panels}  # fmt: skip
+    if not any(series.values()):
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for axis, (key, name) in zip(axes, panels):
+        if series[key]:
+            axis.plot(*zip(*series[key]), marker="." if len(series[key]) < 30 else None)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def plot_attention_overlays(
     images: np.ndarray, teacher_maps: np.ndarray, student_maps: np.ndarray, path: str, labels: list[str] | None = None
 ) -> None:
@@ -127,6 +150,43 @@ def plot_attention_overlays(
     plt.close(figure)
 
 
+def classification_report_rows(labels: np.ndarray, predictions: np.ndarray, id2label: dict[int, str]) -> list[dict]:
+    """Per-class precision, recall, F1 and support (scikit-learn's classification report), one dict per class, then
+    the macro and weighted averages."""
+    from sklearn.metrics import classification_report
+
+    indices = sorted(id2label)
+    report = classification_report(labels, predictions, labels=indices, target_names=[id2label[i] for i in indices],
+                                   output_dict=True, zero_division=0)  # fmt: skip
+    rows = []
+    for name in [id2label[i] for i in indices] + ["macro avg", "weighted avg"]:
+        values = report[name]
+        rows.append({"class": name, "precision": values["precision"], "recall": values["recall"],
+                     "f1": values["f1-score"], "support": int(values["support"])})  # fmt: skip
+    return rows
+
+
+def plot_confusion_matrix(
+    labels: np.ndarray, predictions: np.ndarray, id2label: dict[int, str], path: str, title: str
+) -> np.ndarray:
+    """Saves the confusion matrix (rows: true class, columns: predicted; counts, and colour by row share) as a PNG
+    and returns it."""
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+    indices = sorted(id2label)
+    matrix = confusion_matrix(labels, predictions, labels=indices)
+    plt = _pyplot()
+    size = max(5, 0.5 * len(indices) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    display = ConfusionMatrixDisplay(matrix, display_labels=[id2label[i] for i in indices])
+    display.plot(ax=axis, cmap="Blues", colorbar=False, xticks_rotation=45, values_format="d")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return matrix
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A Markdown table of `rows` (dicts) with `columns` given as (key, header); floats with 4 decimals."""
 
@@ -145,7 +205,10 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 __all__ = [
     "ClassificationMetrics",
     "build_compute_metrics",
+    "classification_report_rows",
     "markdown_table",
     "plot_attention_overlays",
+    "plot_confusion_matrix",
     "plot_log_history",
+    "plot_training_curves",
 ]

@@ -153,8 +153,8 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
 
 def apply_strategy(model: nn.Module, args: FineTuningArguments) -> None:
     """Freezes what the strategy leaves frozen at the start of training (gradual: everything but the head)."""
-    if args.strategy == "full":
-        set_trainable_blocks(model, None)
+    if args.strategy == "full":  # needs no knowledge of the blocks: works for any architecture
+        model.requires_grad_(True)
     elif args.strategy == "last_n":
         set_trainable_blocks(model, args.num_unfrozen_blocks)
     else:  # linear_probe, and gradual's start
@@ -268,6 +268,11 @@ class FineTuningTrainer(ImageClassificationTrainer):
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is not None:
             return self.optimizer
+        arguments = self.finetuning_args
+        if arguments.strategy == "full" and arguments.layer_decay == 1.0 and arguments.head_learning_rate is None:
+            return super().create_optimizer(
+                model
+            )  # one learning rate for all: any architecture, no block groups needed
         model = model if model is not None else self.model
         target = model.module if hasattr(model, "module") else model
         groups = layer_decay_groups(

@@ -183,3 +183,34 @@ def test_bad_arguments():
         FineTuningArguments(layer_decay=1.5)
     with pytest.raises(ValueError, match="--model_name_or_path"):
         load_recipe().main(["--report_to", "none"])
+
+
+def test_compare_writes_every_artifact(tmp_path, cifar10_path):
+    """Two models on a small CIFAR-10 subset: a CNN from scratch and a (tiny, local) pretrained ViT linear probe."""
+    vit = save_transformers_vit(tmp_path / "pretrained-vit")
+    output_dir = tmp_path / "compare"
+    rows = load_example("compare").main([
+        "--models", "compact-cnn", str(vit), "--strategies", "full", "linear_probe",
+        "--dataset_name", str(cifar10_path), "--max_train_samples", "64", "--max_eval_samples", "32",
+        "--per_device_train_batch_size", "16", "--num_train_epochs", "1", "--dataloader_num_workers", "0",
+        "--logging_steps", "1", "--output_dir", str(output_dir), "--speed_batch_size", "8",
+        "--profile_batch_size", "4",
+    ])  # fmt: skip
+    assert [row["strategy"] for row in rows] == ["full", "linear_probe"]
+    assert rows[0]["trainable_parameters"] == rows[0]["parameters"] > rows[1]["trainable_parameters"] > 0
+    for row in rows:
+        assert 0 <= row["accuracy"] <= 1 and row["gflops_per_image"] > 0 and row["latency_ms"] > 0
+        assert row["throughput_images_per_s"] > 0 and row["training_time_s"] > 0
+        assert len(row["report"]) == 12 and row["report"][-2]["class"] == "macro avg"
+        assert row["report"][-2]["f1"] == pytest.approx(row["f1_macro"])
+    for folder in ("compact-cnn", vit.name):
+        model_dir = next(output_dir.glob(f"*{folder}"))
+        for name in ("classification_report.md", "confusion_matrix.png", "training_curves.png",
+                     "profile_trace.json", "profile_operators.txt"):  # fmt: skip
+            assert (model_dir / name).is_file(), (folder, name)
+        assert json.loads((model_dir / "profile_trace.json").read_text())["traceEvents"]
+        assert list((model_dir / "runs").rglob("events.out.tfevents.*"))  # TensorBoard logs
+    csv_lines = (output_dir / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("model,strategy,accuracy,f1_macro,parameters")
+    comparison = (output_dir / "model_comparison.md").read_text()
+    assert "| compact-cnn | full |" in comparison and "confusion_matrix.png" in comparison
