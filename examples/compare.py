@@ -126,7 +126,7 @@ def compare_one(model_name, strategy, data, data_args, finetuning_args, training
                 trainable["total_parameters"])  # fmt: skip
 
     train_dataset, eval_datasets = build_datasets(
-        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std
+        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
     )
     train_collator, eval_collator, args = build_collators(data, data_args, training_args)
     # TensorBoard logs go to <model folder>/runs.

@@ -160,14 +160,16 @@ def main(argv: list[str] | None = None) -> dict:
         check_label_spaces(student.model.config, teacher.model.config)  # no live teacher reaches the trainer
         row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir)
     train_dataset, eval_datasets = build_datasets(
-        data, data_args, student.image_size, student.image_mean, student.image_std, row_outputs=row_outputs
-    )
+        data, data_args, student.image_size, student.image_mean, student.image_std, row_outputs=row_outputs,
+        interpolation=student.interpolation,
+    )  # fmt: skip
     train_collator, eval_collator, args = build_collators(data, data_args, args)
 
     # ---- the teacher, on the same test images, through its own input pipeline ----
     _, teacher_eval_datasets = build_datasets(
-        data, data_args, teacher.image_size, teacher.image_mean, teacher.image_std
-    )
+        data, data_args, teacher.image_size, teacher.image_mean, teacher.image_std,
+        interpolation=teacher.interpolation,
+    )  # fmt: skip
     teacher_evaluator = ImageClassificationTrainer(
         model=teacher.model,
         args=plain_training_arguments(

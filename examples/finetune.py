@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )  # fmt: skip
 
     train_dataset, eval_datasets = build_datasets(
-        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std
+        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
     )
     if sanity_args.overfit_batches:  # augmentation is off, so the training images double as the evaluation set
         eval_datasets = {"validation": train_dataset}

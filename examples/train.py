@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 type(model).__name__, num_parameters / 1e6, loaded.image_size)  # fmt: skip
 
     train_dataset, eval_datasets = build_datasets(
-        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std
+        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
     )
     train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
     trainer = ImageClassificationTrainer(

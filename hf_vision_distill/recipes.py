@@ -232,10 +232,12 @@ def build_datasets(
     mean: list[float],
     std: list[float],
     row_outputs: dict[str, dict] | None = None,
+    interpolation: str = "bilinear",
 ) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
     """The training split with augmentation and the validation/test splits with the eval transform, all lazy.
 
-    `row_outputs` maps a split name to per-row arrays (e.g. cached teacher logits) its batches carry.
+    `row_outputs` maps a split name to per-row arrays (e.g. cached teacher logits) its batches carry;
+    `interpolation` is the model's resize interpolation (`LoadedClassifier.interpolation`).
     """
     train_transform = build_transforms(
         image_size,
@@ -247,8 +249,9 @@ def build_datasets(
         color_jitter=data_args.color_jitter,
         auto_augment=data_args.auto_augment,
         random_erasing=data_args.random_erasing,
+        interpolation=interpolation,
     )
-    eval_transform = build_transforms(image_size, train=False, mean=mean, std=std)
+    eval_transform = build_transforms(image_size, train=False, mean=mean, std=std, interpolation=interpolation)
 
     def prepare(split: str, transform) -> datasets.Dataset:
         return with_image_transform(

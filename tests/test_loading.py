@@ -137,3 +137,15 @@ def test_attention_implementation_and_float32_weights(tmp_path):
         ).model.config._attn_implementation
         == "eager"
     )
+
+
+def test_interpolation_follows_the_pretrained_configuration(tmp_path):
+    assert load_image_classifier("compact-cnn", id2label=LABELS).interpolation == "bilinear"
+    timm_model = load_image_classifier("resnet10t", id2label=LABELS)
+    assert timm_model.interpolation == timm_model.model.timm_model.pretrained_cfg["interpolation"] == "bicubic"
+    assert timm_model.image_processor.resample == 3  # the processor saved beside the model resizes the same way
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=64, patch_size=16, num_labels=3)  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 64, "width": 64}, resample=0).save_pretrained(tmp_path)
+    assert load_image_classifier(str(tmp_path), id2label=LABELS).interpolation == "nearest"

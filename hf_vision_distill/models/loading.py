@@ -42,16 +42,24 @@ def config_from_preset(name: str, **overrides) -> PreTrainedConfig:
     return config_class(**{**fields, **overrides})
 
 
+# PIL's resampling codes, as image processors store them (`resample`), and the names build_transforms takes.
+_RESAMPLE_TO_INTERPOLATION = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+_INTERPOLATION_TO_RESAMPLE = {name: code for code, name in _RESAMPLE_TO_INTERPOLATION.items()}
+
+
 def build_image_processor(
-    image_size: int | tuple[int, int], image_mean: list[float], image_std: list[float]
+    image_size: int | tuple[int, int],
+    image_mean: list[float],
+    image_std: list[float],
+    interpolation: str = "bilinear",
 ) -> ViTImageProcessor:
     """The processor saved beside a trained model so `pipeline("image-classification", model=dir)` works: resize to
-    the model's size (bilinear, like the eval transform), rescale to [0, 1], normalise."""
+    the model's size (with the eval transform's interpolation), rescale to [0, 1], normalise."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     return ViTImageProcessor(
         do_resize=True,
         size={"height": height, "width": width},
-        resample=2,  # PIL bilinear
+        resample=_INTERPOLATION_TO_RESAMPLE.get(interpolation, 2),
         image_mean=list(image_mean),
         image_std=list(image_std),
     )
@@ -67,6 +75,9 @@ class LoadedClassifier:
     image_mean: list[float]
     image_std: list[float]
     from_scratch: bool
+    # How images are resized to image_size: the backbone's pretrained setting (timm's data config, the checkpoint's
+    # image processor); bilinear for models built from scratch.
+    interpolation: str = "bilinear"
 
 
 def _is_timm_name(name: str) -> bool:
@@ -77,8 +88,8 @@ def _is_timm_name(name: str) -> bool:
 
 def _checkpoint_input_settings(
     model: PreTrainedModel, name_or_path: str, config: PreTrainedConfig, trust_remote_code: bool, hub_kwargs: dict
-) -> tuple[tuple[int, int], list[float], list[float]]:
-    """The input size, mean and std a loaded checkpoint was trained with."""
+) -> tuple[tuple[int, int], list[float], list[float], str]:
+    """The input size, mean, std and resize interpolation a loaded checkpoint was trained with."""
     if hasattr(model, "timm_model"):  # TimmWrapper
         import timm.data
 
@@ -89,7 +100,9 @@ def _checkpoint_input_settings(
             data_config = timm.data.resolve_data_config({}, pretrained_cfg=dict(pretrained_cfg))
         else:
             data_config = timm.data.resolve_data_config({}, model=model.timm_model)
-        return tuple(data_config["input_size"][1:]), list(data_config["mean"]), list(data_config["std"])
+        interpolation = data_config.get("interpolation", "bilinear")
+        interpolation = interpolation if interpolation in _INTERPOLATION_TO_RESAMPLE else "bilinear"
+        return tuple(data_config["input_size"][1:]), list(data_config["mean"]), list(data_config["std"]), interpolation
     try:
         image_processor = AutoImageProcessor.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
@@ -100,7 +113,9 @@ def _checkpoint_input_settings(
     size = _processor_size(image_processor, checkpoint_size)
     mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
     std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
-    return size, mean, std
+    resample = getattr(image_processor, "resample", None)
+    interpolation = _RESAMPLE_TO_INTERPOLATION.get(int(resample), "bilinear") if resample is not None else "bilinear"
+    return size, mean, std, interpolation
 
 
 def _processor_size(image_processor: BaseImageProcessor | None, fallback: int | list[int]) -> tuple[int, int]:
@@ -198,7 +213,10 @@ def load_image_classifier(
         data_config = timm.data.resolve_data_config({}, model=model.timm_model)
         size = tuple(data_config["input_size"][1:])
         mean, std = list(data_config["mean"]), list(data_config["std"])
-        return LoadedClassifier(model, build_image_processor(size, mean, std), size, mean, std, from_scratch=True)
+        interpolation = data_config.get("interpolation", "bilinear")
+        interpolation = interpolation if interpolation in _INTERPOLATION_TO_RESAMPLE else "bilinear"
+        processor = build_image_processor(size, mean, std, interpolation)
+        return LoadedClassifier(model, processor, size, mean, std, from_scratch=True, interpolation=interpolation)
 
     if config_overrides:
         raise ValueError(
@@ -260,7 +278,9 @@ def _load_checkpoint(
         trust_remote_code=trust_remote_code,
         **hub_kwargs,
     )
-    size, mean, std = _checkpoint_input_settings(model, name_or_path, checkpoint_config, trust_remote_code, hub_kwargs)
+    size, mean, std, interpolation = _checkpoint_input_settings(
+        model, name_or_path, checkpoint_config, trust_remote_code, hub_kwargs
+    )
     if image_size is not None and (image_size, image_size) != size:
         if hasattr(model, "resize_image_size"):  # our ViT: resample the position embeddings for good
             model.resize_image_size(image_size)
@@ -274,8 +294,8 @@ def _load_checkpoint(
         size = (image_size, image_size)
     # The processor saved beside the model mirrors the eval transform the recipes build from (size, mean, std), so
     # pipelines see exactly what evaluation saw.
-    image_processor = build_image_processor(size, mean, std)
-    return LoadedClassifier(model, image_processor, size, mean, std, from_scratch=False)
+    image_processor = build_image_processor(size, mean, std, interpolation)
+    return LoadedClassifier(model, image_processor, size, mean, std, from_scratch=False, interpolation=interpolation)
 
 
 __all__ = ["MODEL_PRESETS", "LoadedClassifier", "build_image_processor", "config_from_preset", "load_image_classifier"]
