@@ -8,11 +8,13 @@ its limitations. `huggingface_hub.ModelCard` does the YAML and Jinja2 work.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedModel
+from transformers.image_processing_utils import BaseImageProcessor
 
 from .evaluation import markdown_table
 
@@ -171,6 +173,31 @@ def build_model_card(
     )
 
 
+def push_classifier(
+    model: PreTrainedModel,
+    repo_id: str,
+    *,
+    image_processor: BaseImageProcessor | None = None,
+    card: ModelCard | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload image classifier",
+) -> str:
+    """Pushes a classifier with everything a loader needs, in one commit: the weights, the config with its `auto_map`
+    and modeling code (for `trust_remote_code`), the image processor (for `pipeline`) and the model card. The recipes
+    do this with `--push_to_hub`; this is the same from Python. Returns the commit URL."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        if image_processor is not None:
+            image_processor.save_pretrained(folder)
+        if card is not None:
+            card.save(Path(folder) / "README.md")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    return str(commit)
+
+
 def results_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     """`{"test_accuracy": .., "eval_f1_macro": ..}` (Trainer metric names) as `{"test": {"accuracy": ..}, ...}`."""
     results: dict[str, dict[str, float]] = {}
@@ -203,4 +230,11 @@ def _dataset_link(dataset_name: str) -> str:
     return f"`{Path(dataset_name).name}` (a local dataset)"
 
 
-__all__ = ["DEFAULT_LIMITATIONS", "build_model_card", "count_parameters", "results_from_metrics", "template_path"]
+__all__ = [
+    "DEFAULT_LIMITATIONS",
+    "build_model_card",
+    "count_parameters",
+    "push_classifier",
+    "results_from_metrics",
+    "template_path",
+]

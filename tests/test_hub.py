@@ -203,3 +203,28 @@ def test_a_server_error_during_the_push_keeps_the_trained_model(hub, hub_env, tm
     assert "model.safetensors" not in hub.repo_files("user/model")  # the failed commit stored nothing
     model = AutoModelForImageClassification.from_pretrained(output_dir)  # the local files are whole
     assert model.config.num_labels == 10 and (output_dir / "README.md").is_file()
+
+
+def test_push_a_classifier_from_python(hub, hub_env, tmp_path):
+    stdout = run_hub_client(f"""
+        import json
+        import torch
+        from hf_vision_distill.hub import build_model_card, push_classifier
+        from hf_vision_distill.models import load_image_classifier
+
+        labels = dict(enumerate({CIFAR_NAMES!r}))
+        loaded = load_image_classifier("compact-cnn", id2label=labels, config_overrides={TINY_CNN})
+        card = build_model_card(loaded.model, repo_id="user/cnn", dataset_name="uoft-cs/cifar10",
+                                recipe="(from Python)", results={{"test": {{"accuracy": 0.1}}}}, hyperparameters={{}},
+                                input_size=loaded.image_size, image_mean=loaded.image_mean, image_std=loaded.image_std)
+        push_classifier(loaded.model, "user/cnn", image_processor=loaded.image_processor, card=card)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            print(json.dumps(loaded.model.eval()(torch.randn(2, 3, 32, 32)).logits.tolist()))
+    """, hub_env, cwd=tmp_path)  # fmt: skip
+    files = hub.repo_files("user/cnn")
+    assert {"model.safetensors", "config.json", "modeling_compact_cnn.py", "preprocessor_config.json",
+            "README.md"} <= set(files)  # fmt: skip
+    remote = last_json(run_hub_client(WITHOUT_THE_PACKAGE + LOGITS_AND_PIPELINE.format(
+        repo="user/cnn", remote="trust_remote_code=True", imported="not"), hub_env, cwd=tmp_path))  # fmt: skip
+    torch.testing.assert_close(torch.tensor(remote["logits"]), torch.tensor(last_json(stdout)), atol=1e-5, rtol=1e-4)

@@ -1,0 +1,385 @@
+"""A Vision Transformer written from its parts (Dosovitskiy et al., 2021), in the transformers model format.
+
+The parts, in the order data flows through them: `PatchEmbedding` (a strided convolution),
+`VisionTransformerEmbeddings` ([CLS] token + learned position embeddings, resampled on their 2-D grid for other
+image sizes), `MultiHeadSelfAttention` (one fused QKV projection; SDPA or an eager path that returns attention maps),
+`VisionTransformerMLP`, the pre-norm `EncoderBlock`, `VisionTransformerModel` and
+`VisionTransformerForImageClassification`. Parameter names and layouts follow timm's `VisionTransformer`, so its
+weights import one to one (see `convert_vit.py`).
+
+This file imports only torch, transformers and its sibling config: `save_pretrained` copies it next to the weights
+for `trust_remote_code=True` loading.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import logging
+
+from .configuration_vit import VisionTransformerConfig, _as_pair
+
+logger = logging.get_logger(__name__)
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drops the whole residual branch per sample and rescales the survivors."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1.0 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    return hidden_states * mask / keep_prob
+
+
+class PatchEmbedding(nn.Module):
+    """Cuts the image into non-overlapping patches and projects each to `hidden_size` with one strided convolution.
+
+    Input `(batch, channels, height, width)`, output `(batch, num_patches, hidden_size)`, patches in row-major order.
+    """
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        self.patch_size = _as_pair(config.patch_size)
+        self.num_channels = config.num_channels
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=self.patch_size, stride=self.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"expected pixel_values of shape (batch, {self.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}; convert images to {self.num_channels} channels (e.g. RGB) first."
+            )
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size[0] != 0 or width % self.patch_size[1] != 0:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the patch size "
+                f"{self.patch_size[0]}x{self.patch_size[1]}; resize or crop the images to a multiple of it."
+            )
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class VisionTransformerEmbeddings(nn.Module):
+    """Patch embeddings with a learned [CLS] token in front and learned position embeddings added."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embedding = PatchEmbedding(config)
+        grid_height, grid_width = config.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + grid_height * grid_width, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """Position embeddings for a `grid_height` x `grid_width` patch grid.
+
+        The patch embeddings are laid out on the training grid and resampled bicubically on it (the ViT paper's
+        recipe for fine-tuning at a higher resolution); the [CLS] embedding is kept as is.
+        """
+        trained_height, trained_width = self.config.grid_size
+        if (grid_height, grid_width) == (trained_height, trained_width):
+            return self.position_embeddings
+        cls_position, patch_positions = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
+        hidden_size = patch_positions.shape[-1]
+        patch_positions = patch_positions.reshape(1, trained_height, trained_width, hidden_size).permute(0, 3, 1, 2)
+        # Bicubic resampling in float32: half-precision interpolation is not implemented everywhere and loses detail.
+        patch_positions = F.interpolate(
+            patch_positions.float(),
+            size=(grid_height, grid_width),
+            mode="bicubic",
+            align_corners=False,
+            antialias=True,
+        ).to(cls_position.dtype)
+        patch_positions = patch_positions.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, hidden_size)
+        return torch.cat([cls_position, patch_positions], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        expected_height, expected_width = _as_pair(self.config.image_size)
+        if not interpolate_pos_encoding and (height, width) != (expected_height, expected_width):
+            raise ValueError(
+                f"input image size {height}x{width} does not match the model's {expected_height}x{expected_width}. "
+                "Resize the images to the model's size, pass interpolate_pos_encoding=True to resample the position "
+                "embeddings for this call, or call model.resize_image_size(...) to change the model's size for good."
+            )
+        embeddings = self.patch_embedding(pixel_values)
+        patch_height, patch_width = self.patch_embedding.patch_size
+        position_embeddings = self.interpolate_pos_encoding(height // patch_height, width // patch_width)
+        cls_tokens = self.cls_token.expand(embeddings.shape[0], -1, -1)
+        embeddings = torch.cat([cls_tokens, embeddings], dim=1) + position_embeddings
+        return self.dropout(embeddings)
+
+
+def eager_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, dropout_p: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T * scale) V, written out so the attention probabilities can be returned.
+
+    Args:
+        query, key, value: `(batch, heads, tokens, head_dim)`.
+    Returns:
+        The output `(batch, heads, tokens, head_dim)` and the probabilities `(batch, heads, tokens, tokens)`
+        (before dropout).
+    """
+    # Scaling the query first, as timm does, keeps the products small in half precision.
+    scores = torch.matmul(query * scale, key.transpose(-2, -1))
+    probabilities = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(F.dropout(probabilities, p=dropout_p, training=dropout_p > 0), value)
+    return output, probabilities
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection (timm's layout: output rows are [q; k; v])."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.projection = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.projection_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, num_tokens, hidden_size = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        # SDPA never materialises the probabilities, so a call that asks for them takes the eager path.
+        if output_attentions or self.config._attn_implementation == "eager":
+            output, attention_probabilities = eager_attention(query, key, value, self.scale, dropout_p)
+        else:
+            output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, scale=self.scale)
+            attention_probabilities = None
+        output = output.transpose(1, 2).reshape(batch_size, num_tokens, hidden_size)
+        output = self.projection_dropout(self.projection(output))
+        return output, attention_probabilities if output_attentions else None
+
+
+class VisionTransformerMLP(nn.Module):
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(self.activation(self.fc1(hidden_states)))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class EncoderBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + Attention(LN(x)), then x + MLP(LN(x)), each branch with stochastic depth."""
+
+    def __init__(self, config: VisionTransformerConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = MultiHeadSelfAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VisionTransformerMLP(config)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attention_probabilities = self.attention(
+            self.layernorm_before(hidden_states), output_attentions=output_attentions
+        )
+        hidden_states = hidden_states + drop_path(attention_output, self.drop_path_rate, self.training)
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training)
+        return hidden_states, attention_probabilities
+
+
+class VisionTransformerPreTrainedModel(PreTrainedModel):
+    config: VisionTransformerConfig
+    config_class = VisionTransformerConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VisionTransformerEmbeddings", "EncoderBlock"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VisionTransformerEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+
+    def resize_image_size(self, image_size: int | tuple[int, int]) -> None:
+        """Permanently changes the input size: resamples the position embeddings and updates `config.image_size`.
+
+        After this, `save_pretrained` stores the resampled embeddings and the new size, and inputs of the new size
+        need no `interpolate_pos_encoding`.
+        """
+        embeddings: VisionTransformerEmbeddings = self.base_model.embeddings
+        image_height, image_width = _as_pair(image_size)
+        patch_height, patch_width = _as_pair(self.config.patch_size)
+        if image_height % patch_height != 0 or image_width % patch_width != 0:
+            raise ValueError(
+                f"image_size={image_size} is not divisible by patch_size={self.config.patch_size}; "
+                "choose a multiple of the patch size."
+            )
+        with torch.no_grad():
+            resized = embeddings.interpolate_pos_encoding(image_height // patch_height, image_width // patch_width)
+        requires_grad = embeddings.position_embeddings.requires_grad  # a frozen model stays frozen
+        embeddings.position_embeddings = nn.Parameter(resized.detach().clone(), requires_grad=requires_grad)
+        new_size = image_height if image_height == image_width else [image_height, image_width]
+        self.config.image_size = new_size
+        if embeddings.config is not self.config:
+            embeddings.config.image_size = new_size
+
+
+class VisionTransformerModel(VisionTransformerPreTrainedModel):
+    """The ViT backbone: embeddings, encoder blocks and a final LayerNorm.
+
+    `pooler_output` is the final-normed [CLS] token.
+    """
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__(config)
+        self.embeddings = VisionTransformerEmbeddings(config)
+        # Stochastic depth rises linearly with depth (DeiT's rule).
+        drop_path_rates = [config.drop_path_rate * index / max(config.num_hidden_layers - 1, 1)
+                           for index in range(config.num_hidden_layers)]  # fmt: skip
+        self.layers = nn.ModuleList([EncoderBlock(config, rate) for rate in drop_path_rates])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> PatchEmbedding:
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images.
+            output_attentions (`bool`, *optional*):
+                Return each block's attention probabilities `(batch, heads, tokens, tokens)`; computed on the eager
+                path for this call.
+            output_hidden_states (`bool`, *optional*):
+                Return the embeddings and each block's output, `num_hidden_layers + 1` tensors
+                `(batch, tokens, hidden_size)`.
+            interpolate_pos_encoding (`bool`, *optional*):
+                Resample the position embeddings to the input's size instead of requiring `config.image_size`.
+            return_dict (`bool`, *optional*):
+                Return a `ModelOutput` (default) instead of a tuple.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        expected_dtype = self.embeddings.patch_embedding.projection.weight.dtype
+        hidden_states = self.embeddings(
+            pixel_values.to(expected_dtype), interpolate_pos_encoding=bool(interpolate_pos_encoding)
+        )
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in self.layers:
+            hidden_states, attention_probabilities = block(hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attention_probabilities,)
+        sequence_output = self.layernorm(hidden_states)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=sequence_output[:, 0],
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class indices `(batch,)` or soft targets `(batch, num_labels)` (mixup/cutmix)."""
+    if logits.shape[-1] < 2:
+        raise ValueError(
+            f"cross-entropy needs at least 2 classes, the head has {logits.shape[-1]}; set num_labels (or id2label) "
+            "to the dataset's classes."
+        )
+    if labels.ndim == logits.ndim and labels.is_floating_point():
+        return F.cross_entropy(logits.float(), labels.float())
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
+    """The ViT with a linear classifier on the final [CLS] token."""
+
+    def __init__(self, config: VisionTransformerConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = VisionTransformerModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        Args:
+            labels (`torch.Tensor`, *optional*):
+                Class indices `(batch_size,)` or soft targets `(batch_size, num_labels)`; the loss is cross-entropy.
+            Other arguments: see [`VisionTransformerModel.forward`].
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.vit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = classification_loss(logits, labels) if labels is not None else None
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "EncoderBlock",
+    "MultiHeadSelfAttention",
+    "PatchEmbedding",
+    "VisionTransformerEmbeddings",
+    "VisionTransformerForImageClassification",
+    "VisionTransformerModel",
+    "VisionTransformerPreTrainedModel",
+    "eager_attention",
+]
