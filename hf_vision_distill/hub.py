@@ -121,8 +121,9 @@ def build_model_card(
     card_tags = ["image-classification", "hf_vision_distill", "vision"]
     if teacher_name:
         card_tags.append("knowledge-distillation")
+    model_name = repo_id.rstrip("/").split("/")[-1]
     card_data = ModelCardData(
-        model_name=repo_id.rstrip("/").split("/")[-1],
+        model_name=model_name,
         license=license,
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -148,6 +149,7 @@ def build_model_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path()),
+        model_name=model_name,  # card_data keeps it inside model-index only
         description=description,
         architecture=architecture,
         model_type=config.model_type,

@@ -56,6 +56,7 @@ def test_recipe_trains_saves_and_serves(tmp_path):
     # The model card: results as model-index metadata, the labels, the command, loading both ways.
     card = ModelCard.load(run / "README.md")
     assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "image-classification"
+    assert card.text.lstrip().startswith("# run\n")  # the model's name heads the page
     [accuracy] = [result for result in card.data.eval_results if result.metric_type == "accuracy"]
     assert accuracy.dataset_split == "test" and accuracy.metric_value == round(metrics["test_accuracy"], 4)
     assert "| Classes | 10: airplane, automobile, bird" in card.text
