@@ -48,7 +48,6 @@ from hf_vision_distill.evaluation import (
     plot_attention_overlays,
     plot_log_history,
 )
-from hf_vision_distill.hub import build_model_card, results_from_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
@@ -60,13 +59,12 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
-    hyperparameters_for_card,
     load_data,
     parse_arguments,
     push_output,
     random_augmentations,
-    recipe_command,
     setup_logging,
+    write_model_card,
 )
 from hf_vision_distill.training import ImageClassificationTrainer
 
@@ -251,26 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
                      "train_runtime": baseline_result.metrics["train_runtime"]})  # fmt: skip
 
     summary = write_summary(rows, args, output_dir)
-    if args.should_save:
-        distilled = rows[1]
-        card = build_model_card(
-            student.model,
-            repo_id=trainer.args.hub_model_id or args.output_dir,
-            dataset_name=data_args.dataset_name,
-            recipe="examples/distill.py",
-            results=results_from_metrics(distilled),
-            hyperparameters=hyperparameters_for_card(data_args, args),
-            input_size=student.image_size,
-            image_mean=student.image_mean,
-            image_std=student.image_std,
-            command=recipe_command("examples/distill.py", argv),
-            base_model=None if student.from_scratch else model_args.model_name_or_path,
-            teacher_name=args.teacher_model_name_or_path,
-            teacher_parameters=rows[0]["parameters"],
-            distillation_settings=distillation_settings(args),
-            comparison=rows,
-        )
-        card.save(output_dir / "README.md")
+    write_model_card(trainer, student, recipe="examples/distill.py", argv=argv, model_args=model_args,
+                     data_args=data_args, metrics=rows[1], teacher_name=args.teacher_model_name_or_path,
+                     teacher_parameters=rows[0]["parameters"], distillation_settings=distillation_settings(args),
+                     comparison=rows)  # fmt: skip
     if args.push_to_hub:
         push_output(trainer)  # the student, its image processor, the card, summary and plots
     return summary

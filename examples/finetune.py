@@ -43,7 +43,6 @@ from hf_vision_distill.finetuning import (
     block_groups,
     describe_trainable,
 )
-from hf_vision_distill.hub import build_model_card, results_from_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
@@ -55,12 +54,11 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
-    hyperparameters_for_card,
     load_data,
     parse_arguments,
     push_output,
-    recipe_command,
     setup_logging,
+    write_model_card,
 )
 
 logger = logging.getLogger(__name__)
@@ -184,29 +182,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         logger.info("Sanity check: accuracy %.4f on the %d training images it trained on (expect ~1.0).",
                     metrics["eval_accuracy"], len(train_dataset))  # fmt: skip
 
-    if training_args.should_save and not sanity_args.overfit_batches:
+    if not sanity_args.overfit_batches:
         hyperparameters = {
-            **hyperparameters_for_card(data_args, training_args),
             "strategy": finetuning_args.strategy,
             "layer decay": finetuning_args.layer_decay,
             "head learning rate": finetuning_args.head_learning_rate or training_args.learning_rate,
             "trainable parameters at the start": f"{trainable['trainable_parameters']:,} "
             f"({100 * trainable['trainable_share']:.2f}%)",
         }
-        card = build_model_card(
-            model,
-            repo_id=trainer.args.hub_model_id or training_args.output_dir,
-            dataset_name=data_args.dataset_name,
-            recipe="examples/finetune.py",
-            results=results_from_metrics(metrics),
-            hyperparameters=hyperparameters,
-            input_size=loaded.image_size,
-            image_mean=loaded.image_mean,
-            image_std=loaded.image_std,
-            command=recipe_command("examples/finetune.py", argv),
-            base_model=None if loaded.from_scratch else model_args.model_name_or_path,
-        )
-        card.save(Path(training_args.output_dir) / "README.md")
+        write_model_card(trainer, loaded, recipe="examples/finetune.py", argv=argv, model_args=model_args,
+                         data_args=data_args, metrics=metrics, extra_hyperparameters=hyperparameters)  # fmt: skip
     if training_args.push_to_hub:
         push_output(trainer)
     return metrics

@@ -22,7 +22,6 @@ from pathlib import Path
 from transformers import TrainingArguments, set_seed
 
 from hf_vision_distill.evaluation import build_compute_metrics
-from hf_vision_distill.hub import build_model_card, results_from_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
@@ -34,12 +33,11 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
-    hyperparameters_for_card,
     load_data,
     parse_arguments,
     push_output,
-    recipe_command,
     setup_logging,
+    write_model_card,
 )
 from hf_vision_distill.training import ImageClassificationTrainer
 
@@ -107,21 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("all", metrics)
     trainer.save_metrics("all", metrics)
 
-    if training_args.should_save:
-        card = build_model_card(
-            model,
-            repo_id=trainer.args.hub_model_id or training_args.output_dir,
-            dataset_name=data_args.dataset_name,
-            recipe="examples/train.py",
-            results=results_from_metrics(metrics),
-            hyperparameters=hyperparameters_for_card(data_args, training_args),
-            input_size=loaded.image_size,
-            image_mean=loaded.image_mean,
-            image_std=loaded.image_std,
-            command=recipe_command("examples/train.py", argv),
-            base_model=None if loaded.from_scratch else model_args.model_name_or_path,
-        )
-        card.save(Path(training_args.output_dir) / "README.md")
+    write_model_card(trainer, loaded, recipe="examples/train.py", argv=argv, model_args=model_args,
+                     data_args=data_args, metrics=metrics)  # fmt: skip
     if training_args.push_to_hub:
         push_output(trainer)  # the model, its image processor and the card above
     return metrics

@@ -8,6 +8,7 @@ import logging
 import shlex
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -26,6 +27,8 @@ from .data import (
     load_image_classification_dataset,
     with_image_transform,
 )
+from .hub import build_model_card, results_from_metrics
+from .models.loading import LoadedClassifier
 from .training import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -310,6 +313,40 @@ def hyperparameters_for_card(data_args: DataArguments, training_args: TrainingAr
     return {name: value for name, value in settings.items() if value is not None}
 
 
+def write_model_card(
+    trainer: Trainer,
+    loaded: LoadedClassifier,
+    *,
+    recipe: str,
+    argv: list[str] | None,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    metrics: dict[str, float],
+    extra_hyperparameters: dict[str, Any] | None = None,
+    **card_fields: Any,
+) -> None:
+    """Renders the run's model card (`hub.build_model_card`) into the output folder's README.md, on the main
+    process; `card_fields` adds the teacher, distillation settings and comparison of a distillation run."""
+    args = trainer.args
+    if not args.should_save:
+        return
+    card = build_model_card(
+        trainer.accelerator.unwrap_model(trainer.model),
+        repo_id=args.hub_model_id or args.output_dir,
+        dataset_name=data_args.dataset_name,
+        recipe=recipe,
+        results=results_from_metrics(metrics),
+        hyperparameters={**hyperparameters_for_card(data_args, args), **(extra_hyperparameters or {})},
+        input_size=loaded.image_size,
+        image_mean=loaded.image_mean,
+        image_std=loaded.image_std,
+        command=recipe_command(recipe, argv),
+        base_model=None if loaded.from_scratch else model_args.model_name_or_path,
+        **card_fields,
+    )
+    card.save(Path(args.output_dir) / "README.md")
+
+
 def recipe_command(script: str, argv: list[str] | None) -> str:
     """The command line that ran a recipe, for its model card."""
     arguments = sys.argv[1:] if argv is None else list(argv)
@@ -387,4 +424,5 @@ __all__ = [
     "random_augmentations",
     "recipe_command",
     "setup_logging",
+    "write_model_card",
 ]

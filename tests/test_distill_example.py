@@ -43,6 +43,19 @@ def teacher_dir(tmp_path) -> Path:
     return tmp_path / "teacher"
 
 
+@torch.no_grad()
+def accuracy_on_test_split(loaded, data) -> float:
+    """One process evaluating a loaded classifier on `data`'s test split through its own eval transform."""
+    transform = build_transforms(loaded.image_size, train=False, mean=loaded.image_mean, std=loaded.image_std)
+    test = with_image_transform(data.dataset["test"], transform)
+    model = loaded.model.eval()
+    batches = DataLoader(test, batch_size=100, collate_fn=ImageClassificationCollator())
+    correct = sum(
+        (model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum().item() for batch in batches
+    )
+    return correct / len(test)
+
+
 def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
     output_dir = tmp_path / "distill"
     summary = load_recipe().main([
@@ -147,14 +160,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, teacher_dir):
     # The distributed evaluation (sharded, gathered) also equals one process evaluating the exported student.
     data = load_image_classification_dataset(str(REPO / "data" / "cifar10-sample"), max_eval_samples=30)
     loaded = load_image_classifier(str(tmp_path / "ddp"), id2label=data.id2label)
-    test = with_image_transform(data.dataset["test"], build_transforms(loaded.image_size, train=False,
-                                mean=loaded.image_mean, std=loaded.image_std))  # fmt: skip
-    model = loaded.model.eval()
-    with torch.no_grad():
-        batches = DataLoader(test, batch_size=16, collate_fn=ImageClassificationCollator())
-        correct = sum((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum().item()
-                      for batch in batches)  # fmt: skip
-    assert distributed_summary["models"][1]["test_accuracy"] == pytest.approx(correct / 30)
+    assert distributed_summary["models"][1]["test_accuracy"] == pytest.approx(accuracy_on_test_split(loaded, data))
 
 
 def test_shipped_teacher_classifies_the_shipped_sample():
@@ -165,11 +171,4 @@ def test_shipped_teacher_classifies_the_shipped_sample():
     teacher = load_image_classifier(recipe.SHIPPED_TEACHER, id2label=None)
     assert teacher.model.config.id2label == data.id2label
     assert {parameter.dtype for parameter in teacher.model.parameters()} == {torch.float32}
-    test = with_image_transform(data.dataset["test"], build_transforms(teacher.image_size, train=False,
-                                mean=teacher.image_mean, std=teacher.image_std))  # fmt: skip
-    model = teacher.model.eval()
-    with torch.no_grad():
-        batches = DataLoader(test, batch_size=100, collate_fn=ImageClassificationCollator())
-        correct = sum((model(batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum().item()
-                      for batch in batches)  # fmt: skip
-    assert correct / len(test) > 0.5  # chance: 0.1; measured: 0.60 on these 200 (0.63 on all 10,000)
+    assert accuracy_on_test_split(teacher, data) > 0.5  # chance: 0.1; measured: 0.60 on these 200 (0.63 on all 10,000)
