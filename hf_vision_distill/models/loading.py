@@ -162,7 +162,7 @@ def load_image_classifier(
             Allow a checkpoint whose head has another number of labels: the head is re-initialised.
         attn_implementation (`str`, *optional*):
             `"sdpa"` or `"eager"` for models with attention (the model's default when `None`). On a CPU with AMX,
-            eager attention under bf16 autocast trains our CIFAR ViT 1.9x faster than SDPA (benchmarks/RESULTS.md).
+            eager attention under bf16 autocast trains our CIFAR ViT 2.0x faster than SDPA (benchmarks/RESULTS.md).
         trust_remote_code, revision, token, cache_dir:
             Passed to `from_pretrained`.
 
