@@ -97,7 +97,7 @@ def build_model_card(
         how = f"distilled from `{teacher_name}`" if teacher_name else "trained"
         start = f"fine-tuned from `{base_model}`" if base_model else "from scratch"
         description = (
-            f"An image classifier ({architecture}, {parameters / 1e6:.2f}M parameters) {how} on "
+            f"An image classifier ({architecture}, {_millions(parameters)} parameters) {how} on "
             f"{_dataset_link(dataset_name)}, {start}, with hf_vision_distill."
         )
 
@@ -208,6 +208,10 @@ def results_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float
             if f"{split}_{metric}" in metrics:
                 results.setdefault(split, {})[metric] = metrics[f"{split}_{metric}"]
     return results
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 100_000 else f"{count:,}"
 
 
 def _settings_table(settings: dict[str, Any]) -> str:

@@ -78,7 +78,7 @@ def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
     test_results = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert test_results == {"accuracy": round(distilled_row["test_accuracy"], 4),
                             "f1": round(distilled_row["test_f1_macro"], 4)}  # fmt: skip
-    assert f"Distilled from `{teacher_dir}`" in card.text and "| attention_loss_weight | 0.7 |" in card.text
+    assert f"Distilled from `{teacher_dir}`" in card.text and "| attention_loss_weight | 0.1 |" in card.text
     assert "--feature_loss_weight 0.5 --baseline" in card.text  # the command that ran
 
     # The exported student has neither teacher nor adapter weights, and serves through a pipeline.
