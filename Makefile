@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job: distill the shipped ViT teacher into CompactCNN on the shipped CIFAR-10 sample, train the same-budget
 # baseline, evaluate all three and write the table and plots to outputs/demo. Without a GPU, on a CPU that multiplies
-# bf16 in hardware (AMX), it runs in bf16 autocast: about 6 instead of 13 minutes on 2 cores. The malloc settings keep
+# bf16 in hardware (AMX), it runs in bf16 autocast: about 6 instead of 13 minutes on 2 cores (RESULTS.md). The malloc settings keep
 # freed buffers in the heap (benchmarks/RESULTS.md: page faults otherwise cost CPU training 6-19%).
 demo: install
 	@flags=$$(grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null && $(BIN)/python -c "import sys, torch; sys.exit(torch.cuda.is_available())" && echo "--bf16 --use_cpu"); \
