@@ -106,6 +106,8 @@ def test_tagged_timm_name_means_pretrained_weights_from_the_hub():
     # Offline, the Hub lookup fails, which shows the tagged name went to timm/<name> rather than a random init.
     with pytest.raises(ValueError, match="timm/resnet18.a1_in1k"):
         load_image_classifier("resnet18.a1_in1k", id2label=LABELS)
+    with pytest.raises(ValueError, match="'timm/resnet18.a1_in1k' is not a model preset"):  # timm's hf-hub: spelling
+        load_image_classifier("hf-hub:timm/resnet18.a1_in1k", id2label=LABELS)
 
 
 def test_image_size_for_checkpoints(tmp_path):

@@ -146,7 +146,8 @@ def load_image_classifier(
     Args:
         name_or_path (`str`):
             A preset (`MODEL_PRESETS`, e.g. `"vit-cifar"`), a local directory or Hub id (e.g.
-            `"google/vit-base-patch16-224"`, `"timm/resnet18.a1_in1k"`), a timm architecture name (`"resnet18"`,
+            `"google/vit-base-patch16-224"`, `"timm/resnet18.a1_in1k"`, or timm's `"hf-hub:timm/resnet18.a1_in1k"`), a
+            timm architecture name (`"resnet18"`,
             built from scratch), or a timm name with a pretrained tag (`"resnet18.a1_in1k"`, loaded from
             `timm/resnet18.a1_in1k`).
         id2label (`dict[int, str]` or `None`):
@@ -170,6 +171,8 @@ def load_image_classifier(
     autocast for mixed precision.
     """
     config_overrides = dict(config_overrides or {})
+    # timm's spelling of a Hub checkpoint ("hf-hub:timm/resnet18.a1_in1k") is the Hub id after the prefix.
+    name_or_path = name_or_path.removeprefix("hf-hub:")
     if id2label is None:
         if name_or_path in MODEL_PRESETS or (not os.path.isdir(name_or_path) and _is_timm_name(name_or_path)):
             raise ValueError(f"{name_or_path!r} is built from scratch and needs id2label (the dataset's classes).")
