@@ -147,9 +147,8 @@ def load_image_classifier(
         name_or_path (`str`):
             A preset (`MODEL_PRESETS`, e.g. `"vit-cifar"`), a local directory or Hub id (e.g.
             `"google/vit-base-patch16-224"`, `"timm/resnet18.a1_in1k"`, or timm's `"hf-hub:timm/resnet18.a1_in1k"`), a
-            timm architecture name (`"resnet18"`,
-            built from scratch), or a timm name with a pretrained tag (`"resnet18.a1_in1k"`, loaded from
-            `timm/resnet18.a1_in1k`).
+            timm architecture name (`"resnet18"`, built from scratch), or a timm name with a pretrained tag
+            (`"resnet18.a1_in1k"`, loaded from `timm/resnet18.a1_in1k`).
         id2label (`dict[int, str]` or `None`):
             The dataset's classes; they become `config.id2label`. `None` keeps a checkpoint's own labels (e.g. a
             teacher, whose labels the distillation trainer then compares with the student's).
