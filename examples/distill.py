@@ -60,6 +60,7 @@ from hf_vision_distill.recipes import (
     checkpoint_to_resume,
     evaluation_settings_for,
     load_data,
+    load_model,
     parse_arguments,
     push_output,
     random_augmentations,
@@ -136,16 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def load_student():
         set_seed(args.seed)  # the baseline starts from the same weights as the distilled student
-        return load_image_classifier(
-            model_args.model_name_or_path,
-            id2label=data.id2label,
-            image_size=model_args.image_size,
-            config_overrides=json.loads(model_args.config_overrides) if model_args.config_overrides else None,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            attn_implementation=model_args.attn_implementation,
-            trust_remote_code=model_args.trust_remote_code,
-            revision=model_args.model_revision,
-        )
+        return load_model(model_args, data.id2label, token=args.hub_token)
 
     student = load_student()
     same_input = (student.image_size, student.image_mean, student.image_std) == (

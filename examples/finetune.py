@@ -27,7 +27,6 @@ the kernels deterministic too, at some cost in speed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,6 @@ from hf_vision_distill.finetuning import (
     block_groups,
     describe_trainable,
 )
-from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
     DataArguments,
@@ -55,6 +53,7 @@ from hf_vision_distill.recipes import (
     checkpoint_to_resume,
     evaluation_settings_for,
     load_data,
+    load_model,
     parse_arguments,
     push_output,
     setup_logging,
@@ -129,17 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = load_data(data_args, training_args)
     training_args = evaluation_settings_for(data, training_args)
 
-    loaded = load_image_classifier(
-        model_args.model_name_or_path,
-        id2label=data.id2label,
-        image_size=model_args.image_size,
-        config_overrides=json.loads(model_args.config_overrides) if model_args.config_overrides else None,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-        token=training_args.hub_token,
-    )
+    loaded = load_model(model_args, data.id2label, token=training_args.hub_token)
     model = loaded.model
     apply_strategy(model, finetuning_args)
     trainable = describe_trainable(model)

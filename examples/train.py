@@ -15,14 +15,12 @@ it to the Hub with `--push_to_hub` (`--hub_model_id user/name`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
 from hf_vision_distill.evaluation import build_compute_metrics
-from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
     DataArguments,
@@ -34,6 +32,7 @@ from hf_vision_distill.recipes import (
     checkpoint_to_resume,
     evaluation_settings_for,
     load_data,
+    load_model,
     parse_arguments,
     push_output,
     setup_logging,
@@ -66,17 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = load_data(data_args, training_args)
     training_args = evaluation_settings_for(data, training_args)
 
-    loaded = load_image_classifier(
-        model_args.model_name_or_path,
-        id2label=data.id2label,
-        image_size=model_args.image_size,
-        config_overrides=json.loads(model_args.config_overrides) if model_args.config_overrides else None,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=model_args.trust_remote_code,
-        revision=model_args.model_revision,
-        token=training_args.hub_token,
-    )
+    loaded = load_model(model_args, data.id2label, token=training_args.hub_token)
     model = loaded.model
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     logger.info("Model %s: %s, %.2fM parameters, input %s", model_args.model_name_or_path,

@@ -4,6 +4,7 @@ data pipeline (load, transform, collate) and resumption."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shlex
 import sys
@@ -28,7 +29,7 @@ from .data import (
     with_image_transform,
 )
 from .hub import build_model_card, results_from_metrics
-from .models.loading import LoadedClassifier
+from .models.loading import LoadedClassifier, load_image_classifier
 from .training import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,21 @@ def setup_logging(training_args: TrainingArguments) -> None:
         logging.getLogger(name).setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+
+
+def load_model(model_args: ModelArguments, id2label: dict[int, str], token: str | None = None) -> LoadedClassifier:
+    """The recipe's model (`--model_name_or_path` and the other model arguments) for the dataset's labels."""
+    return load_image_classifier(
+        model_args.model_name_or_path,
+        id2label=id2label,
+        image_size=model_args.image_size,
+        config_overrides=json.loads(model_args.config_overrides) if model_args.config_overrides else None,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+        revision=model_args.model_revision,
+        token=token,
+    )
 
 
 def load_data(data_args: DataArguments, training_args: TrainingArguments) -> ImageClassificationData:
@@ -419,6 +435,7 @@ __all__ = [
     "evaluation_settings_for",
     "hyperparameters_for_card",
     "load_data",
+    "load_model",
     "parse_arguments",
     "push_output",
     "random_augmentations",
