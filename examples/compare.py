@@ -44,6 +44,7 @@ from hf_vision_distill.finetuning import (
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.profiling import flops_per_image, profile_inference, speed
 from hf_vision_distill.recipes import (
+    SHIPPED_SAMPLE,
     TRAINING_DEFAULTS,
     DataArguments,
     build_collators,
@@ -56,7 +57,6 @@ from hf_vision_distill.recipes import (
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
 
 DEFAULTS = {
     **TRAINING_DEFAULTS,

@@ -50,6 +50,7 @@ from hf_vision_distill.evaluation import (
 )
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
+    SHIPPED_SAMPLE,
     TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
@@ -72,7 +73,6 @@ from hf_vision_distill.training import ImageClassificationTrainer
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_SAMPLE = str(REPO / "data" / "cifar10-sample")
 # Our CIFAR ViT trained on the full CIFAR-10 training split (pretrained/vit-cifar-teacher/README.md says how).
 SHIPPED_TEACHER = str(REPO / "pretrained" / "vit-cifar-teacher")
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
@@ -43,6 +42,7 @@ from hf_vision_distill.finetuning import (
     describe_trainable,
 )
 from hf_vision_distill.recipes import (
+    SHIPPED_SAMPLE,
     TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
@@ -62,7 +62,6 @@ from hf_vision_distill.recipes import (
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
 
 DEFAULTS = {
     **TRAINING_DEFAULTS,

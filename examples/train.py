@@ -16,12 +16,12 @@ it to the Hub with `--push_to_hub` (`--hub_model_id user/name`).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
 from hf_vision_distill.evaluation import build_compute_metrics
 from hf_vision_distill.recipes import (
+    SHIPPED_SAMPLE,
     TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
@@ -42,7 +42,6 @@ from hf_vision_distill.training import ImageClassificationTrainer
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
 
 # The recipe's defaults; anything given on the command line or in the config file wins.
 DEFAULTS = {

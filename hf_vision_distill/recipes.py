@@ -34,6 +34,9 @@ from .training import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
+# The CIFAR-10 sample that ships in data/: every recipe's default dataset, so each runs with no download.
+SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
+
 
 # TrainingArguments defaults the recipes share (each adds its own model, dataset and output folder). AdamW with a
 # cosine schedule, an evaluation and a checkpoint every epoch, the best kept by validation accuracy, TensorBoard.
@@ -424,6 +427,7 @@ def checkpoint_to_resume(training_args: TrainingArguments, run_args: RunArgument
 
 
 __all__ = [
+    "SHIPPED_SAMPLE",
     "TRAINING_DEFAULTS",
     "DataArguments",
     "ModelArguments",
