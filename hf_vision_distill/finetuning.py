@@ -36,6 +36,7 @@ _MATCHERS = {
     "hvd-vit": _VIT_MATCHER,
     "hvd-compact-cnn": {"blocks": r"^compact_cnn\.stages\.(\d+)\."},
     "hvd-simple-cnn": {"blocks": r"^simple_cnn\.blocks\.(\d+)\."},
+    "hvd-hybrid-resnet": {"stem": r"^hybrid_resnet\.embedder\.", "blocks": r"^hybrid_resnet\.stages\.(\d+)\.(\d+)\."},
     # transformers
     "vit": _VIT_MATCHER,
     "deit": _VIT_MATCHER,

@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .compact_cnn import CompactCNNConfig, CompactCNNForImageClassification, CompactCNNModel
+from .hybrid_resnet import HybridResNetConfig, HybridResNetForImageClassification, HybridResNetModel
 from .loading import MODEL_PRESETS, LoadedClassifier, build_image_processor, config_from_preset, load_image_classifier
 from .simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification, SimpleCNNModel
 from .vit import VisionTransformerConfig, VisionTransformerForImageClassification, VisionTransformerModel
@@ -11,6 +12,7 @@ _FAMILIES = (
     (VisionTransformerConfig, VisionTransformerModel, VisionTransformerForImageClassification),
     (SimpleCNNConfig, SimpleCNNModel, SimpleCNNForImageClassification),
     (CompactCNNConfig, CompactCNNModel, CompactCNNForImageClassification),
+    (HybridResNetConfig, HybridResNetModel, HybridResNetForImageClassification),
 )
 
 for _config_class, _base_class, _classification_class in _FAMILIES:
@@ -32,6 +34,9 @@ __all__ = [
     "CompactCNNConfig",
     "CompactCNNForImageClassification",
     "CompactCNNModel",
+    "HybridResNetConfig",
+    "HybridResNetForImageClassification",
+    "HybridResNetModel",
     "SimpleCNNConfig",
     "SimpleCNNForImageClassification",
     "SimpleCNNModel",

@@ -23,6 +23,7 @@ from transformers import (
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .compact_cnn import CompactCNNConfig
+from .hybrid_resnet import HYBRID_RESNET_PRESETS, HybridResNetConfig
 from .simple_cnn import SimpleCNNConfig
 from .vit import VIT_PRESETS, VisionTransformerConfig
 
@@ -31,6 +32,7 @@ MODEL_PRESETS: dict[str, tuple[type[PreTrainedConfig], dict]] = {
     **{name: (VisionTransformerConfig, fields) for name, fields in VIT_PRESETS.items()},
     "simple-cnn": (SimpleCNNConfig, {}),
     "compact-cnn": (CompactCNNConfig, {}),
+    **{name: (HybridResNetConfig, fields) for name, fields in HYBRID_RESNET_PRESETS.items()},
 }
 
 

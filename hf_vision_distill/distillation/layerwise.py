@@ -1,0 +1,189 @@
+"""Block-by-block distillation: each student block learns to reproduce its teacher block from the teacher's input.
+
+Stage 1 of turning a CNN into a hybrid (`hybrid_from_resnet`): the teacher (the CNN in our all-conv layout,
+`resnet_as_hybrid`) runs once per batch and hands every block its input and target; the student's trained blocks run
+on those inputs (teacher forcing, `block_inputs`), independently, so all of them train in one pass over the data.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, TrainingArguments
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from ..models.hybrid_resnet.modeling_hybrid_resnet import TransformerConvBlock
+from ..training import ImageClassificationTrainer
+
+
+def block_names(model: PreTrainedModel) -> list[str]:
+    """`stage{s}.block{b}` (1-based stages, as papers number ResNet stages) for each block of a hybrid ResNet."""
+    return [
+        f"stage{stage_index + 1}.block{block_index}"
+        for stage_index, stage in enumerate(model.base_model.stages)
+        for block_index in range(len(stage))
+    ]
+
+
+def transformer_blocks(model: PreTrainedModel) -> list[int]:
+    """Indices (in `model.base_model.blocks` order) of the TransformerConv blocks."""
+    return [index for index, block in enumerate(model.base_model.blocks) if isinstance(block, TransformerConvBlock)]
+
+
+def relative_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||prediction - target||^2 / ||target||^2 over the batch (float32): an MSE that weighs blocks alike whatever
+    the scale of their features."""
+    target = target.float()
+    return (prediction.float() - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
+
+
+def _check_same_layout(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+    student_config, teacher_config = student.config, teacher.config
+    for name in ("stem", "embedding_size", "hidden_sizes", "depths"):
+        if getattr(student_config, name, None) != getattr(teacher_config, name, None):
+            raise ValueError(
+                f"student and teacher differ in {name} ({getattr(student_config, name, None)} vs "
+                f"{getattr(teacher_config, name, None)}); layer-wise distillation pairs block i with block i. Build "
+                "the student with hybrid_from_resnet(teacher) and the teacher with resnet_as_hybrid(cnn)."
+            )
+
+
+@torch.no_grad()
+def block_errors(
+    teacher: PreTrainedModel, student: PreTrainedModel, batches: Iterable[torch.Tensor], blocks: Sequence[int]
+) -> dict[str, float]:
+    """Relative error sqrt(sum ||s_i - t_i||^2 / sum ||t_i||^2) of each student block i given the teacher's input to
+    block i, over `batches` of pixel values (both models in eval mode; their modes are restored)."""
+    modes = teacher.training, student.training
+    teacher.eval(), student.eval()
+    names = block_names(student)
+    squared_errors, squared_norms = defaultdict(float), defaultdict(float)
+    device = next(student.parameters()).device
+    for pixel_values in batches:
+        hidden_states = teacher(pixel_values.to(device), output_hidden_states=True).hidden_states
+        inputs = [hidden_states[index] if index in blocks else None for index in range(len(names))]
+        outputs = student(block_inputs=inputs).block_outputs
+        for index in blocks:
+            target = hidden_states[index + 1].float()
+            squared_errors[names[index]] += (outputs[index].float() - target).pow(2).sum().item()
+            squared_norms[names[index]] += target.pow(2).sum().item()
+    teacher.train(modes[0]), student.train(modes[1])
+    return {name: (squared_errors[name] / max(squared_norms[name], 1e-12)) ** 0.5 for name in squared_errors}
+
+
+class LayerwiseDistillationTrainer(ImageClassificationTrainer):
+    """A `Trainer` for block-by-block distillation of a hybrid ResNet student from its CNN teacher.
+
+    Only the trained blocks (by default the TransformerConv blocks) have gradients; the stem, the head and the
+    convolutional stages stay as converted. The trained blocks' BatchNorms normalise with their running statistics
+    (copied from the teacher) and learn only their scale and shift, as the teacher's blocks run in eval mode. Per batch the frozen teacher runs once with hidden states; each trained
+    block gets the teacher's input to that block and is scored by `relative_squared_error` against the teacher
+    block's output. The loss is the sum over blocks; each block's term is logged (`mse_stage3.block0`, ...) in
+    training and evaluation. Evaluation also runs the student end to end, so `compute_metrics` sees its logits
+    (accuracy of the hybrid as it stands).
+
+    Args:
+        model (`HybridResNetForImageClassification`):
+            The student, e.g. from `hybrid_from_resnet`.
+        teacher_model (`HybridResNetForImageClassification`):
+            The CNN in our layout (`resnet_as_hybrid`), with the same stem, widths and depths.
+        args (`TrainingArguments`):
+            As for any Trainer (no distillation fields are needed).
+        blocks (`list[int]`, *optional*):
+            Indices of the blocks to train (see `block_names`); defaults to the TransformerConv blocks.
+        kwargs:
+            As for [`ImageClassificationTrainer`].
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        teacher_model: PreTrainedModel,
+        args: TrainingArguments,
+        blocks: Sequence[int] | None = None,
+        **kwargs,
+    ):
+        _check_same_layout(model, teacher_model)
+        self.blocks = list(transformer_blocks(model) if blocks is None else blocks)
+        if not self.blocks:
+            raise ValueError("no block to train: the student has no transformer blocks and none were named.")
+        self.block_names = block_names(model)
+        model.requires_grad_(False)
+        for index in self.blocks:
+            model.base_model.blocks[index].requires_grad_(True)
+        # The teacher's blocks normalise with their running statistics; the student's copies must too, or they learn
+        # to match the targets under batch statistics and miss them in eval mode.
+        self._batch_norms = [module for index in self.blocks for module in model.base_model.blocks[index].modules()
+                             if isinstance(module, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+        teacher_model.eval().requires_grad_(False)
+        super().__init__(model=model, args=args, **kwargs)
+        if args.bf16 or args.fp16:
+            teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
+        self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+        self._logged: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        pixel_values = inputs["pixel_values"]
+        for module in self._batch_norms:  # the Trainer calls model.train() before every step
+            module.eval()
+        with torch.no_grad():
+            parameter = next(self.teacher_model.parameters())
+            teacher_inputs = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
+            hidden_states = self.teacher_model(teacher_inputs, output_hidden_states=True).hidden_states
+        block_inputs = [
+            hidden_states[index] if index in self.blocks else None for index in range(len(self.block_names))
+        ]
+        outputs = model(block_inputs=block_inputs).block_outputs
+        mode = "train" if model.training else "eval"
+        losses = []
+        for index in self.blocks:
+            loss = relative_squared_error(outputs[index], hidden_states[index + 1])
+            # Detached, averaged and reduced across processes at log time: no device sync per step.
+            self._logged[mode][f"mse_{self.block_names[index]}"].append(loss.detach())
+            losses.append(loss)
+        loss = torch.stack(losses).sum()
+        if not return_outputs:
+            return loss
+        with torch.no_grad():
+            logits = model(pixel_values=pixel_values).logits
+        return loss, ImageClassifierOutput(logits=logits)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        self._logged["eval"].clear()
+        self._metric_key_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Each block's term averaged since the last log, beside the Trainer's total; the model is in eval mode
+        # exactly while evaluate() logs its metrics.
+        mode = "train" if self.model.training else "eval"
+        prefix = f"{getattr(self, '_metric_key_prefix', 'eval')}_" if mode == "eval" else ""
+        names = sorted(name for name, values in self._logged[mode].items() if values)
+        if names:
+            means = torch.stack([torch.stack(self._logged[mode][name]).float().mean().to(self.args.device)
+                                 for name in names])  # fmt: skip
+            means = self.accelerator.reduce(means, reduction="mean").tolist()
+            logs.update({f"{prefix}{name}": value for name, value in zip(names, means)})
+        self._logged[mode].clear()
+        super().log(logs, start_time)
+
+
+__all__ = [
+    "LayerwiseDistillationTrainer",
+    "block_errors",
+    "block_names",
+    "relative_squared_error",
+    "transformer_blocks",
+]
