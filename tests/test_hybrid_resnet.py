@@ -156,8 +156,8 @@ def transformers_resnet18():
 
 def ours_resnet18():
     torch.manual_seed(0)
-    return trained_like(HybridResNetForImageClassification(HybridResNetConfig.from_preset("resnet18-cifar",
-                                                                                          id2label=LABELS)))  # fmt: skip
+    config = HybridResNetConfig.from_preset("resnet18-cifar", id2label=LABELS)
+    return trained_like(HybridResNetForImageClassification(config))
 
 
 SOURCES = {
@@ -292,8 +292,15 @@ def test_two_step_recipe(tmp_path, cifar10_sample_path):
               "--per_device_train_batch_size", "16", "--dataloader_num_workers", "0", "--report_to", "none",
               "--logging_steps", "1"]  # fmt: skip
     tiny = json.dumps({**TINY, "depths": [1, 1, 1, 1]})
-    load_example("train").main(["--model_name_or_path", "resnet18-cifar", "--config_overrides", tiny,
-                                "--output_dir", str(tmp_path / "cnn"), "--num_train_epochs", "1", *common])  # fmt: skip
+    train = [
+        "--model_name_or_path",
+        "resnet18-cifar",
+        "--config_overrides",
+        tiny,
+        "--output_dir",
+        str(tmp_path / "cnn"),
+    ]
+    load_example("train").main([*train, "--num_train_epochs", "1", *common])
 
     config = tmp_path / "stage1.yaml"
     config.write_text("\n".join([
@@ -315,8 +322,8 @@ def test_two_step_recipe(tmp_path, cifar10_sample_path):
         assert (tmp_path / "stage1" / name).exists(), name
     assert "Relative error of each trained block" in (tmp_path / "stage1" / "layerwise_report.md").read_text()
 
-    metrics = load_example("finetune").main(["--model_path", str(tmp_path / "stage1"), "--output_dir",
-                                             str(tmp_path / "stage2"), "--num_train_epochs", "1", *common])  # fmt: skip
+    finetune = ["--model_path", str(tmp_path / "stage1"), "--output_dir", str(tmp_path / "stage2")]
+    metrics = load_example("finetune").main([*finetune, "--num_train_epochs", "1", *common])
     assert metrics["trainable_share"] == 1.0 and 0 <= metrics["test_accuracy"] <= 1
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "stage2")
     assert loaded.config.block_types == ["conv", "transformer", "transformer", "transformer"]

@@ -79,8 +79,9 @@ class LayerwiseDistillationTrainer(ImageClassificationTrainer):
 
     Only the trained blocks (by default the TransformerConv blocks) have gradients; the stem, the head and the
     convolutional stages stay as converted. The trained blocks' BatchNorms normalise with their running statistics
-    (copied from the teacher) and learn only their scale and shift, as the teacher's blocks run in eval mode. Per batch the frozen teacher runs once with hidden states; each trained
-    block gets the teacher's input to that block and is scored by `relative_squared_error` against the teacher
+    (copied from the teacher) and learn only their scale and shift, as the teacher's blocks run in eval mode. Per
+    batch the frozen teacher runs once with hidden states; each trained block gets the teacher's input to that block
+    and is scored by `relative_squared_error` against the teacher
     block's output. The loss is the sum over blocks; each block's term is logged (`mse_stage3.block0`, ...) in
     training and evaluation. Evaluation also runs the student end to end, so `compute_metrics` sees its logits
     (accuracy of the hybrid as it stands).
