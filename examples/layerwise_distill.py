@@ -10,7 +10,7 @@
     # stage 2: end-to-end fine-tuning of the result (cross-entropy, augmentation, AdamW, cosine schedule) ...
     python examples/finetune.py --model_path outputs/hybrid-stage1 --dataset_name uoft-cs/cifar10
     # ... or with logit distillation from the CNN as well
-    python examples/distill.py --student_model_name_or_path outputs/hybrid-stage1 \
+    python examples/distill.py --model_name_or_path outputs/hybrid-stage1 \
         --teacher_model_name_or_path outputs/resnet18 --attention_loss_weight 0
 
 The teacher is any ResNet-18-style CNN `load_image_classifier` loads (ours, a timm `resnet18` and its CIFAR
