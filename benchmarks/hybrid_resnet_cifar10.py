@@ -28,6 +28,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def recipe(name: str):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the recipe is being imported
     spec.loader.exec_module(module)
     return module
 

@@ -327,3 +327,9 @@ def test_two_step_recipe(tmp_path, cifar10_sample_path):
     assert metrics["trainable_share"] == 1.0 and 0 <= metrics["test_accuracy"] <= 1
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "stage2")
     assert loaded.config.block_types == ["conv", "transformer", "transformer", "transformer"]
+
+    # stage 2 with logit distillation from the CNN as well
+    distill = ["--model_name_or_path", str(tmp_path / "stage1"), "--teacher_model_name_or_path", str(tmp_path / "cnn"),
+               "--attention_loss_weight", "0", "--output_dir", str(tmp_path / "stage2-kd")]  # fmt: skip
+    summary = load_example("distill").main([*distill, "--num_train_epochs", "1", *common])
+    assert (tmp_path / "stage2-kd" / "model.safetensors").exists() and summary
