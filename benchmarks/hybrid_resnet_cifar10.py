@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> str:
         "--model_path", str(output_dir / "stage1"), "--output_dir", str(output_dir / "stage2"),
         "--num_train_epochs", str(args.stage2_epochs), "--learning_rate", str(args.stage2_learning_rate), *common,
     ])  # fmt: skip
-    teacher_config = json.loads((Path(args.teacher) / "config.json").read_text())
-    layout = {name: teacher_config[name] for name in ("embedding_size", "hidden_sizes", "depths", "stem")}
+    # the converted hybrid's layout (the teacher may be a timm/transformers/torchvision ResNet)
+    hybrid_config = json.loads((output_dir / "stage1" / "config.json").read_text())
+    layout = {name: hybrid_config[name] for name in ("embedding_size", "hidden_sizes", "depths", "stem")}
     scratch = recipe("finetune").main([
         "--model_path", "hybrid-resnet18", "--config_overrides", json.dumps({**layout, "block_types":
         report["block_types"]}), "--output_dir", str(output_dir / "scratch"),

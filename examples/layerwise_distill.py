@@ -131,6 +131,34 @@ def main(argv: list[str] | None = None) -> dict:
         data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
     )
     train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
+
+    def evaluate(model_trainer, prefix: str) -> dict[str, float]:
+        """`{prefix}_{split}_{metric}` for every evaluation split (logged under the Trainer's eval_/test_ names)."""
+        metrics = {}
+        for split, dataset in eval_datasets.items():
+            key = "eval" if split == "validation" else split
+            results = model_trainer.evaluate(dataset, metric_key_prefix=key)
+            metrics.update({f"{prefix}_{split}_{name.removeprefix(key + '_')}": value
+                            for name, value in results.items() if name.startswith(key + "_")})  # fmt: skip
+        return metrics
+
+    # The teacher first: the layer-wise trainer casts it to the mixed-precision dtype for its own use.
+    teacher_evaluator = ImageClassificationTrainer(
+        model=teacher,
+        args=dataclasses.replace(
+            training_args,
+            output_dir=str(output_dir / "_teacher_evaluation"),
+            report_to=[],
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            push_to_hub=False,
+        ),  # fmt: skip
+        data_collator=eval_collator,
+        compute_metrics=build_compute_metrics(),
+    )
+    metrics = evaluate(teacher_evaluator, "teacher")
+
     trainer = LayerwiseDistillationTrainer(
         model=hybrid,
         teacher_model=teacher,
@@ -145,27 +173,6 @@ def main(argv: list[str] | None = None) -> dict:
     trained = [names[index] for index in trainer.blocks]
     logger.info("Hybrid: %s; training blocks %s.", hybrid_args.block_types, trained)
 
-    def evaluate(model_trainer, prefix: str) -> dict[str, float]:
-        metrics = {}
-        for split, dataset in eval_datasets.items():
-            results = model_trainer.evaluate(dataset, metric_key_prefix=split)
-            metrics.update({f"{prefix}_{name}": value for name, value in results.items() if name.startswith(split)})
-        return metrics
-
-    teacher_evaluator = ImageClassificationTrainer(
-        model=teacher,
-        args=dataclasses.replace(
-            training_args,
-            output_dir=str(output_dir / "_teacher_evaluation"),
-            report_to=[],
-            eval_strategy="no",
-            save_strategy="no",
-            load_best_model_at_end=False,
-        ),  # fmt: skip
-        data_collator=eval_collator,
-        compute_metrics=build_compute_metrics(),
-    )
-    metrics = evaluate(teacher_evaluator, "teacher")
     metrics.update(evaluate(trainer, "converted"))
 
     # ---- stage 1 ----
@@ -180,10 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
     report = write_report(teacher, hybrid, metrics, trained, list(eval_datasets), hybrid_args)
     if training_args.should_save:
         save_report(report, list(eval_datasets), trained, output_dir)
-    if training_args.should_save:
         plot_log_history(trainer.state.log_history, [f"mse_{name}" for name in trained],
                          str(output_dir / "block_errors.png"), "Stage 1: relative squared error")  # fmt: skip
-        results = {key.removeprefix("stage1_"): value for key, value in metrics.items() if key.startswith("stage1_")}
+        # the card's results under the Trainer's names (eval_accuracy, test_accuracy, ...)
+        results = {key.removeprefix("stage1_").replace("validation_", "eval_", 1): value
+                   for key, value in metrics.items() if key.startswith("stage1_")}  # fmt: skip
         write_model_card(trainer, loaded, recipe="examples/layerwise_distill.py", argv=argv, model_args=teacher_args,
                          data_args=data_args, metrics=results, extra_hyperparameters=hybrid_fields)  # fmt: skip
     if training_args.push_to_hub:

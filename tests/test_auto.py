@@ -17,6 +17,7 @@ TINY_OVERRIDES = {
     "vit-cifar": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
     "simple-cnn": {"hidden_sizes": [8, 16, 32], "classifier_hidden_size": 32},
     "compact-cnn": {"hidden_sizes": [8, 16, 32], "depths": [1, 1, 1]},
+    "hybrid-resnet18": {"embedding_size": 8, "hidden_sizes": [8, 8, 16, 16], "depths": [1, 1, 1, 1], "key_dim": 4},
 }
 LABELS = {0: "cat", 1: "dog", 2: "ship"}
 

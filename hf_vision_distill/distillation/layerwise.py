@@ -30,7 +30,9 @@ def block_names(model: PreTrainedModel) -> list[str]:
 
 def transformer_blocks(model: PreTrainedModel) -> list[int]:
     """Indices (in `model.base_model.blocks` order) of the TransformerConv blocks."""
-    return [index for index, block in enumerate(model.base_model.blocks) if isinstance(block, TransformerConvBlock)]
+    # by name: a model loaded with trust_remote_code has its own copy of the class
+    return [index for index, block in enumerate(model.base_model.blocks)
+            if type(block).__name__ == TransformerConvBlock.__name__]  # fmt: skip
 
 
 def relative_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,8 +80,9 @@ class LayerwiseDistillationTrainer(ImageClassificationTrainer):
     """A `Trainer` for block-by-block distillation of a hybrid ResNet student from its CNN teacher.
 
     Only the trained blocks (by default the TransformerConv blocks) have gradients; the stem, the head and the
-    convolutional stages stay as converted. The trained blocks' BatchNorms normalise with their running statistics
-    (copied from the teacher) and learn only their scale and shift, as the teacher's blocks run in eval mode. Per
+    convolutional stages stay as converted. The BatchNorms the trained blocks share with the teacher's (after each
+    attention) normalise with their running statistics and learn only their scale and shift, as the teacher's blocks
+    run in eval mode; the feed-forward's norm trains as usual. Per
     batch the frozen teacher runs once with hidden states; each trained block gets the teacher's input to that block
     and is scored by `relative_squared_error` against the teacher
     block's output. The loss is the sum over blocks; each block's term is logged (`mse_stage3.block0`, ...) in
@@ -115,10 +118,13 @@ class LayerwiseDistillationTrainer(ImageClassificationTrainer):
         model.requires_grad_(False)
         for index in self.blocks:
             model.base_model.blocks[index].requires_grad_(True)
-        # The teacher's blocks normalise with their running statistics; the student's copies must too, or they learn
-        # to match the targets under batch statistics and miss them in eval mode.
-        self._batch_norms = [module for index in self.blocks for module in model.base_model.blocks[index].modules()
-                             if isinstance(module, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+        # The teacher's blocks normalise with their running statistics; the student's copies of those norms must too,
+        # or they learn to match the targets under batch statistics and miss them in eval mode. The feed-forward's
+        # norm has no teacher counterpart: it trains as usual and collects its own statistics.
+        self._batch_norms = [
+            module for index in self.blocks for name, module in model.base_model.blocks[index].named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith("mlp.")
+        ]  # fmt: skip
         teacher_model.eval().requires_grad_(False)
         super().__init__(model=model, args=args, **kwargs)
         if args.bf16 or args.fp16:

@@ -128,10 +128,10 @@ def resnet_as_hybrid(model: nn.Module) -> HybridResNetForImageClassification:
             torchvision's `ResNet`, transformers' `TimmWrapperForImageClassification` around a timm ResNet, or
             transformers' `ResNetForImageClassification`.
     """
-    if isinstance(model, HybridResNetForImageClassification):
+    if getattr(getattr(model, "config", None), "model_type", None) == HybridResNetConfig.model_type:
         if "transformer" in model.config.block_types:
             raise ValueError("the model already has transformer stages; pass the CNN it was converted from.")
-        copy = HybridResNetForImageClassification(model.config)
+        copy = HybridResNetForImageClassification(HybridResNetConfig(**model.config.to_dict()))
         copy.load_state_dict(model.state_dict())
         return copy.eval()
     id2label = None
@@ -177,6 +177,9 @@ def split_convolution(weight: torch.Tensor, attention: LocalSelfAttention, local
     values = torch.zeros(attention.num_heads, value_dim, in_channels, dtype=torch.float64)
     outputs = torch.zeros(out_channels, attention.num_heads, value_dim, dtype=torch.float64)
     values[:, :rank] = root[:, :, None] * right[:, :rank]
+    # Value rows beyond the tap's rank (value_dim > min(in, out) channels) get small random weights: their output
+    # columns are zero, so the product is unchanged, but both sides get gradients (zero on both would stay zero).
+    values[:, rank:] = torch.randn(attention.num_heads, value_dim - rank, in_channels, dtype=torch.float64) * 1e-3
     outputs[:, :, :rank] = (left[:, :, :rank] * root[:, None, :]).permute(1, 0, 2)
     with torch.no_grad():
         attention.value.weight.copy_(values.reshape(-1, in_channels))
