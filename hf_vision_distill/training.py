@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,35 @@ class ImageClassificationTrainer(Trainer):
     def get_test_dataloader(self, test_dataset: Dataset) -> DataLoader:
         with self._collating_for_evaluation():
             return super().get_test_dataloader(test_dataset)
+
+
+class LoggedTermsMixin:
+    """For Trainers that log each loss term beside the total (TRL's pattern): `compute_loss` appends detached values
+    to `self.logged_terms[mode][name]` (mode "train" or "eval"); `log` adds their averages since the last log,
+    reduced across processes, with evaluation's metric prefix. Put it before the Trainer class in the bases."""
+
+    def _reset_logged_terms(self) -> None:
+        self.logged_terms: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list),
+                                                                        "eval": defaultdict(list)}  # fmt: skip
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        self.logged_terms["eval"].clear()
+        self._metric_key_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The model is in eval mode exactly while evaluate() logs its metrics.
+        mode = "train" if self.model.training else "eval"
+        prefix = f"{getattr(self, '_metric_key_prefix', 'eval')}_" if mode == "eval" else ""
+        names = sorted(name for name, values in self.logged_terms[mode].items() if values)
+        if names:
+            # One collective for all values: every process logs at the same steps with the same names.
+            means = torch.stack([torch.stack(self.logged_terms[mode][name]).float().mean().to(self.args.device)
+                                 for name in names])  # fmt: skip
+            means = self.accelerator.reduce(means, reduction="mean").tolist()
+            logs.update({f"{prefix}{name}": value for name, value in zip(names, means)})
+        self.logged_terms[mode].clear()
+        super().log(logs, start_time)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

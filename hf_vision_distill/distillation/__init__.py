@@ -2,7 +2,7 @@
 
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer, TeacherView, check_label_spaces
-from .layerwise import LayerwiseDistillationTrainer, block_errors, block_names, transformer_blocks
+from .layerwise import LayerwiseDistillationTrainer, block_names, transformer_blocks
 from .teacher_cache import TEACHER_LOGITS_COLUMN, cache_teacher_logits, teacher_outputs_by_row
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "DistillationTrainer",
     "LayerwiseDistillationTrainer",
     "TeacherView",
-    "block_errors",
     "block_names",
     "cache_teacher_logits",
     "check_label_spaces",

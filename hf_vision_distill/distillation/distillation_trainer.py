@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from ..losses import (
     soft_distillation_loss,
     uniform_entropy,
 )
-from ..training import ImageClassificationTrainer, classification_loss
+from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss
 from .adapters import (
     ADAPTERS_ATTRIBUTE,
     ADAPTERS_WEIGHTS_NAME,
@@ -103,7 +102,7 @@ def check_label_spaces(student_config: PreTrainedConfig, teacher_config: PreTrai
         )
 
 
-class DistillationTrainer(ImageClassificationTrainer):
+class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     """A `Trainer` that distills a frozen teacher into the student (`model`).
 
     The teacher is put in eval mode with gradients off, placed on the device by Accelerate in evaluation mode (no DDP
@@ -181,7 +180,7 @@ class DistillationTrainer(ImageClassificationTrainer):
                 teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
             teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self.teacher_model = teacher_model
-        self._logged: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._reset_logged_terms()
 
     # ---- set-up ----
 
@@ -303,10 +302,12 @@ class DistillationTrainer(ImageClassificationTrainer):
         mode = "train" if model.training else "eval"
         for name, value in components.items():
             # Detached tensors, averaged and reduced across processes at log time: no device sync per step.
-            self._logged[mode][f"loss_{name}"].append(value.detach().float())
+            self.logged_terms[mode][f"loss_{name}"].append(value.detach().float())
         if mode == "train":
             for name in args.parsed_schedules:
-                self._logged[mode][name].append(torch.tensor(temperature if name == "temperature" else weights[name]))
+                self.logged_terms[mode][name].append(
+                    torch.tensor(temperature if name == "temperature" else weights[name])
+                )
         # Only the logits go back to evaluation: hidden states and attention maps of a whole eval set would pile up.
         return (loss, ImageClassifierOutput(logits=student_logits)) if return_outputs else loss
 
@@ -362,7 +363,7 @@ class DistillationTrainer(ImageClassificationTrainer):
         student_map = self._student_map(student_outputs, adapters)
         mode = "train" if self.model.training else "eval"
         for layer, weight in zip(self._attention_layers, layer_weights.detach()):
-            self._logged[mode][f"attention_layer_weight_{layer}"].append(weight)
+            self.logged_terms[mode][f"attention_layer_weight_{layer}"].append(weight)
         losses = torch.stack([attention_alignment_loss(student_map, teacher_map) for teacher_map in teacher_maps])
         return (layer_weights.to(losses.device) * losses).sum()
 
@@ -390,26 +391,6 @@ class DistillationTrainer(ImageClassificationTrainer):
         return teacher_map.cpu(), student_map.cpu()
 
     # ---- logging and saving ----
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        self._logged["eval"].clear()
-        self._metric_key_prefix = metric_key_prefix
-        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Averages of each loss term (and layer weight, scheduled value) since the last log, beside the Trainer's
-        # total (TRL's pattern): the model is in eval mode exactly while evaluate() logs its metrics.
-        mode = "train" if self.model.training else "eval"
-        prefix = f"{getattr(self, '_metric_key_prefix', 'eval')}_" if mode == "eval" else ""
-        names = sorted(name for name, values in self._logged[mode].items() if values)
-        if names:
-            # One collective for all values: every process logs at the same steps with the same names.
-            means = torch.stack([torch.stack(self._logged[mode][name]).float().mean().to(self.args.device)
-                                 for name in names])  # fmt: skip
-            means = self.accelerator.reduce(means, reduction="mean").tolist()
-            logs.update({f"{prefix}{name}": value for name, value in zip(names, means)})
-        self._logged[mode].clear()
-        super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial) -> None:
         self._saving_checkpoint = True

@@ -7,8 +7,7 @@ on those inputs (teacher forcing, `block_inputs`), independently, so all of them
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,7 +15,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ..models.hybrid_resnet.modeling_hybrid_resnet import TransformerConvBlock
-from ..training import ImageClassificationTrainer
+from ..training import ImageClassificationTrainer, LoggedTermsMixin
 
 
 def block_names(model: PreTrainedModel) -> list[str]:
@@ -53,30 +52,7 @@ def _check_same_layout(student: PreTrainedModel, teacher: PreTrainedModel) -> No
             )
 
 
-@torch.no_grad()
-def block_errors(
-    teacher: PreTrainedModel, student: PreTrainedModel, batches: Iterable[torch.Tensor], blocks: Sequence[int]
-) -> dict[str, float]:
-    """Relative error sqrt(sum ||s_i - t_i||^2 / sum ||t_i||^2) of each student block i given the teacher's input to
-    block i, over `batches` of pixel values (both models in eval mode; their modes are restored)."""
-    modes = teacher.training, student.training
-    teacher.eval(), student.eval()
-    names = block_names(student)
-    squared_errors, squared_norms = defaultdict(float), defaultdict(float)
-    device = next(student.parameters()).device
-    for pixel_values in batches:
-        hidden_states = teacher(pixel_values.to(device), output_hidden_states=True).hidden_states
-        inputs = [hidden_states[index] if index in blocks else None for index in range(len(names))]
-        outputs = student(block_inputs=inputs).block_outputs
-        for index in blocks:
-            target = hidden_states[index + 1].float()
-            squared_errors[names[index]] += (outputs[index].float() - target).pow(2).sum().item()
-            squared_norms[names[index]] += target.pow(2).sum().item()
-    teacher.train(modes[0]), student.train(modes[1])
-    return {name: (squared_errors[name] / max(squared_norms[name], 1e-12)) ** 0.5 for name in squared_errors}
-
-
-class LayerwiseDistillationTrainer(ImageClassificationTrainer):
+class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     """A `Trainer` for block-by-block distillation of a hybrid ResNet student from its CNN teacher.
 
     Only the trained blocks (by default the TransformerConv blocks) have gradients; the stem, the head and the
@@ -130,10 +106,7 @@ class LayerwiseDistillationTrainer(ImageClassificationTrainer):
         if args.bf16 or args.fp16:
             teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
         self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
-        self._logged: dict[str, dict[str, list[torch.Tensor]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
+        self._reset_logged_terms()
 
     def compute_loss(
         self,
@@ -158,7 +131,7 @@ class LayerwiseDistillationTrainer(ImageClassificationTrainer):
         for index in self.blocks:
             loss = relative_squared_error(outputs[index], hidden_states[index + 1])
             # Detached, averaged and reduced across processes at log time: no device sync per step.
-            self._logged[mode][f"mse_{self.block_names[index]}"].append(loss.detach())
+            self.logged_terms[mode][f"mse_{self.block_names[index]}"].append(loss.detach())
             losses.append(loss)
         loss = torch.stack(losses).sum()
         if not return_outputs:
@@ -167,29 +140,9 @@ class LayerwiseDistillationTrainer(ImageClassificationTrainer):
             logits = model(pixel_values=pixel_values).logits
         return loss, ImageClassifierOutput(logits=logits)
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        self._logged["eval"].clear()
-        self._metric_key_prefix = metric_key_prefix
-        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Each block's term averaged since the last log, beside the Trainer's total; the model is in eval mode
-        # exactly while evaluate() logs its metrics.
-        mode = "train" if self.model.training else "eval"
-        prefix = f"{getattr(self, '_metric_key_prefix', 'eval')}_" if mode == "eval" else ""
-        names = sorted(name for name, values in self._logged[mode].items() if values)
-        if names:
-            means = torch.stack([torch.stack(self._logged[mode][name]).float().mean().to(self.args.device)
-                                 for name in names])  # fmt: skip
-            means = self.accelerator.reduce(means, reduction="mean").tolist()
-            logs.update({f"{prefix}{name}": value for name, value in zip(names, means)})
-        self._logged[mode].clear()
-        super().log(logs, start_time)
-
 
 __all__ = [
     "LayerwiseDistillationTrainer",
-    "block_errors",
     "block_names",
     "relative_squared_error",
     "transformer_blocks",
