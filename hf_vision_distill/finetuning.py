@@ -253,14 +253,8 @@ class FineTuningTrainer(ImageClassificationTrainer):
                 "follow (it registers the trainable ones once); train on one process, or use --strategy last_n."
             )
 
-    def compute_loss(self, model: nn.Module, inputs: dict, *args, **kwargs):
-        if model.training:  # training_step has just put every module in train mode
-            for module in self._frozen_modules():
-                module.eval()
-        return super().compute_loss(model, inputs, *args, **kwargs)
-
-    def _frozen_modules(self) -> list[nn.Module]:
-        # Recomputed only when the trainable set changes (gradual unfreezing).
+    def modules_kept_in_eval(self) -> list[nn.Module]:
+        # The frozen blocks; recomputed only when the trainable set changes (gradual unfreezing).
         flags = tuple(parameter.requires_grad for parameter in self.model.parameters())
         if getattr(self, "_frozen_cache", (None, None))[0] != flags:
             self._frozen_cache = (flags, frozen_modules(self.model))

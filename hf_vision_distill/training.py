@@ -31,6 +31,8 @@ class ImageClassificationTrainer(Trainer):
       (`loss_is_scaled_for_ga = False`), so accumulating k batches of n gives the update of one batch of k * n.
     - Evaluation and test batches are collated with `eval_data_collator`: the Trainer has one `data_collator` for
       every dataloader, but mixup, cutmix and label smoothing belong to training batches only.
+    - Subclasses name submodules that stay in eval mode while the model trains (`modules_kept_in_eval`: a frozen
+      backbone, norms that must keep their statistics); the Trainer puts every module in train mode before each step.
 
     Args:
         eval_data_collator (`Callable`, *optional*):
@@ -44,6 +46,18 @@ class ImageClassificationTrainer(Trainer):
     def __init__(self, *args, eval_data_collator: Callable | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+        # A pre-forward hook: training_step calls model.train() just before the forward pass, whatever compute_loss
+        # a subclass writes; DDP's wrapper calls this module, so the hook runs there too.
+        self.model.register_forward_pre_hook(self._keep_modules_in_eval)
+
+    def modules_kept_in_eval(self) -> list[nn.Module]:
+        """Submodules of the model to keep in eval mode during training; none here."""
+        return []
+
+    def _keep_modules_in_eval(self, model: nn.Module, inputs: tuple) -> None:
+        if model.training:
+            for module in self.modules_kept_in_eval():
+                module.eval()
 
     def create_model_card(self, *args, **kwargs) -> None:
         # The recipes render a fuller card into output_dir/README.md (hf_vision_distill.hub) before pushing; the

@@ -108,6 +108,9 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self._reset_logged_terms()
 
+    def modules_kept_in_eval(self) -> list[nn.Module]:
+        return self._batch_norms
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -116,8 +119,6 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         pixel_values = inputs["pixel_values"]
-        for module in self._batch_norms:  # the Trainer calls model.train() before every step
-            module.eval()
         with torch.no_grad():
             parameter = next(self.teacher_model.parameters())
             teacher_inputs = pixel_values.to(device=parameter.device, dtype=parameter.dtype)

@@ -347,14 +347,13 @@ class HybridResNetModel(HybridResNetPreTrainedModel):
             raise ValueError(f"block_inputs has {len(block_inputs)} entries; the model has {len(blocks)} blocks.")
         outputs = []
         for block, block_input in zip(blocks, block_inputs):
-            if block_input is not None:  # a teacher's states may come in another dtype (e.g. full bf16 evaluation)
-                block_input = block_input.to(next(block.parameters()).dtype)
             if block_input is None:
                 outputs.append(None)
-            elif isinstance(block, TransformerConvBlock):
-                outputs.append(block(block_input)[0])
-            else:
-                outputs.append(block(block_input))
+                continue
+            # a teacher's states may come in another dtype (e.g. under full bf16 evaluation)
+            block_input = block_input.to(next(block.parameters()).dtype)
+            output = block(block_input)
+            outputs.append(output[0] if isinstance(block, TransformerConvBlock) else output)
         return tuple(outputs)
 
 
