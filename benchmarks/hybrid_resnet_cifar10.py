@@ -9,9 +9,9 @@
         -- --bf16 --use_cpu
 
 Runs, in this process, `examples/layerwise_distill.py` (conversion + stage 1), `examples/finetune.py` on its
-result (stage 2) and `examples/finetune.py` on a randomly initialised hybrid of the same layout (the ablation, for
-stage 2's budget in epochs at the teacher's learning rate), then writes `hybrid_results.md` beside them. Arguments
-after `--` go to all three recipes.
+result (stage 2) and `examples/finetune.py` on a randomly initialised hybrid of the same layout (the ablation: as many
+epochs as stages 1 and 2 together, at a from-scratch learning rate), then writes `hybrid_results.md` beside them.
+Arguments after `--` go to all three recipes.
 """
 
 from __future__ import annotations
@@ -59,10 +59,11 @@ def main(argv: list[str] | None = None) -> str:
     # the converted hybrid's layout (the teacher may be a timm/transformers/torchvision ResNet)
     hybrid_config = json.loads((output_dir / "stage1" / "config.json").read_text())
     layout = {name: hybrid_config[name] for name in ("embedding_size", "hidden_sizes", "depths", "stem")}
+    scratch_epochs = args.stage1_epochs + args.stage2_epochs
     scratch = recipe("finetune").main([
         "--model_path", "hybrid-resnet18", "--config_overrides", json.dumps({**layout, "block_types":
         report["block_types"]}), "--output_dir", str(output_dir / "scratch"),
-        "--num_train_epochs", str(args.stage2_epochs), "--learning_rate", str(args.scratch_learning_rate), *common,
+        "--num_train_epochs", str(scratch_epochs), "--learning_rate", str(args.scratch_learning_rate), *common,
     ])  # fmt: skip
 
     accuracy, parameters = report["accuracy"], report["parameters"]
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> str:
         ("hybrid, right after conversion", accuracy["converted_test"], parameters["hybrid"]),
         (f"hybrid, after stage 1 ({args.stage1_epochs:g} epochs)", accuracy["stage1_test"], parameters["hybrid"]),
         (f"hybrid, after stage 2 ({args.stage2_epochs:g} epochs)", stage2["test_accuracy"], parameters["hybrid"]),
-        (f"hybrid from random init ({args.stage2_epochs:g} epochs)", scratch["test_accuracy"], parameters["hybrid"]),
+        (f"hybrid from random init ({scratch_epochs:g} epochs)", scratch["test_accuracy"], parameters["hybrid"]),
     ]
     lines = ["| model | test accuracy | share of teacher's | parameters |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {value:.4f} | {value / accuracy['teacher_test']:.1%} | {count:,} |"

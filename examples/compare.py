@@ -52,6 +52,7 @@ from hf_vision_distill.recipes import (
     evaluation_settings_for,
     load_data,
     parse_arguments,
+    run_recipe,
     setup_logging,
 )
 
@@ -218,4 +219,4 @@ def write_comparison(rows: list[dict], data, training_args: TrainingArguments, o
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -65,6 +65,7 @@ from hf_vision_distill.recipes import (
     parse_arguments,
     push_output,
     random_augmentations,
+    run_recipe,
     setup_logging,
     write_model_card,
 )
@@ -308,4 +309,4 @@ def write_summary(rows: list[dict], args: DistillationConfig, output_dir: Path) 
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

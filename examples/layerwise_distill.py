@@ -54,6 +54,7 @@ from hf_vision_distill.recipes import (
     load_model,
     parse_arguments,
     push_output,
+    run_recipe,
     setup_logging,
     write_model_card,
 )
@@ -268,4 +269,4 @@ def save_report(report: dict, splits: list[str], trained: list[str], output_dir:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

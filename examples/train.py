@@ -35,6 +35,7 @@ from hf_vision_distill.recipes import (
     load_model,
     parse_arguments,
     push_output,
+    run_recipe,
     setup_logging,
     write_model_card,
 )
@@ -101,4 +102,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

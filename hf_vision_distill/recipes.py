@@ -8,6 +8,7 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -411,6 +412,17 @@ def push_output(trainer: Trainer) -> None:
             f"in {output_dir}; push it again with: hf upload {trainer.hub_model_id} {output_dir} --exclude '_*' "
             "--exclude 'checkpoint-*'"
         ) from err
+
+
+def run_recipe(main: Callable[[], Any]) -> None:
+    """Runs a recipe's `main` as a script, then tears down the process group that a distributed launch (torchrun,
+    `accelerate launch`) started: left to the interpreter's exit, Gloo's worker threads can outlive it and abort the
+    process ("terminate called without an active exception", SIGABRT) after the run has finished."""
+    try:
+        main()
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def checkpoint_to_resume(training_args: TrainingArguments, run_args: RunArguments) -> str | None:

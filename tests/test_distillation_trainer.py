@@ -357,6 +357,17 @@ def test_predictions_keep_only_logits_and_full_bf16_eval_works(tmp_path):
     assert {"eval_loss_attention", "eval_loss_feature"} <= set(logged)
 
 
+def test_evaluation_before_training_runs_the_student_under_mixed_precision(tmp_path):
+    student = student_vit()
+    autocast_seen = []
+    student.classifier.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher_vit(), args=config(tmp_path, bf16=True),
+                                  eval_dataset=rows(4), data_collator=stack)  # fmt: skip
+    metrics = trainer.evaluate()
+    assert autocast_seen == [True]
+    assert math.isfinite(metrics["eval_loss_soft"])
+
+
 def test_schedules_must_stay_in_range(tmp_path):
     with pytest.raises(ValueError, match="temperature must stay above 0"):
         config(tmp_path, schedules=["temperature=linear:2.0->0.0"])

@@ -276,6 +276,20 @@ def test_stage1_trains_only_the_transformer_blocks_and_reduces_their_error(tmp_p
         torch.testing.assert_close(loaded(images.images[:4]).logits, student.eval()(images.images[:4]).logits)
 
 
+def test_stage1_evaluates_under_mixed_precision_before_training(tmp_path):
+    """The recipe's "converted" accuracy comes from an evaluation before training: it must run under the same bf16
+    autocast as the evaluations after it (a prepared teacher once made the Trainer skip preparing the student)."""
+    student = hybrid_from_resnet(tiny_teacher())
+    autocast_seen = []
+    student.classifier.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to=[], use_cpu=True,
+                             bf16=True, dataloader_num_workers=0)  # fmt: skip
+    trainer = LayerwiseDistillationTrainer(model=student, teacher_model=tiny_teacher(), args=args)
+    metrics = trainer.evaluate(RandomImages(8))
+    assert autocast_seen == [True]
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_mse_stage3.block0"] > 0
+
+
 def test_stage1_refuses_a_teacher_of_another_layout(tmp_path):
     student = hybrid_from_resnet(tiny_teacher())
     other = HybridResNetForImageClassification(HybridResNetConfig(block_types=["conv"] * 4, num_labels=2))

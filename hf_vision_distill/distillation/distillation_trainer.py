@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import convert_to_fp32
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
@@ -178,7 +179,9 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         if teacher_model is not None:
             if args.bf16 or args.fp16:
                 teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
-            teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+            # Placed by hand, not `accelerator.prepare_model`: a prepared teacher counts as the prepared model, and the
+            # Trainer then evaluates the student before training without preparing it (no autocast).
+            teacher_model.to(self.args.device)
         self.teacher_model = teacher_model
         self._reset_logged_terms()
 
@@ -316,7 +319,11 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         teacher_inputs = self.teacher_view(pixel_values) if self.teacher_view is not None else pixel_values
         parameter = next(self.teacher_model.parameters())
         teacher_inputs = teacher_inputs.to(device=parameter.device, dtype=parameter.dtype)
-        return _teacher_forward(self.teacher_model, teacher_inputs, hidden_states=hidden_states, attentions=attentions)
+        with self.accelerator.autocast():
+            outputs = _teacher_forward(
+                self.teacher_model, teacher_inputs, hidden_states=hidden_states, attentions=attentions
+            )
+        return convert_to_fp32(outputs)
 
     def _feature_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict) -> torch.Tensor:
         losses = []

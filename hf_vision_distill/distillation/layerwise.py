@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from accelerate.utils import convert_to_fp32
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -105,7 +106,8 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         super().__init__(model=model, args=args, **kwargs)
         if args.bf16 or args.fp16:
             teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
-        self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+        # Not `accelerator.prepare_model` (see DistillationTrainer): the student is the model the Trainer prepares.
+        self.teacher_model = teacher_model.to(self.args.device)
         self._reset_logged_terms()
 
     def modules_kept_in_eval(self) -> list[nn.Module]:
@@ -122,7 +124,10 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         with torch.no_grad():
             parameter = next(self.teacher_model.parameters())
             teacher_inputs = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-            hidden_states = self.teacher_model(teacher_inputs, output_hidden_states=True).hidden_states
+            with self.accelerator.autocast():
+                hidden_states = convert_to_fp32(
+                    self.teacher_model(teacher_inputs, output_hidden_states=True).hidden_states
+                )
         block_inputs = [
             hidden_states[index] if index in self.blocks else None for index in range(len(self.block_names))
         ]
