@@ -66,13 +66,16 @@ def main(argv: list[str] | None = None) -> str:
         "--num_train_epochs", str(scratch_epochs), "--learning_rate", str(args.scratch_learning_rate), *common,
     ])  # fmt: skip
 
+    def epochs(count: float) -> str:
+        return f"{count:g} epoch" + ("" if count == 1 else "s")
+
     accuracy, parameters = report["accuracy"], report["parameters"]
     rows = [
         ("teacher (CNN)", accuracy["teacher_test"], parameters["teacher"]),
         ("hybrid, right after conversion", accuracy["converted_test"], parameters["hybrid"]),
-        (f"hybrid, after stage 1 ({args.stage1_epochs:g} epochs)", accuracy["stage1_test"], parameters["hybrid"]),
-        (f"hybrid, after stage 2 ({args.stage2_epochs:g} epochs)", stage2["test_accuracy"], parameters["hybrid"]),
-        (f"hybrid from random init ({scratch_epochs:g} epochs)", scratch["test_accuracy"], parameters["hybrid"]),
+        (f"hybrid, after stage 1 ({epochs(args.stage1_epochs)})", accuracy["stage1_test"], parameters["hybrid"]),
+        (f"hybrid, after stage 2 ({epochs(args.stage2_epochs)})", stage2["test_accuracy"], parameters["hybrid"]),
+        (f"hybrid from random init ({epochs(scratch_epochs)})", scratch["test_accuracy"], parameters["hybrid"]),
     ]
     lines = ["| model | test accuracy | share of teacher's | parameters |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {value:.4f} | {value / accuracy['teacher_test']:.1%} | {count:,} |"
