@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +35,25 @@ def load_example(name: str):
     sys.modules[spec.name] = module  # dataclasses resolve the recipe's annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+# What a process prints when it aborts in torch's teardown at exit, after the script's work is done and the process
+# group is destroyed (recipes.run_recipe): seen in 3 of about 90 two-process runs here, not reproduced on demand.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_two_processes(script: str, arguments: list[str], output_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs examples/<script> on 2 CPU processes with torchrun (gloo) and fails the test on any error. One rerun, from
+    an empty output folder, when a process aborted in teardown; any other failure, or that abort twice, fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(REPO_ROOT / "examples" / script), *arguments]  # fmt: skip
+    for attempt in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
+        if result.returncode == 0 or TEARDOWN_ABORT not in result.stderr or attempt == 1:
+            break
+        shutil.rmtree(output_dir, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,12 @@
 """examples/distill.py end to end: a tiny ViT teacher into a tiny CNN student, with the baseline and every artifact."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
-from conftest import load_example
+from conftest import load_example, run_two_processes
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -136,10 +134,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, teacher_dir):
             "--num_overlay_images", "0", "--soft_loss_weight", "0.3", "--attention_loss_weight", "0.7",
         ]  # fmt: skip
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(REPO / "examples" / "distill.py"), *arguments(tmp_path / "ddp", 8)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes("distill.py", arguments(tmp_path / "ddp", 8), tmp_path / "ddp", cwd=tmp_path)
     single = load_recipe().main(arguments(tmp_path / "single", 16))
 
     def training_logs(output_dir):

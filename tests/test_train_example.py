@@ -3,14 +3,12 @@
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
-from conftest import load_example
+from conftest import load_example, run_two_processes
 from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
@@ -180,10 +178,7 @@ def test_two_processes_with_torchrun(tmp_path):
     """Data-parallel training on 2 CPU processes (gloo), as `accelerate launch` / `torchrun` start it on GPUs."""
     arguments = tiny_run_arguments(tmp_path / "run", "--max_steps", "3", "--eval_strategy", "no",
                                    "--load_best_model_at_end", "false", "--use_cpu", "true")  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(REPO / "examples" / "train.py"), *arguments]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_two_processes("train.py", arguments, tmp_path / "run", cwd=tmp_path)
     results = json.loads((tmp_path / "run" / "all_results.json").read_text())
     assert "test_accuracy" in results
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
