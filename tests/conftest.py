@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def run_two_processes(script: str, arguments: list[str], output_dir: Path, cwd: 
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
         if result.returncode == 0 or TEARDOWN_ABORT not in result.stderr or attempt == 1:
             break
+        warnings.warn(f"{script}: a process aborted in teardown after its work; running it once more", stacklevel=2)
         shutil.rmtree(output_dir, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
