@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import convert_to_fp32
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer
@@ -58,6 +59,25 @@ class ImageClassificationTrainer(Trainer):
         if model.training:
             for module in self.modules_kept_in_eval():
                 module.eval()
+
+    def place_frozen_model(self, model: nn.Module) -> nn.Module:
+        """Readies a model that only runs forward beside the trained one (a teacher): eval mode, no gradients, the
+        mixed-precision dtype, the device. Not `accelerator.prepare_model`: a prepared second model counts as the
+        prepared model, and the Trainer then evaluates its own model before training without preparing it (no
+        autocast)."""
+        model.eval().requires_grad_(False)
+        if self.args.bf16 or self.args.fp16:
+            model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
+        return model.to(self.args.device)
+
+    @torch.no_grad()
+    def run_frozen_model(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs):
+        """`model(pixel_values=..., **kwargs)` for a model readied by `place_frozen_model`: inputs cast to its device
+        and dtype, run under the Accelerator's autocast, outputs in float32 (as a prepared model's would be)."""
+        parameter = next(model.parameters())
+        with self.accelerator.autocast():
+            outputs = model(pixel_values=pixel_values.to(device=parameter.device, dtype=parameter.dtype), **kwargs)
+        return convert_to_fp32(outputs)
 
     def create_model_card(self, *args, **kwargs) -> None:
         # The recipes render a fuller card into output_dir/README.md (hf_vision_distill.hub) before pushing; the

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import convert_to_fp32
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
@@ -106,9 +105,9 @@ def check_label_spaces(student_config: PreTrainedConfig, teacher_config: PreTrai
 class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     """A `Trainer` that distills a frozen teacher into the student (`model`).
 
-    The teacher is put in eval mode with gradients off, placed on the device by Accelerate in evaluation mode (no DDP
-    wrapper, autocast under mixed precision), cast to the mixed-precision dtype, and run under `torch.no_grad()`. It
-    is an attribute of the trainer, not of the model, so it is never saved into the student's checkpoints.
+    The teacher is put in eval mode with gradients off, cast to the mixed-precision dtype, placed on the device (no
+    DDP wrapper) and run under `torch.no_grad()` and autocast (`place_frozen_model`, `run_frozen_model`). It is an
+    attribute of the trainer, not of the model, so it is never saved into the student's checkpoints.
 
     Feature distillation and a CNN student's learned attention projection need adapters. They are built from one
     probe batch before training, attached to the student as `distillation_adapters` so the optimizer, DDP and the
@@ -176,13 +175,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 model.add_module(ADAPTERS_ATTRIBUTE, adapters)
 
         super().__init__(model=model, args=args, **kwargs)
-        if teacher_model is not None:
-            if args.bf16 or args.fp16:
-                teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
-            # Placed by hand, not `accelerator.prepare_model`: a prepared teacher counts as the prepared model, and the
-            # Trainer then evaluates the student before training without preparing it (no autocast).
-            teacher_model.to(self.args.device)
-        self.teacher_model = teacher_model
+        self.teacher_model = self.place_frozen_model(teacher_model) if teacher_model is not None else None
         self._reset_logged_terms()
 
     # ---- set-up ----
@@ -195,8 +188,9 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         with torch.no_grad():
             student_outputs = student(pixel_values=probe, output_hidden_states=True)
             teacher_inputs = self.teacher_view(probe) if self.teacher_view is not None else probe
-            teacher_outputs = _teacher_forward(
-                teacher, teacher_inputs, hidden_states=True, attentions=args.uses("attention_loss_weight")
+            teacher_outputs = teacher(
+                pixel_values=teacher_inputs,
+                **_teacher_kwargs(teacher, hidden_states=True, attentions=args.uses("attention_loss_weight")),
             )
         student.train()
         adapters = nn.ModuleDict()
@@ -314,16 +308,10 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         # Only the logits go back to evaluation: hidden states and attention maps of a whole eval set would pile up.
         return (loss, ImageClassifierOutput(logits=student_logits)) if return_outputs else loss
 
-    @torch.no_grad()
     def _teacher_outputs(self, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool):
         teacher_inputs = self.teacher_view(pixel_values) if self.teacher_view is not None else pixel_values
-        parameter = next(self.teacher_model.parameters())
-        teacher_inputs = teacher_inputs.to(device=parameter.device, dtype=parameter.dtype)
-        with self.accelerator.autocast():
-            outputs = _teacher_forward(
-                self.teacher_model, teacher_inputs, hidden_states=hidden_states, attentions=attentions
-            )
-        return convert_to_fp32(outputs)
+        kwargs = _teacher_kwargs(self.teacher_model, hidden_states=hidden_states, attentions=attentions)
+        return self.run_frozen_model(self.teacher_model, teacher_inputs, **kwargs)
 
     def _feature_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict) -> torch.Tensor:
         losses = []
@@ -463,7 +451,7 @@ def _pick(sequence: tuple | list, index: int, what: str):
     return sequence[index]
 
 
-def _teacher_forward(teacher: nn.Module, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool):
+def _teacher_kwargs(teacher: nn.Module, hidden_states: bool, attentions: bool) -> dict[str, bool]:
     kwargs = {}
     if hidden_states:
         kwargs["output_hidden_states"] = True
@@ -474,7 +462,7 @@ def _teacher_forward(teacher: nn.Module, pixel_values: torch.Tensor, hidden_stat
         ):
             raise ValueError(_NO_ATTENTIONS_MESSAGE)
         kwargs["output_attentions"] = True
-    return teacher(pixel_values=pixel_values, **kwargs)
+    return kwargs
 
 
 def _require_attentions(outputs) -> tuple[torch.Tensor, ...]:

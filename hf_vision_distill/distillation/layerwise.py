@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from accelerate.utils import convert_to_fp32
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -59,12 +58,11 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
     Only the trained blocks (by default the TransformerConv blocks) have gradients; the stem, the head and the
     convolutional stages stay as converted. The BatchNorms the trained blocks share with the teacher's (after each
     attention) normalise with their running statistics and learn only their scale and shift, as the teacher's blocks
-    run in eval mode; the feed-forward's norm trains as usual. Per
-    batch the frozen teacher runs once with hidden states; each trained block gets the teacher's input to that block
-    and is scored by `relative_squared_error` against the teacher
-    block's output. The loss is the sum over blocks; each block's term is logged (`mse_stage3.block0`, ...) in
-    training and evaluation. Evaluation also runs the student end to end, so `compute_metrics` sees its logits
-    (accuracy of the hybrid as it stands).
+    run in eval mode; the feed-forward's norm trains as usual. Per batch the frozen teacher runs once with hidden
+    states; each trained block gets the teacher's input to that block and is scored by `relative_squared_error`
+    against the teacher block's output. The loss is the sum over blocks; each block's term is logged
+    (`mse_stage3.block0`, ...) in training and evaluation. Evaluation also runs the student end to end, so
+    `compute_metrics` sees its logits (accuracy of the hybrid as it stands).
 
     Args:
         model (`HybridResNetForImageClassification`):
@@ -102,12 +100,8 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
             module for index in self.blocks for name, module in model.base_model.blocks[index].named_modules()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith("mlp.")
         ]  # fmt: skip
-        teacher_model.eval().requires_grad_(False)
         super().__init__(model=model, args=args, **kwargs)
-        if args.bf16 or args.fp16:
-            teacher_model.to(torch.bfloat16 if args.bf16 else torch.float16)
-        # Not `accelerator.prepare_model` (see DistillationTrainer): the student is the model the Trainer prepares.
-        self.teacher_model = teacher_model.to(self.args.device)
+        self.teacher_model = self.place_frozen_model(teacher_model)
         self._reset_logged_terms()
 
     def modules_kept_in_eval(self) -> list[nn.Module]:
@@ -121,13 +115,9 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         pixel_values = inputs["pixel_values"]
-        with torch.no_grad():
-            parameter = next(self.teacher_model.parameters())
-            teacher_inputs = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-            with self.accelerator.autocast():
-                hidden_states = convert_to_fp32(
-                    self.teacher_model(teacher_inputs, output_hidden_states=True).hidden_states
-                )
+        hidden_states = self.run_frozen_model(
+            self.teacher_model, pixel_values, output_hidden_states=True
+        ).hidden_states
         block_inputs = [
             hidden_states[index] if index in self.blocks else None for index in range(len(self.block_names))
         ]
