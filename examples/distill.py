@@ -60,6 +60,7 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
+    evaluation_trainer,
     load_data,
     load_model,
     parse_arguments,
@@ -163,18 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         data, data_args, teacher.image_size, teacher.image_mean, teacher.image_std,
         interpolation=teacher.interpolation,
     )  # fmt: skip
-    teacher_evaluator = ImageClassificationTrainer(
-        model=teacher.model,
-        args=plain_training_arguments(
-            args,
-            output_dir=str(output_dir / "_teacher_evaluation"),
-            report_to=[],
-            eval_strategy="no",
-            save_strategy="no",
-            load_best_model_at_end=False,
-        ),  # fmt: skip
-        data_collator=eval_collator,
-        compute_metrics=build_compute_metrics(),
+    teacher_evaluator = evaluation_trainer(
+        teacher.model, plain_training_arguments(args), output_dir / "_teacher_evaluation", eval_collator
     )
     rows = [{"model": f"teacher ({args.teacher_model_name_or_path})",
              **evaluate_on(teacher_evaluator, teacher_eval_datasets, prefixes),

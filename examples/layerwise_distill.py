@@ -27,7 +27,6 @@ conversion and after stage 1, and each block's relative error on the validation 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
+    evaluation_trainer,
     load_data,
     load_model,
     parse_arguments,
@@ -58,7 +58,6 @@ from hf_vision_distill.recipes import (
     setup_logging,
     write_model_card,
 )
-from hf_vision_distill.training import ImageClassificationTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -144,20 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         return metrics
 
     # The teacher first: the layer-wise trainer casts it to the mixed-precision dtype for its own use.
-    teacher_evaluator = ImageClassificationTrainer(
-        model=teacher,
-        args=dataclasses.replace(
-            training_args,
-            output_dir=str(output_dir / "_teacher_evaluation"),
-            report_to=[],
-            eval_strategy="no",
-            save_strategy="no",
-            load_best_model_at_end=False,
-            push_to_hub=False,
-        ),  # fmt: skip
-        data_collator=eval_collator,
-        compute_metrics=build_compute_metrics(),
-    )
+    teacher_evaluator = evaluation_trainer(teacher, training_args, output_dir / "_teacher_evaluation", eval_collator)
     metrics = evaluate(teacher_evaluator, "teacher")
 
     trainer = LayerwiseDistillationTrainer(
