@@ -47,8 +47,7 @@ from hf_vision_distill.recipes import (
     SHIPPED_SAMPLE,
     TRAINING_DEFAULTS,
     DataArguments,
-    build_collators,
-    build_datasets,
+    build_inputs,
     evaluation_settings_for,
     load_data,
     parse_arguments,
@@ -126,10 +125,9 @@ def compare_one(model_name, strategy, data, data_args, finetuning_args, training
     logger.info("%s (%s): %d of %d parameters train.", model_name, strategy, trainable["trainable_parameters"],
                 trainable["total_parameters"])  # fmt: skip
 
-    train_dataset, eval_datasets = build_datasets(
-        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
-    )
-    train_collator, eval_collator, args = build_collators(data, data_args, training_args)
+    inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
+                          interpolation=loaded.interpolation)  # fmt: skip
+    train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     # TensorBoard logs go to <model folder>/runs.
     args = dataclasses.replace(args, output_dir=str(model_dir), push_to_hub=False)
     trainer = FineTuningTrainer(
@@ -138,8 +136,8 @@ def compare_one(model_name, strategy, data, data_args, finetuning_args, training
         finetuning_args=model_finetuning,
         train_dataset=train_dataset,
         eval_dataset=eval_datasets.get("validation"),
-        data_collator=train_collator,
-        eval_data_collator=eval_collator,
+        data_collator=inputs.train_collator,
+        eval_data_collator=inputs.eval_collator,
         compute_metrics=build_compute_metrics(),
         processing_class=loaded.image_processor,
         callbacks=[GradualUnfreezing(loaded.model, model_finetuning.unfreeze_every_epochs)]

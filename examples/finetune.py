@@ -47,8 +47,7 @@ from hf_vision_distill.recipes import (
     DataArguments,
     ModelArguments,
     RunArguments,
-    build_collators,
-    build_datasets,
+    build_inputs,
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
@@ -139,12 +138,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         100 * trainable["trainable_share"],
     )  # fmt: skip
 
-    train_dataset, eval_datasets = build_datasets(
-        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
-    )
+    inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
+                          interpolation=loaded.interpolation)  # fmt: skip
+    train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     if sanity_args.overfit_batches:  # augmentation is off, so the training images double as the evaluation set
         eval_datasets = {"validation": train_dataset}
-    train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
     callbacks = [GradualUnfreezing(model, finetuning_args.unfreeze_every_epochs)]
     trainer = FineTuningTrainer(
         model=model,
@@ -152,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         finetuning_args=finetuning_args,
         train_dataset=train_dataset,
         eval_dataset=eval_datasets.get("validation"),
-        data_collator=train_collator,
-        eval_data_collator=eval_collator,
+        data_collator=inputs.train_collator,
+        eval_data_collator=inputs.eval_collator,
         compute_metrics=build_compute_metrics(),
         processing_class=loaded.image_processor,
         callbacks=callbacks if finetuning_args.strategy == "gradual" else None,

@@ -44,8 +44,7 @@ from hf_vision_distill.recipes import (
     DataArguments,
     ModelArguments,
     RunArguments,
-    build_collators,
-    build_datasets,
+    build_inputs,
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
@@ -127,10 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     hybrid = hybrid_from_resnet(teacher, **hybrid_fields, image_size=loaded.image_size[0])
     names = block_names(hybrid)
 
-    train_dataset, eval_datasets = build_datasets(
-        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
-    )
-    train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
+    inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
+                          interpolation=loaded.interpolation)  # fmt: skip
+    train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
+    train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
 
     def evaluate(model_trainer, prefix: str) -> dict[str, float]:
         """`{prefix}_{split}_{metric}` for every evaluation split (logged under the Trainer's eval_/test_ names)."""

@@ -26,8 +26,7 @@ from hf_vision_distill.recipes import (
     DataArguments,
     ModelArguments,
     RunArguments,
-    build_collators,
-    build_datasets,
+    build_inputs,
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
@@ -71,17 +70,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logger.info("Model %s: %s, %.2fM parameters, input %s", model_args.model_name_or_path,
                 type(model).__name__, num_parameters / 1e6, loaded.image_size)  # fmt: skip
 
-    train_dataset, eval_datasets = build_datasets(
-        data, data_args, loaded.image_size, loaded.image_mean, loaded.image_std, interpolation=loaded.interpolation
-    )
-    train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
+    inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
+                          interpolation=loaded.interpolation)  # fmt: skip
+    train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     trainer = ImageClassificationTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_datasets.get("validation"),
-        data_collator=train_collator,
-        eval_data_collator=eval_collator,
+        data_collator=inputs.train_collator,
+        eval_data_collator=inputs.eval_collator,
         compute_metrics=build_compute_metrics(),
         processing_class=loaded.image_processor,
     )

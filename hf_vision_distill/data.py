@@ -817,7 +817,7 @@ class _ImageBatchTransform:
                         "cache_teacher_logits) before training from it."
                     )
                 passthrough[name] = list(table[rows])
-        pixel_values, kept_labels = [], []
+        pixel_values, kept_labels, kept_rows = [], [], []
         kept_passthrough = {name: [] for name in passthrough}
         skipped = []
         for position, value in enumerate(images):
@@ -839,6 +839,8 @@ class _ImageBatchTransform:
                 skipped.append(f"{where} {_describe_image(value)}")
                 continue
             pixel_values.append(self.image_transform(image))
+            if row_indices is not None:
+                kept_rows.append(int(row_indices[position]))
             if labels is not None:
                 kept_labels.append(int(labels[position]))
             for name, values in passthrough.items():
@@ -854,6 +856,8 @@ class _ImageBatchTransform:
         output = {"pixel_values": pixel_values, **kept_passthrough}
         if labels is not None:
             output["labels"] = kept_labels
+        if row_indices is not None:
+            output[ROW_INDEX_COLUMN] = kept_rows
         return output
 
 
@@ -1022,25 +1026,30 @@ class ImageClassificationCollator:
                 f"examples have no 'pixel_values'; keys are {list(examples[0])}. Apply "
                 "dataset.with_transform(make_batch_transform(...)) first."
             )
-        pixel_values = torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])
-        batch = {"pixel_values": pixel_values}
+        batch = {"pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])}
         for name in examples[0]:
             if name.startswith(TEACHER_COLUMN_PREFIX):
-                if self.mix is not None:
-                    raise ValueError(
-                        f"the batch carries precomputed teacher outputs ('{name}'), which belong to the unmixed "
-                        "images; turn mixup/cutmix off, or distill from a live teacher."
-                    )
                 batch[name] = torch.stack(
                     [torch.as_tensor(example[name], dtype=torch.float32) for example in examples]
                 )
-        if "labels" not in examples[0]:
+        if "labels" in examples[0]:
+            batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
+        return self.finish(batch)
+
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mixing and soft targets for a stacked batch (`pixel_values`, class-index `labels`, `teacher_*`), on
+        whatever device it is: the step shared with the tensor pipeline's `DeviceImageTransform`."""
+        for name in batch:
+            if name.startswith(TEACHER_COLUMN_PREFIX) and self.mix is not None:
+                raise ValueError(
+                    f"the batch carries precomputed teacher outputs ('{name}'), which belong to the unmixed "
+                    "images; turn mixup/cutmix off, or distill from a live teacher."
+                )
+        if "labels" not in batch or not self.soft_targets:
             return batch
-        labels = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
-        if not self.soft_targets:
-            batch["labels"] = labels
-            return batch
-        if labels.min() < 0 or labels.max() >= self.num_labels:
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        # Checked where it costs nothing; on an accelerator the comparison would wait for the device every batch.
+        if labels.device.type == "cpu" and (labels.min() < 0 or labels.max() >= self.num_labels):
             raise ValueError(
                 f"labels {labels.tolist()} fall outside [0, {self.num_labels}); pass the dataset's num_labels "
                 "(data.num_labels) to ImageClassificationCollator."
@@ -1051,6 +1060,4 @@ class ImageClassificationCollator:
             targets = torch.nn.functional.one_hot(labels, self.num_labels).to(pixel_values.dtype)
         if self.label_smoothing > 0:
             targets = targets * (1 - self.label_smoothing) + self.label_smoothing / self.num_labels
-        batch["pixel_values"] = pixel_values
-        batch["labels"] = targets
-        return batch
+        return {**batch, "pixel_values": pixel_values, "labels": targets}

@@ -32,6 +32,15 @@ from .data import (
 from .evaluation import build_compute_metrics
 from .hub import build_model_card, results_from_metrics
 from .models.loading import LoadedClassifier, load_image_classifier
+from .tensor_data import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    DecodedImages,
+    DeviceImageTransform,
+    MixedImageSizesError,
+    TensorImageDataset,
+    decode_images,
+    estimated_bytes,
+)
 from .training import ImageClassificationTrainer, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -64,6 +73,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "dataloader_pin_memory": torch.cuda.is_available(),
     # Every parameter of our models takes part in each step; DDP's search for unused ones costs a graph walk a step.
     "ddp_find_unused_parameters": False,
+    # The Trainer's NaN/inf filter reads the loss on the host every step: on an accelerator, a wait per step.
+    "logging_nan_inf_filter": False,
     "seed": 42,
 }
 
@@ -139,6 +150,15 @@ class DataArguments:
         default=None, metadata={"help": "randaugment, trivialaugment or autoaugment (torchvision)."}
     )
     random_erasing: float = field(default=0.0, metadata={"help": "Probability of random erasing."})
+    input_pipeline: str = field(
+        default="auto",
+        metadata={
+            "help": "tensors: decode each split once into memory (cached on disk) and augment whole batches on the "
+            "training device; workers: decode and augment each image in dataloader workers; auto: tensors when the "
+            "images share one size, fit in 2 GiB and no per-image augmentation (--auto_augment, --color_jitter, "
+            "--random_erasing) is asked for."
+        },
+    )
     mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp alpha (0 disables)."})
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (0 disables)."})
 
@@ -190,6 +210,10 @@ def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any],
 def setup_logging(training_args: TrainingArguments) -> None:
     """Info on the main process, warnings only on the others (TrainingArguments' log_level / log_level_replica)."""
     level = training_args.get_process_log_level()
+    if training_args.log_level == "passive" and training_args.should_log:
+        # transformers' example scripts do the same: "passive" would keep the library's default, warnings only, and
+        # hide what the run decided (input pipeline, resumption, model and data).
+        level = logging.INFO
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     for name in ("hf_vision_distill", "__main__"):
         logging.getLogger(name).setLevel(level)
@@ -321,6 +345,151 @@ def build_collators(
         label_smoothing=label_smoothing,
     )
     return train_collator, ImageClassificationCollator(), training_args
+
+
+INPUT_PIPELINE_CHOICES = ("auto", "tensors", "workers")
+
+
+@dataclass
+class RecipeInputs:
+    """What a recipe trains and evaluates on: the datasets, their collators, the training arguments that go with them
+    (the tensor pipeline needs no dataloader workers) and which input pipeline was chosen."""
+
+    train_dataset: torch.utils.data.Dataset
+    eval_datasets: dict[str, torch.utils.data.Dataset]
+    train_collator: Callable
+    eval_collator: Callable
+    training_args: TrainingArguments
+    pipeline: str
+
+
+def choose_input_pipeline(
+    data: ImageClassificationData, data_args: DataArguments, memory_budget: int = DEFAULT_MEMORY_BUDGET_BYTES
+) -> str:
+    """`"tensors"` or `"workers"` for `--input_pipeline` (see `DataArguments.input_pipeline`), decided before any
+    image is decoded but the first of each split; a forced choice that cannot work fails here, naming the fix."""
+    requested = data_args.input_pipeline
+    if requested not in INPUT_PIPELINE_CHOICES:
+        raise ValueError(
+            f"--input_pipeline {requested!r} is not supported; pass one of {list(INPUT_PIPELINE_CHOICES)}."
+        )
+    if requested == "workers":
+        return "workers"
+    per_image = {"--auto_augment": data_args.auto_augment is not None, "--color_jitter": data_args.color_jitter > 0,
+                 "--random_erasing": data_args.random_erasing > 0}  # fmt: skip
+    per_image = [flag for flag, on in per_image.items() if on]
+    if per_image:
+        if requested == "tensors":
+            raise ValueError(
+                f"--input_pipeline tensors cannot apply {per_image}: they transform one PIL image at a time in the "
+                "dataloader workers. Pass --input_pipeline workers (or auto), or leave them out."
+            )
+        logger.info("Input pipeline: workers (%s run per image in dataloader workers).", ", ".join(per_image))
+        return "workers"
+    try:
+        size = sum(estimated_bytes(split) for split in data.dataset.values())
+    except Exception as err:  # an undecodable first image: the worker pipeline reports it with its row
+        if requested == "tensors":
+            raise
+        logger.info("Input pipeline: workers (the first image of a split did not decode: %r).", err)
+        return "workers"
+    if size > memory_budget:
+        message = (f"the decoded splits would take {size / 2**30:.1f} GiB, over the tensor pipeline's budget of "
+                   f"{memory_budget / 2**30:.1f} GiB")  # fmt: skip
+        if requested == "tensors":
+            raise ValueError(f"--input_pipeline tensors: {message}. Pass --input_pipeline workers (or auto).")
+        logger.info("Input pipeline: workers (%s).", message)
+        return "workers"
+    return "tensors"
+
+
+def build_inputs(
+    data: ImageClassificationData,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    image_size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    interpolation: str = "bilinear",
+    row_outputs: dict[str, dict] | None = None,
+) -> RecipeInputs:
+    """The datasets and collators for a model's input (`image_size`, `mean`, `std`, `interpolation`, from
+    `LoadedClassifier`), on the input pipeline `choose_input_pipeline` picks.
+
+    Tensor pipeline: every split decoded once (by the main process first; the others read its cache file), batches
+    augmented on `training_args.device`, no dataloader workers. Worker pipeline: `build_datasets` and
+    `build_collators`. `row_outputs` maps a split to per-row arrays (cached teacher logits) its batches carry.
+    """
+    pipeline = choose_input_pipeline(data, data_args)
+    if pipeline == "tensors":
+        decoded, error = {}, None
+        with training_args.main_process_first(desc="decoding images"):
+            try:
+                decoded = {split: decode_images(data.dataset[split], on_bad_image=data_args.on_bad_image,
+                                                source_split=data.source_splits[split])
+                           for split in data.dataset}  # fmt: skip
+            except MixedImageSizesError as err:  # raised on every process alike, after the barrier
+                error = err
+        if error is not None:
+            if data_args.input_pipeline == "tensors":
+                raise error
+            logger.info("Input pipeline: workers (%s)", str(error).split(", so ")[0])
+            pipeline = "workers"
+    if pipeline == "workers":
+        train_dataset, eval_datasets = build_datasets(
+            data, data_args, image_size, mean, std, row_outputs=row_outputs, interpolation=interpolation
+        )
+        train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
+        return RecipeInputs(train_dataset, eval_datasets, train_collator, eval_collator, training_args, "workers")
+    return _tensor_inputs(decoded, data, data_args, training_args, image_size, mean, std, interpolation, row_outputs)
+
+
+def _tensor_inputs(
+    decoded: dict[str, DecodedImages],
+    data: ImageClassificationData,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    image_size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    interpolation: str,
+    row_outputs: dict[str, dict] | None,
+) -> RecipeInputs:
+    mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0
+    label_smoothing = training_args.label_smoothing_factor if mixing else 0.0
+    device = training_args.device
+    common = {
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+        "device": device,
+        "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+    }
+    train_collator = DeviceImageTransform(
+        image_size, train=True, crop=data_args.crop, horizontal_flip=data_args.horizontal_flip,
+        num_labels=data.num_labels, mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
+        label_smoothing=label_smoothing, **common,
+    )  # fmt: skip
+    eval_collator = DeviceImageTransform(image_size, train=False, **common)
+    # Batches are one indexing operation in the main process and come out on the device: workers would only add
+    # processes, and pinning applies to host memory. The collator takes whole batches, which the Trainer's column
+    # remover (for datasets that are not a datasets.Dataset) would take for lists of examples.
+    changes = {"remove_unused_columns": False, "dataloader_num_workers": 0, "dataloader_pin_memory": False,
+               "dataloader_persistent_workers": False, "dataloader_prefetch_factor": None}  # fmt: skip
+    if mixing:
+        changes["label_smoothing_factor"] = 0.0  # applied to the mixed soft targets by the collator
+    training_args = dataclasses.replace(training_args, **changes)
+    datasets_by_split = {split: TensorImageDataset(images, (row_outputs or {}).get(split))
+                         for split, images in decoded.items()}  # fmt: skip
+    first = next(iter(decoded.values()))
+    logger.info(
+        "Input pipeline: tensors (%s images of %dx%d decoded once, %.2f GiB; batches augmented on %s).",
+        " + ".join(f"{split} {len(images)}" for split, images in decoded.items()), *first.image_size,
+        sum(images.images.numel() for images in decoded.values()) / 2**30, device,
+    )  # fmt: skip
+    eval_datasets = {split: dataset for split, dataset in datasets_by_split.items() if split != "train"}
+    return RecipeInputs(datasets_by_split["train"], eval_datasets, train_collator, eval_collator, training_args,
+                        "tensors")  # fmt: skip
 
 
 def hyperparameters_for_card(data_args: DataArguments, training_args: TrainingArguments) -> dict[str, Any]:
@@ -457,7 +626,10 @@ __all__ = [
     "DataArguments",
     "ModelArguments",
     "RunArguments",
+    "RecipeInputs",
     "build_collators",
+    "build_inputs",
+    "choose_input_pipeline",
     "build_datasets",
     "check_hub_access",
     "checkpoint_to_resume",

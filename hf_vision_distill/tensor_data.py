@@ -1,0 +1,411 @@
+"""The tensor-resident input pipeline for small images (CIFAR, Fashion-MNIST, STL-10, the shipped sample).
+
+The worker pipeline (`data.with_image_transform`) decodes and augments every image in dataloader workers, one PIL image
+at a time, every epoch. For small images that costs more than the model: on 2 CPU cores it took most of the time, and
+on a GPU the workers cannot keep up. Here each split is decoded once into a uint8 tensor `(rows, 3, height, width)`,
+cached on disk under the split's fingerprint (the next run loads it in a moment), and kept in memory. A batch is a
+slice of that tensor; the collator ([`DeviceImageTransform`]) moves it to the training device and augments it there,
+with per-sample randomness: pad-and-crop or random-resized crop, flip, resizing to the model's size, normalisation,
+then mixup/cutmix and label smoothing as [`ImageClassificationCollator`] does them.
+
+    decoded = decode_images(data.dataset["train"])
+    train_dataset = TensorImageDataset(decoded)
+    collator = DeviceImageTransform(32, train=True, mean=..., std=..., device="cuda")
+
+RandAugment, TrivialAugment, AutoAugment, colour jitter and random erasing are PIL-era per-image transforms: they stay
+on the worker pipeline (`WORKER_ONLY_AUGMENTATIONS`), which the recipes choose when one is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .data import (
+    CROP_CHOICES,
+    INTERPOLATION_MODES,
+    PAD_CROP_MAX_IMAGE_SIZE,
+    ROW_INDEX_COLUMN,
+    ImageClassificationCollator,
+    _image_size_pair,
+    convert_image_to_rgb,
+    with_image_transform,
+)
+
+logger = logging.getLogger(__name__)
+
+# Bump when the decoded layout changes, so old cache files are not read.
+DECODED_FORMAT_VERSION = 1
+# Decoded splits of one dataset larger than this together stay on the worker pipeline (host memory, per process).
+DEFAULT_MEMORY_BUDGET_BYTES = 2 * 1024**3
+# Augmentations that only the worker pipeline applies (per image, on PIL images).
+WORKER_ONLY_AUGMENTATIONS = ("color_jitter", "auto_augment", "random_erasing")
+
+
+# The batch's dataset indices, which key its augmentation draws (see DeviceImageTransform); the collator removes them.
+SAMPLE_INDICES_KEY = "sample_indices"
+
+
+class MixedImageSizesError(ValueError):
+    """The split's images do not share one size, so they cannot be stacked into one tensor."""
+
+
+@dataclass
+class DecodedImages:
+    """A split decoded once: `images` uint8 `(rows, 3, height, width)`, `labels` int64 `(rows,)`, and `row_index`
+    int64 `(rows,)`, each row's position in its source split."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    row_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+
+def decoded_cache_path(split: datasets.Dataset, on_bad_image: str, cache_dir: str | os.PathLike | None) -> Path:
+    """Where `decode_images` keeps a split: keyed by the split's datasets fingerprint (which changes with the source
+    files and every select/cast before it) and by how undecodable images are handled."""
+    root = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "hf_vision_distill"
+    return root / "decoded" / f"{split._fingerprint}-{on_bad_image}-v{DECODED_FORMAT_VERSION}.safetensors"
+
+
+def first_image_size(split: datasets.Dataset) -> tuple[int, int]:
+    """The (height, width) of the split's first image, decoded alone: what the whole split would take if the images
+    share it."""
+    image = convert_image_to_rgb(split.cast_column("image", datasets.Image())[0]["image"])
+    return image.height, image.width
+
+
+def estimated_bytes(split: datasets.Dataset) -> int:
+    """The decoded size of a split whose images share its first image's size."""
+    if len(split) == 0:
+        return 0
+    height, width = first_image_size(split)
+    return len(split) * 3 * height * width
+
+
+def _to_uint8(image) -> torch.Tensor:
+    return v2.functional.pil_to_tensor(convert_image_to_rgb(image))
+
+
+def decode_images(
+    split: datasets.Dataset,
+    *,
+    on_bad_image: str = "error",
+    source_split: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+) -> DecodedImages:
+    """Decodes every image of a split into one uint8 tensor, or loads it from the disk cache.
+
+    Args:
+        split (`datasets.Dataset`):
+            A split of `ImageClassificationData.dataset` (columns `image`, `label`, `row_index`).
+        on_bad_image (`str`, *optional*, defaults to `"error"`):
+            As in `data.with_image_transform`: `"error"` raises naming the source row, `"skip"` drops the row.
+        source_split (`str`, *optional*):
+            The source split's name, for messages.
+        cache_dir (`str`, *optional*):
+            Folder of the decoded files; defaults to `<HF_DATASETS_CACHE>/hf_vision_distill`.
+        num_workers (`int`, *optional*):
+            Decoding processes; defaults to the CPU count (at most 8), none on a single core.
+
+    Raises:
+        `MixedImageSizesError`: the images do not all have the first image's size.
+    """
+    path = decoded_cache_path(split, on_bad_image, cache_dir)
+    if path.is_file():
+        tensors = load_file(path)
+        logger.info("Loaded %d decoded images of %s from %s", len(tensors["labels"]), source_split or "a split", path)
+        return DecodedImages(tensors["images"], tensors["labels"], tensors["row_index"])
+
+    if num_workers is None:
+        cpus = os.cpu_count() or 1
+        num_workers = 0 if cpus <= 1 else min(cpus, 8)
+    prepared = with_image_transform(split, _to_uint8, on_bad_image=on_bad_image, source_split=source_split)
+    loader = DataLoader(prepared, batch_size=256, num_workers=num_workers, collate_fn=_keep_examples)
+    images, labels, rows = [], [], []
+    expected_size = None
+    for examples in loader:
+        for example in examples:
+            size = tuple(example["pixel_values"].shape[-2:])
+            if expected_size is None:
+                expected_size = size
+            elif size != expected_size:
+                raise MixedImageSizesError(
+                    f"the images of split '{source_split or 'train'}' do not share one size (row "
+                    f"{example[ROW_INDEX_COLUMN]} is {size[0]}x{size[1]}, the first is "
+                    f"{expected_size[0]}x{expected_size[1]}), so they cannot be held as one tensor; use the worker "
+                    "pipeline (--input_pipeline workers)."
+                )
+            images.append(example["pixel_values"])
+            labels.append(example["labels"])
+            rows.append(example[ROW_INDEX_COLUMN])
+    decoded = DecodedImages(
+        images=torch.stack(images) if images else torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        row_index=torch.tensor(rows, dtype=torch.int64),
+    )
+    _save_atomically(decoded, path)
+    logger.info("Decoded %d images of %s (%dx%d) into %s", len(decoded), source_split or "a split",
+                *decoded.image_size, path)  # fmt: skip
+    return decoded
+
+
+def _keep_examples(examples: list[dict]) -> list[dict]:
+    return examples
+
+
+def _save_atomically(decoded: DecodedImages, path: Path) -> None:
+    # Written beside, then renamed: a run killed while writing leaves no truncated file to be read next time.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    save_file({"images": decoded.images.contiguous(), "labels": decoded.labels, "row_index": decoded.row_index},
+              str(partial))  # fmt: skip
+    os.replace(partial, path)
+
+
+class TensorImageDataset(Dataset):
+    """A decoded split as a map-style dataset whose batches are slices of one tensor.
+
+    `dataset[i]` is one example (`pixel_values` uint8 `(3, height, width)`, `labels`, and any per-row outputs);
+    the `DataLoader` fetches a whole batch at once through `__getitems__`, one indexing operation per batch.
+
+    Args:
+        decoded (`DecodedImages`): the split.
+        row_outputs (`dict[str, np.ndarray]`, *optional*): per-row arrays indexed by `row_index` (cached teacher
+            logits, `teacher_*`), carried with each example as in `data.make_batch_transform`.
+    """
+
+    def __init__(self, decoded: DecodedImages, row_outputs: dict[str, np.ndarray] | None = None):
+        self.decoded = decoded
+        self.row_outputs = {}
+        for name, table in (row_outputs or {}).items():
+            table = torch.as_tensor(np.asarray(table, dtype=np.float32))
+            rows = decoded.row_index
+            if len(rows) and (rows.max() >= len(table) or torch.isnan(table[rows.clamp(max=len(table) - 1)]).any()):
+                raise ValueError(
+                    f"no precomputed '{name}' for some rows of this split; compute the cache for this split (with "
+                    "cache_teacher_logits) before training from it."
+                )
+            self.row_outputs[name] = table[rows]
+
+    def __len__(self) -> int:
+        return len(self.decoded)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        example = {"pixel_values": self.decoded.images[index], "labels": self.decoded.labels[index]}
+        example.update({name: values[index] for name, values in self.row_outputs.items()})
+        return example
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        batch = {"pixel_values": self.decoded.images[index], "labels": self.decoded.labels[index],
+                 SAMPLE_INDICES_KEY: index}  # fmt: skip
+        batch.update({name: values[index] for name, values in self.row_outputs.items()})
+        return batch
+
+
+class DeviceImageTransform:
+    """The collator of the tensor pipeline: a uint8 batch in, the model's normalised float batch out, augmented on
+    `device` with every image drawing its own crop and flip.
+
+    Training: resize to `image_size` then pad-and-crop (reflect padding of 1/8 of the shorter side, as
+    `data.build_transforms` does), or a random-resized crop (scale 0.08-1, ratio 3/4-4/3, torchvision's sampling)
+    read from the stored image straight at `image_size`; horizontal flip; normalisation; then mixing and label
+    smoothing through [`ImageClassificationCollator`]. Evaluation: resize and normalise.
+
+    The draws of a batch are keyed by `seed` and the batch's dataset indices (which the shuffling sampler orders
+    afresh every epoch), not taken from the global generators: a run resumed from a checkpoint augments every batch as
+    the uninterrupted run did (the Trainer restores the global generators only after fetching the first batch), and
+    the model's own randomness (dropout) is the same on either input pipeline.
+
+    Args:
+        image_size (`int` or `tuple[int, int]`): the model's input size.
+        train (`bool`): augment (training) or only resize and normalise (evaluation).
+        mean, std (`Sequence[float]`): the model's normalisation.
+        interpolation (`str`): `"bilinear"`, `"bicubic"` or `"nearest"`, for resizing and crops.
+        crop (`str`): `"auto"`, `"pad"`, `"random_resized"` or `"none"`, as in `data.build_transforms`.
+        horizontal_flip (`bool`): random horizontal flips in training.
+        device (`str` or `torch.device`): where batches are augmented (the training device).
+        seed (`int`): the run's seed, the key of every batch's draws with the batch's indices.
+        kwargs: mixing and label smoothing, as for [`ImageClassificationCollator`] (`num_labels`, `mixup_alpha`,
+            `cutmix_alpha`, `mix_prob`, `label_smoothing`).
+    """
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int],
+        *,
+        train: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        interpolation: str = "bilinear",
+        crop: str = "auto",
+        horizontal_flip: bool = True,
+        device: str | torch.device = "cpu",
+        seed: int = 42,
+        **kwargs,
+    ):
+        self.image_size = _image_size_pair(image_size)
+        if interpolation not in INTERPOLATION_MODES:
+            raise ValueError(
+                f"interpolation='{interpolation}' is not supported; pass one of {list(INTERPOLATION_MODES)}."
+            )
+        if crop not in CROP_CHOICES:
+            raise ValueError(f"crop='{crop}' is not supported; pass one of {list(CROP_CHOICES)}.")
+        if crop == "auto":
+            crop = "pad" if max(self.image_size) <= PAD_CROP_MAX_IMAGE_SIZE else "random_resized"
+        self.train = train
+        self.crop = crop if train else "none"
+        self.horizontal_flip = horizontal_flip and train
+        self.interpolation = interpolation
+        self.device = torch.device(device)
+        self.seed = seed
+        self.generator = torch.Generator(device=self.device)
+        # Built once, on the device, as (1, 3, 1, 1) columns; scaled so that uint8 values normalise in one step.
+        self.scale = (1 / (255 * torch.tensor(std, dtype=torch.float32))).to(self.device)[None, :, None, None]
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).to(
+            self.device
+        )[None, :, None, None]
+        self.labels_collator = ImageClassificationCollator(**kwargs)
+
+    def __call__(self, batch: dict[str, torch.Tensor] | list[dict]) -> dict[str, torch.Tensor]:
+        if isinstance(batch, list):  # examples fetched one by one (dataset[i]) rather than by __getitems__
+            batch = {name: torch.stack([torch.as_tensor(example[name]) for example in batch]) for name in batch[0]}
+        indices = batch.pop(SAMPLE_INDICES_KEY, None)
+        batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
+        if indices is None:  # no key: the global generators draw
+            generator = None
+            batch_seed = None
+        else:
+            batch_seed = zlib.crc32(indices.numpy().astype(np.int64).tobytes(), self.seed & 0xFFFFFFFF)
+            generator = self.generator.manual_seed(batch_seed)
+        images = batch.pop("pixel_values")
+        if images.dtype != torch.uint8:
+            raise ValueError(
+                f"DeviceImageTransform takes uint8 images (a TensorImageDataset's), got {images.dtype}; use "
+                "ImageClassificationCollator for batches of transformed images."
+            )
+        images = images.float()
+        if self.crop == "random_resized":
+            images = self._random_resized_crop(images, generator)
+        else:
+            images = self._resize(images)
+            if self.crop == "pad":
+                images = self._pad_and_crop(images, generator)
+            if self.horizontal_flip:
+                flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        batch["pixel_values"] = images * self.scale - self.shift
+        if batch_seed is None or self.labels_collator.mix is None:
+            return self.labels_collator.finish(batch)
+        # torchvision's MixUp/CutMix draw from the global CPU generator: keyed the same way, then put back.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(batch_seed)
+            return self.labels_collator.finish(batch)
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) == self.image_size:
+            return images
+        downsampling = images.shape[-2] > self.image_size[0] or images.shape[-1] > self.image_size[1]
+        mode = self.interpolation
+        resized = F.interpolate(images, size=self.image_size, mode=mode,
+                                align_corners=None if mode == "nearest" else False,
+                                antialias=downsampling and mode != "nearest")  # fmt: skip
+        return resized.clamp_(0, 255) if mode == "bicubic" else resized
+
+    def _pad_and_crop(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        batch_size, _, height, width = images.shape
+        padding = max(min(height, width) // 8, 1)
+        padded = F.pad(images, (padding, padding, padding, padding), mode="reflect")
+        # Every image its own offset in [0, 2 * padding], as RandomCrop draws it; one gather for the whole batch.
+        top = torch.randint(0, 2 * padding + 1, (batch_size, 1), device=images.device, generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (batch_size, 1), device=images.device, generator=generator)
+        rows = (top + torch.arange(height, device=images.device))[:, :, None]
+        columns = (left + torch.arange(width, device=images.device))[:, None, :]
+        samples = torch.arange(batch_size, device=images.device)[:, None, None]
+        # Advanced indices around a slice put their dimensions first: (batch, height, width, channels).
+        return padded[samples, :, rows, columns].permute(0, 3, 1, 2)
+
+    def _random_resized_crop(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """torchvision's RandomResizedCrop box sampling (10 tries, else the centre crop of the clamped ratio), drawn
+        per image, each box resampled to `image_size` by one `grid_sample` (with the flip folded into the grid)."""
+        batch_size, _, height, width = images.shape
+        device = images.device
+        tries = 10
+        area = height * width
+        target_area = area * torch.empty(batch_size, tries, device=device).uniform_(0.08, 1.0, generator=generator)
+        log_ratio = torch.empty(batch_size, tries, device=device).uniform_(
+            math.log(3 / 4), math.log(4 / 3), generator=generator
+        )
+        ratio = torch.exp(log_ratio)
+        crop_width = torch.sqrt(target_area * ratio).round()
+        crop_height = torch.sqrt(target_area / ratio).round()
+        fits = (crop_width > 0) & (crop_width <= width) & (crop_height > 0) & (crop_height <= height)
+        first = fits.float().argmax(dim=1, keepdim=True)
+        found = fits.any(dim=1)
+        crop_width = crop_width.gather(1, first)[:, 0]
+        crop_height = crop_height.gather(1, first)[:, 0]
+        # The fallback: the whole image, cropped to the nearest allowed ratio, centred.
+        image_ratio = width / height
+        if image_ratio < 3 / 4:
+            fallback = (float(width), round(width / (3 / 4)))
+        elif image_ratio > 4 / 3:
+            fallback = (round(height * (4 / 3)), float(height))
+        else:
+            fallback = (float(width), float(height))
+        crop_width = torch.where(found, crop_width, torch.tensor(float(fallback[0]), device=device))
+        crop_height = torch.where(found, crop_height, torch.tensor(float(fallback[1]), device=device))
+        top = torch.floor(torch.rand(batch_size, device=device, generator=generator) * (height - crop_height + 1))
+        left = torch.floor(torch.rand(batch_size, device=device, generator=generator) * (width - crop_width + 1))
+        top = torch.where(found, top, ((height - crop_height) / 2).round())
+        left = torch.where(found, left, ((width - crop_width) / 2).round())
+        # The affine map from output coordinates in [-1, 1] to the box, in grid_sample's align_corners=False frame.
+        scale_x = crop_width / width
+        scale_y = crop_height / height
+        centre_x = (left + crop_width / 2) / width * 2 - 1
+        centre_y = (top + crop_height / 2) / height * 2 - 1
+        if self.horizontal_flip:
+            flip = torch.rand(batch_size, device=device, generator=generator) < 0.5
+            scale_x = torch.where(flip, -scale_x, scale_x)
+        theta = torch.zeros(batch_size, 2, 3, device=device)
+        theta[:, 0, 0] = scale_x
+        theta[:, 0, 2] = centre_x
+        theta[:, 1, 1] = scale_y
+        theta[:, 1, 2] = centre_y
+        grid = F.affine_grid(theta, [batch_size, 3, *self.image_size], align_corners=False)
+        cropped = F.grid_sample(images, grid, mode=self.interpolation, padding_mode="border", align_corners=False)
+        return cropped.clamp_(0, 255) if self.interpolation == "bicubic" else cropped
+
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET_BYTES",
+    "WORKER_ONLY_AUGMENTATIONS",
+    "DecodedImages",
+    "DeviceImageTransform",
+    "MixedImageSizesError",
+    "TensorImageDataset",
+    "decode_images",
+    "decoded_cache_path",
+    "estimated_bytes",
+    "first_image_size",
+]

@@ -1,0 +1,209 @@
+"""The tensor-resident input pipeline: decoding once, the disk cache, per-sample augmentation on the batch, the
+pipeline choice, and the recipes on it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_example
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import TrainingArguments
+
+from hf_vision_distill import tensor_data
+from hf_vision_distill.data import (
+    ImageClassificationCollator,
+    build_transforms,
+    load_image_classification_dataset,
+    with_image_transform,
+)
+from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.recipes import DataArguments, build_inputs, choose_input_pipeline, evaluation_trainer
+from hf_vision_distill.tensor_data import (
+    DeviceImageTransform,
+    MixedImageSizesError,
+    TensorImageDataset,
+    decode_images,
+    decoded_cache_path,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = str(REPO / "data" / "cifar10-sample")
+MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_image_classification_dataset(SAMPLE, max_train_samples=96, max_eval_samples=64)
+
+
+def test_decoded_split_equals_the_worker_pipeline_and_is_cached(sample, tmp_path, monkeypatch):
+    split = sample.dataset["validation"]
+    decoded = decode_images(split, cache_dir=tmp_path, num_workers=0)
+    assert decoded.images.shape == (64, 3, 32, 32) and decoded.images.dtype == torch.uint8
+    assert decoded.row_index.tolist() == split["row_index"]
+    assert decoded.labels.tolist() == split["label"]
+
+    # Evaluation batches: exactly what the per-image transform and the collator give.
+    reference = with_image_transform(split, build_transforms(32, train=False, mean=MEAN, std=STD))
+    expected = ImageClassificationCollator()([reference[index] for index in range(8)])
+    batch = DeviceImageTransform(32, train=False, mean=MEAN, std=STD)(
+        TensorImageDataset(decoded).__getitems__(range(8))
+    )
+    torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"], rtol=0, atol=1e-6)
+    assert torch.equal(batch["labels"], expected["labels"])
+
+    # The second call reads the file and decodes nothing.
+    assert decoded_cache_path(split, "error", tmp_path).is_file()
+    monkeypatch.setattr(tensor_data, "with_image_transform", lambda *args, **kwargs: pytest.fail("decoded again"))
+    again = decode_images(split, cache_dir=tmp_path)
+    assert torch.equal(again.images, decoded.images) and torch.equal(again.row_index, decoded.row_index)
+
+
+def test_grayscale_becomes_rgb_and_resizes_like_the_worker_pipeline(tmp_path):
+    images = [Image.fromarray(np.random.default_rng(index).integers(0, 256, (28, 28), dtype=np.uint8), "L")
+              for index in range(4)]  # fmt: skip
+    split = datasets.Dataset.from_dict(
+        {"image": images, "label": [0, 1, 0, 1], "row_index": [0, 1, 2, 3]},
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "label": datasets.ClassLabel(names=["a", "b"]),
+                "row_index": datasets.Value("int64"),
+            }
+        ),  # fmt: skip
+    )
+    decoded = decode_images(split, cache_dir=tmp_path, num_workers=0)
+    assert decoded.images.shape == (4, 3, 28, 28)
+    assert torch.equal(decoded.images[:, 0], decoded.images[:, 1])
+    batch = DeviceImageTransform(32, train=False, mean=MEAN, std=STD)(
+        TensorImageDataset(decoded).__getitems__(range(4))
+    )
+    reference = with_image_transform(split, build_transforms(32, train=False, mean=MEAN, std=STD))
+    expected = torch.stack([reference[index]["pixel_values"] for index in range(4)])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    # PIL's and torch's bilinear upsampling round differently: within a few grey levels (1/255 is 0.016 here).
+    assert (batch["pixel_values"] - expected).abs().max() < 0.1
+
+
+def test_images_of_different_sizes_are_refused(tmp_path):
+    images = [Image.new("RGB", (32, 32)), Image.new("RGB", (40, 32))]
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 1], "row_index": [0, 1]})
+    split = split.cast_column("image", datasets.Image())
+    with pytest.raises(MixedImageSizesError, match=r"row 1 is 32x40.*--input_pipeline workers"):
+        decode_images(split, cache_dir=tmp_path, num_workers=0)
+
+
+def test_pad_and_crop_draws_a_crop_and_a_flip_for_every_image():
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    batch = {"pixel_values": image.expand(64, -1, -1, -1).clone(), "labels": torch.zeros(64, dtype=torch.long)}
+    transform = DeviceImageTransform(32, train=True, mean=(0, 0, 0), std=(1, 1, 1), crop="pad")
+    out = transform(batch)["pixel_values"] * 255
+    padded = F.pad(image.float(), (4, 4, 4, 4), mode="reflect")[0]
+    # Every output is one of the 9 x 9 crops of the reflect-padded image, flipped or not (as RandomCrop + flip).
+    candidates = {}
+    for top in range(9):
+        for left in range(9):
+            crop = padded[:, top : top + 32, left : left + 32]
+            candidates[(top, left, False)] = crop
+            candidates[(top, left, True)] = crop.flip(-1)
+    drawn = []
+    for output in out:
+        matches = [key for key, crop in candidates.items() if torch.allclose(output, crop, atol=1e-3)]
+        assert matches, "an output is not a crop of the padded image"
+        drawn.append(matches[0])
+    assert len({key[:2] for key in drawn}) > 20  # offsets differ per image
+    assert 10 < sum(key[2] for key in drawn) < 54  # about half flipped
+
+
+def test_random_resized_crop_reads_a_box_of_each_image_at_the_model_size():
+    torch.manual_seed(0)
+    # Pixel value = column index: a crop resampled without flip increases along each row, a flipped one decreases.
+    columns = torch.arange(64, dtype=torch.uint8).expand(3, 48, 64)
+    batch = {"pixel_values": columns.expand(128, -1, -1, -1).clone(), "labels": torch.zeros(128, dtype=torch.long)}
+    transform = DeviceImageTransform((40, 40), train=True, mean=(0, 0, 0), std=(1, 1, 1), crop="random_resized")
+    out = transform(batch)["pixel_values"] * 255
+    assert out.shape == (128, 3, 40, 40)
+    steps = out[:, 0, 20, 1:] - out[:, 0, 20, :-1]
+    increasing, decreasing = (steps >= -1e-3).all(1), (steps <= 1e-3).all(1)
+    assert bool((increasing | decreasing).all())
+    assert 20 < int(increasing.sum()) < 108
+    widths = out[:, 0, 20, :].amax(1) - out[:, 0, 20, :].amin(1)
+    assert widths.std() > 3  # the boxes differ per image
+    assert out.min() >= -1e-3 and out.max() <= 63 + 1e-3
+
+
+def test_teacher_outputs_travel_by_row(sample, tmp_path):
+    decoded = decode_images(sample.dataset["train"], cache_dir=tmp_path, num_workers=0)
+    table = np.full((5000, 10), np.nan, dtype=np.float32)
+    table[decoded.row_index.numpy()] = decoded.row_index.numpy()[:, None]
+    batch = TensorImageDataset(decoded, {"teacher_logits": table}).__getitems__([3, 1])
+    assert batch["teacher_logits"][:, 0].tolist() == decoded.row_index[[3, 1]].float().tolist()
+    table[decoded.row_index[0]] = np.nan
+    with pytest.raises(ValueError, match="cache_teacher_logits"):
+        TensorImageDataset(decoded, {"teacher_logits": table})
+
+
+def test_the_choice_of_pipeline(sample):
+    assert choose_input_pipeline(sample, DataArguments()) == "tensors"
+    assert choose_input_pipeline(sample, DataArguments(input_pipeline="workers")) == "workers"
+    assert choose_input_pipeline(sample, DataArguments(auto_augment="trivialaugment")) == "workers"
+    with pytest.raises(ValueError, match="--input_pipeline workers"):
+        choose_input_pipeline(sample, DataArguments(input_pipeline="tensors", auto_augment="randaugment"))
+    assert choose_input_pipeline(sample, DataArguments(), memory_budget=1000) == "workers"
+    with pytest.raises(ValueError, match="over the tensor pipeline's budget"):
+        choose_input_pipeline(sample, DataArguments(input_pipeline="tensors"), memory_budget=1000)
+    with pytest.raises(ValueError, match="--input_pipeline 'gpu' is not supported"):
+        choose_input_pipeline(sample, DataArguments(input_pipeline="gpu"))
+
+
+def tiny_arguments(output_dir, *extra: str) -> list[str]:
+    return [
+        "--output_dir", str(output_dir), "--model_name_or_path", "compact-cnn", "--config_overrides",
+        json.dumps({"hidden_sizes": [8, 16, 16]}), "--max_train_samples", "64", "--max_eval_samples", "32",
+        "--per_device_train_batch_size", "16", "--report_to", "none", "--logging_steps", "1",
+        "--eval_strategy", "no", "--load_best_model_at_end", "false", "--save_strategy", "steps", "--save_steps", "2",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_an_interrupted_run_on_tensors_resumes_to_the_same_weights(tmp_path, caplog):
+    recipe = load_example("train")
+    caplog.set_level("INFO")
+    run = tmp_path / "run"
+    arguments = tiny_arguments(run, "--max_steps", "4", "--input_pipeline", "tensors", "--save_total_limit", "3")
+    recipe.main(arguments)
+    assert "Input pipeline: tensors" in caplog.text
+    finished = load_file(run / "model.safetensors")
+    # As if killed after the step-2 checkpoint: the rerun resumes there, and the augmentation draws what it drew.
+    shutil.rmtree(run / "checkpoint-4")
+    (run / "model.safetensors").unlink()
+    recipe.main(arguments)
+    assert "Resuming from" in caplog.text
+    resumed = load_file(run / "model.safetensors")
+    assert finished.keys() == resumed.keys()
+    for name in finished:
+        assert torch.equal(finished[name], resumed[name]), name
+
+
+def test_both_pipelines_evaluate_a_model_alike(sample, tmp_path):
+    torch.manual_seed(0)
+    loaded = load_image_classifier("compact-cnn", id2label=sample.id2label,
+                                   config_overrides={"hidden_sizes": [8, 16, 16]})  # fmt: skip
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=32, report_to=[],
+                             remove_unused_columns=False, dataloader_num_workers=0)  # fmt: skip
+    metrics = {}
+    for pipeline in ("tensors", "workers"):
+        inputs = build_inputs(sample, DataArguments(input_pipeline=pipeline), args, loaded.image_size,
+                              loaded.image_mean, loaded.image_std)  # fmt: skip
+        assert inputs.pipeline == pipeline
+        evaluator = evaluation_trainer(loaded.model, inputs.training_args, tmp_path / pipeline, inputs.eval_collator)
+        metrics[pipeline] = evaluator.evaluate(inputs.eval_datasets["test"], metric_key_prefix="test")
+    assert metrics["tensors"]["test_accuracy"] == metrics["workers"]["test_accuracy"]
+    assert metrics["tensors"]["test_loss"] == pytest.approx(metrics["workers"]["test_loss"], rel=1e-5)
