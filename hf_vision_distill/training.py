@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .data import TEACHER_COLUMN_PREFIX
 
@@ -60,24 +61,61 @@ class ImageClassificationTrainer(Trainer):
             for module in self.modules_kept_in_eval():
                 module.eval()
 
-    def place_frozen_model(self, model: nn.Module) -> nn.Module:
-        """Readies a model that only runs forward beside the trained one (a teacher): eval mode, no gradients, the
-        mixed-precision dtype, the device. Not `accelerator.prepare_model`: a prepared second model counts as the
-        prepared model, and the Trainer then evaluates its own model before training without preparing it (no
-        autocast)."""
+    def place_frozen_model(self, model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+        """Readies a model that only runs forward beside the trained one (a teacher): eval mode, no gradients, weights
+        in `dtype`, the device. Mixed precision is autocast's job in `run_frozen_model`: weights cast wholesale to
+        fp16 would run residual adds, norms and BatchNorm in pure fp16, which overflows in large pretrained models.
+        Not `accelerator.prepare_model`: a prepared second model counts as the prepared model, and the Trainer then
+        evaluates its own model before training without preparing it (no autocast)."""
+        if dtype == torch.float16:
+            raise ValueError(
+                "a frozen model in float16 runs its norms and residual adds in pure fp16 and overflows; keep it in "
+                "float32 (the run's --fp16 autocast still applies) or use torch.bfloat16."
+            )
         model.eval().requires_grad_(False)
-        if self.args.bf16 or self.args.fp16:
-            model.to(torch.bfloat16 if self.args.bf16 else torch.float16)
-        return model.to(self.args.device)
+        return model.to(device=self.args.device, dtype=dtype)
 
     @torch.no_grad()
-    def run_frozen_model(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs):
+    def run_frozen_model(
+        self, model: nn.Module, pixel_values: torch.Tensor, select: Callable[[Any], Any] | None = None, **kwargs
+    ) -> Any:
         """`model(pixel_values=..., **kwargs)` for a model readied by `place_frozen_model`: inputs cast to its device
-        and dtype, run under the Accelerator's autocast, outputs in float32 (as a prepared model's would be)."""
+        and dtype, run under the Accelerator's autocast.
+
+        Args:
+            select (`Callable`, *optional*):
+                Picks what the caller uses from the outputs (tensors, or tuples/lists/dicts of them); defaults to the
+                logits. Only that is converted to float32 and returned: the model's other outputs (every layer's
+                hidden states and attention maps) are dropped as the call returns, never converted.
+        """
         parameter = next(model.parameters())
         with self.accelerator.autocast():
             outputs = model(pixel_values=pixel_values.to(device=parameter.device, dtype=parameter.dtype), **kwargs)
-        return convert_to_fp32(outputs)
+        return convert_to_fp32(select(outputs) if select is not None else outputs.logits)
+
+    @torch.no_grad()
+    def evaluate_frozen_model(
+        self, model: nn.Module, eval_dataset: Dataset, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Evaluates a model readied by `place_frozen_model` (a teacher) exactly as this trainer runs it
+        (`run_frozen_model`: its dtype, device and autocast), never through the Trainer's own model preparation,
+        which would cast it for full fp16/bf16 evaluation and wrap its forward for good.
+
+        Batches come from `get_eval_dataloader` (the evaluation collator, sharded across processes) and the logits
+        are gathered from all processes. Returns the loss and `compute_metrics`' values, prefixed like `evaluate`'s.
+        """
+        logits, labels = [], []
+        for batch in self.get_eval_dataloader(eval_dataset):
+            batch_logits = self.run_frozen_model(model, batch["pixel_values"])
+            batch_labels = batch["labels"].to(batch_logits.device)
+            batch_logits, batch_labels = self.accelerator.gather_for_metrics((batch_logits, batch_labels))
+            logits.append(batch_logits)
+            labels.append(batch_labels)
+        logits, labels = torch.cat(logits).float().cpu(), torch.cat(labels).cpu()
+        metrics = {"loss": classification_loss(logits, labels).item()}
+        if self.compute_metrics is not None:
+            metrics.update(self.compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=labels.numpy())))
+        return {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
 
     def create_model_card(self, *args, **kwargs) -> None:
         # The recipes render a fuller card into output_dir/README.md (hf_vision_distill.hub) before pushing; the

@@ -10,6 +10,7 @@ in the exported student: see `DistillationTrainer.save_model`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -54,12 +55,44 @@ def as_feature_map(hidden_state: torch.Tensor, num_prefix_tokens: int) -> torch.
 
 
 def resize_feature_map(feature_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Average-pools down or bilinearly resamples up to `size` (height, width)."""
-    if tuple(feature_map.shape[-2:]) == tuple(size):
+    """Average-pools down (adaptive bins) or bilinearly resamples up to `size` (height, width), as
+    `F.adaptive_avg_pool2d` and `F.interpolate(..., "bilinear", align_corners=False)` do, with deterministic kernels.
+
+    The adapters train through this resize, and the backward passes of `adaptive_avg_pool2d` and bilinear
+    `interpolate` on CUDA use atomic adds, which `--full_determinism` refuses. An integer pooling kernel
+    (`avg_pool2d`) or a product with fixed interpolation matrices gives the same values with deterministic backwards.
+    """
+    height, width = feature_map.shape[-2:]
+    if (height, width) == tuple(size):
         return feature_map
-    if feature_map.shape[-2] >= size[0] and feature_map.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(feature_map, size)
-    return F.interpolate(feature_map, size=size, mode="bilinear", align_corners=False)
+    if height >= size[0] and width >= size[1]:
+        if height % size[0] == 0 and width % size[1] == 0:
+            return F.avg_pool2d(feature_map, kernel_size=(height // size[0], width // size[1]))
+        mode = "area"
+    else:
+        mode = "bilinear"
+    rows = _resize_matrix(height, size[0], mode, feature_map.device, feature_map.dtype)
+    columns = _resize_matrix(width, size[1], mode, feature_map.device, feature_map.dtype)
+    return rows @ feature_map @ columns.T
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_matrix(source: int, target: int, mode: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`(target, source)` weights of a 1-D resize: adaptive-average bins ("area") or PyTorch's bilinear sampling with
+    `align_corners=False` ("bilinear"). Built once per size, device and dtype, not at every step."""
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+        matrix = torch.zeros(target, source, dtype=torch.float64)
+        for index in range(target):
+            if mode == "area":
+                start, end = (index * source) // target, -(-(index + 1) * source // target)
+                matrix[index, start:end] = 1.0 / (end - start)
+            else:
+                position = max((index + 0.5) * source / target - 0.5, 0.0)
+                low = min(int(position), source - 1)
+                high = min(low + 1, source - 1)
+                matrix[index, low] += 1.0 - (position - low)
+                matrix[index, high] += position - low
+        return matrix.to(device=device, dtype=dtype)
 
 
 class FeatureAdapter(nn.Module):

@@ -42,6 +42,14 @@ class DistillationConfig(TrainingArguments):
             "AutoModelForImageClassification loads (ours, transformers', timm/...). Its labels must be the student's."
         },
     )
+    teacher_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "The live teacher's weights: 'float32' (mixed precision runs it under the run's autocast, with "
+            "norms, residual adds and BatchNorm in float32) or 'bfloat16' (half the teacher's memory, everything in "
+            "bf16). A checkpoint stored in bf16 still loads as float32 unless this says otherwise."
+        },
+    )
     temperature: float = field(
         default=4.0, metadata={"help": "Softmax temperature T of the soft (KL) distillation loss."}
     )
@@ -138,6 +146,12 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"layer_weighting={self.layer_weighting!r}; use 'entropy' or 'uniform'.")
         if self.student_attention not in ("learned", "energy"):
             raise ValueError(f"student_attention={self.student_attention!r}; use 'learned' or 'energy'.")
+        if self.teacher_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"teacher_dtype={self.teacher_dtype!r}; use 'float32' (with --fp16 or --bf16 it runs under autocast) "
+                "or 'bfloat16'. float16 weights run norms and residual adds in pure fp16, which overflows in large "
+                "teachers."
+            )
         if self.layer_weighting_temperature <= 0:
             raise ValueError(f"layer_weighting_temperature={self.layer_weighting_temperature} must be positive.")
         self.feature_layer_pairs = [self._parse_pair(pair) for pair in self.feature_layers]

@@ -7,7 +7,7 @@ import inspect
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from .adapters import (
     FeatureAdapter,
     as_feature_map,
     count_prefix_tokens,
+    resize_feature_map,
 )
 from .distillation_config import LOSS_WEIGHT_NAMES, DistillationConfig
 from .teacher_cache import TEACHER_LOGITS_COLUMN
@@ -61,18 +62,42 @@ class TeacherView:
     teacher_mean: tuple[float, ...]
     teacher_std: tuple[float, ...]
     interpolation: str = "bilinear"
+    # (student std, student mean, teacher mean, teacher std) as (1, C, 1, 1) columns, per (device, dtype).
+    _columns: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        def as_column(values: tuple[float, ...]) -> torch.Tensor:
-            return torch.tensor(values, device=pixel_values.device, dtype=pixel_values.dtype)[None, :, None, None]
-
-        images = pixel_values * as_column(self.student_std) + as_column(self.student_mean)
+        student_std, student_mean, teacher_mean, teacher_std = self._statistics(
+            pixel_values.device, pixel_values.dtype
+        )
+        images = pixel_values * student_std + student_mean
         if tuple(images.shape[-2:]) != tuple(self.teacher_size):
             downsampling = images.shape[-1] > self.teacher_size[1] or images.shape[-2] > self.teacher_size[0]
             images = F.interpolate(
                 images, size=self.teacher_size, mode=self.interpolation, align_corners=False, antialias=downsampling
             )
-        return (images - as_column(self.teacher_mean)) / as_column(self.teacher_std)
+        return (images - teacher_mean) / teacher_std
+
+    def _statistics(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        # Built once per device: a host-to-device copy at every step would make each step wait on the host.
+        key = (device, dtype)
+        if key not in self._columns:
+            self._columns[key] = tuple(
+                torch.tensor(values, device=device, dtype=dtype)[None, :, None, None]
+                for values in (self.student_std, self.student_mean, self.teacher_mean, self.teacher_std)
+            )
+        return self._columns[key]
+
+
+@dataclass
+class TeacherOutputs:
+    """What the losses use from one teacher forward, in float32; the rest of its outputs (other layers' hidden
+    states, whole attention maps) is dropped as the forward returns, never converted or kept."""
+
+    logits: torch.Tensor
+    # The feature-distillation layers' hidden states, by their index in `feature_layer_pairs`' teacher column.
+    hidden_states: dict[int, torch.Tensor]
+    # The [CLS] attention maps `(batch, rows, columns)` of the supervised layers, in `_attention_layers` order.
+    attention_maps: list[torch.Tensor]
 
 
 def check_label_spaces(student_config: PreTrainedConfig, teacher_config: PreTrainedConfig) -> None:
@@ -105,14 +130,18 @@ def check_label_spaces(student_config: PreTrainedConfig, teacher_config: PreTrai
 class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     """A `Trainer` that distills a frozen teacher into the student (`model`).
 
-    The teacher is put in eval mode with gradients off, cast to the mixed-precision dtype, placed on the device (no
-    DDP wrapper) and run under `torch.no_grad()` and autocast (`place_frozen_model`, `run_frozen_model`). It is an
-    attribute of the trainer, not of the model, so it is never saved into the student's checkpoints.
+    The teacher is put in eval mode with gradients off, kept in float32 (or `teacher_dtype`), placed on the device
+    (no DDP wrapper) and run under `torch.no_grad()` and the run's autocast (`place_frozen_model`,
+    `run_frozen_model`); only what the losses use leaves its forward, in float32. Its logits are checked for inf/NaN
+    at each log (a fp16 overflow would otherwise make the GradScaler skip every step in silence). It is an attribute
+    of the trainer, not of the model, so it is never saved into the student's checkpoints.
 
     Feature distillation and a CNN student's learned attention projection need adapters. They are built from one
     probe batch before training, attached to the student as `distillation_adapters` so the optimizer, DDP and the
     checkpoints (hence resumption and `load_best_model_at_end`) handle them with the student, and removed from what
-    `save_model()` exports.
+    `save_model()` exports. They run outside the student's forward, so FSDP (which shards them with the student) is
+    refused; under DDP without `ddp_find_unused_parameters`, a student parameter that gets no gradient in the first
+    step stops the run with its name.
 
     Args:
         model (`PreTrainedModel`):
@@ -160,6 +189,10 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 if getattr(teacher_model, "_can_set_attn_implementation", lambda: False)():
                     teacher_model.set_attn_implementation("eager")
         self.teacher_view = teacher_view
+        self._teacher_name = _model_name(teacher_model) if teacher_model is not None else None
+        # Non-finite teacher logits counted on the device since the last log (no host sync per step).
+        self._teacher_nonfinite_logits: torch.Tensor | None = None
+        self._gradients_checked = False
         # Set by _build_adapters when attention distillation is on.
         self._attention_layers: list[int] = []
         self._attention_grid: tuple[int, int] | None = None
@@ -172,10 +205,19 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             probe = _probe_batch(model, kwargs.get("train_dataset"))
             adapters = self._build_adapters(model, teacher_model, args, probe)
             if len(adapters):
+                if args.fsdp and _has_parameters(adapters):
+                    raise ValueError(_FSDP_MESSAGE)
                 model.add_module(ADAPTERS_ATTRIBUTE, adapters)
 
         super().__init__(model=model, args=args, **kwargs)
-        self.teacher_model = self.place_frozen_model(teacher_model) if teacher_model is not None else None
+        # FSDP can also come from `accelerate launch`'s config rather than the arguments.
+        if self.is_fsdp_enabled and _has_parameters(getattr(model, ADAPTERS_ATTRIBUTE, None)):
+            raise ValueError(_FSDP_MESSAGE)
+        self.teacher_model = (
+            self.place_frozen_model(teacher_model, dtype=getattr(torch, args.teacher_dtype))
+            if teacher_model is not None
+            else None
+        )
         self._reset_logged_terms()
 
     # ---- set-up ----
@@ -186,8 +228,11 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         """Runs one probe batch through both models to size the adapters and check the configured layers."""
         student.eval()
         with torch.no_grad():
-            student_outputs = student(pixel_values=probe, output_hidden_states=True)
-            teacher_inputs = self.teacher_view(probe) if self.teacher_view is not None else probe
+            # Each model gets the probe on its own device and in its own dtype: a teacher already placed on an
+            # accelerator (e.g. by an evaluation Trainer) must not receive CPU tensors.
+            student_outputs = student(pixel_values=_on_device_of(probe, student), output_hidden_states=True)
+            teacher_inputs = _on_device_of(probe, teacher)
+            teacher_inputs = self.teacher_view(teacher_inputs) if self.teacher_view is not None else teacher_inputs
             teacher_outputs = teacher(
                 pixel_values=teacher_inputs,
                 **_teacher_kwargs(teacher, hidden_states=True, attentions=args.uses("attention_loss_weight")),
@@ -221,7 +266,9 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 student_hidden = _pick(student_outputs.hidden_states, args.attention_student_layer, "student stage")
             else:
                 with torch.no_grad():
-                    student_attentions = student(pixel_values=probe, output_attentions=True).attentions
+                    student_attentions = student(
+                        pixel_values=_on_device_of(probe, student), output_attentions=True
+                    ).attentions
                 _pick(student_attentions, args.attention_student_layer, "student attention layer")
             if self._student_map_from_features and args.student_attention == "learned":
                 adapters["attention_projection"] = AttentionProjection(student_hidden.shape[1], grid)
@@ -285,7 +332,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 teacher_outputs = self._teacher_outputs(
                     pixel_values, hidden_states=use_features, attentions=use_attention
                 )
-                teacher_logits = teacher_outputs.logits.float()
+                teacher_logits = teacher_outputs.logits
+                self._count_nonfinite_teacher_logits(teacher_logits)
             if args.uses("soft_loss_weight"):
                 components["soft"] = soft_distillation_loss(student_logits, teacher_logits, temperature)
             if args.uses("hard_loss_weight"):
@@ -308,12 +356,85 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         # Only the logits go back to evaluation: hidden states and attention maps of a whole eval set would pile up.
         return (loss, ImageClassifierOutput(logits=student_logits)) if return_outputs else loss
 
-    def _teacher_outputs(self, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool):
-        teacher_inputs = self.teacher_view(pixel_values) if self.teacher_view is not None else pixel_values
+    def _teacher_outputs(self, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool) -> TeacherOutputs:
+        """One teacher forward on the teacher's view of the batch, reduced to what the losses use."""
+        teacher_inputs = pixel_values.to(_device_of(self.teacher_model, pixel_values))
+        if self.teacher_view is not None:
+            teacher_inputs = self.teacher_view(teacher_inputs)
         kwargs = _teacher_kwargs(self.teacher_model, hidden_states=hidden_states, attentions=attentions)
-        return self.run_frozen_model(self.teacher_model, teacher_inputs, **kwargs)
 
-    def _feature_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict) -> torch.Tensor:
+        def used_outputs(outputs) -> dict:
+            used = {"logits": outputs.logits, "hidden_states": {}, "attention_maps": []}
+            if hidden_states:
+                for _, layer in self.args.feature_layer_pairs:
+                    used["hidden_states"][layer] = outputs.hidden_states[layer]
+            if attentions:
+                # The [CLS] rows of the supervised layers only, averaged over heads: not every layer's full map.
+                used["attention_maps"] = [
+                    cls_attention_map(outputs.attentions[layer], self._attention_grid, self._teacher_prefix_tokens)
+                    for layer in self._attention_layers
+                ]
+            return used
+
+        return TeacherOutputs(
+            **self.run_frozen_model(self.teacher_model, teacher_inputs, select=used_outputs, **kwargs)
+        )
+
+    def _count_nonfinite_teacher_logits(self, teacher_logits: torch.Tensor) -> None:
+        count = torch.isfinite(teacher_logits).logical_not().sum()
+        previous = self._teacher_nonfinite_logits
+        self._teacher_nonfinite_logits = count if previous is None else previous + count
+
+    def _check_teacher_logits(self) -> None:
+        """Fails when the teacher gave inf/NaN logits since the last log. Every process logs at the same steps and
+        runs the teacher at every step, so all take part in the reduction and all stop together."""
+        count, self._teacher_nonfinite_logits = self._teacher_nonfinite_logits, None
+        if count is None:
+            return
+        count = int(self.accelerator.reduce(count, reduction="sum").item())
+        if count == 0:
+            return
+        args: DistillationConfig = self.args
+        autocast = "fp16" if args.fp16 else "bf16" if args.bf16 else None
+        running = f"with {args.teacher_dtype} weights" + (f" under {autocast} autocast" if autocast else "")
+        if autocast == "fp16":
+            fix = (
+                "fp16's range (largest value 65504) overflows in large teachers; train with --bf16 instead of "
+                "--fp16 (same speed on GPUs that have bf16), or in float32 (without --fp16)."
+            )
+        elif args.teacher_dtype != "float32" or autocast:
+            fix = "run the teacher in float32: --teacher_dtype float32, and without --bf16 if that is not enough."
+        else:
+            fix = "the teacher gives them in float32 too: check its checkpoint and its inputs (teacher_view)."
+        raise ValueError(
+            f"the teacher ({self._teacher_name}) returned {count} non-finite logits (inf/NaN) since the last log, "
+            f"running {running}; every loss that uses them is NaN. {fix}"
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._check_teacher_logits()
+        super().log(logs, start_time)
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not self._gradients_checked:
+            # After the first backward, on this process's own gradients: no collective, no hang.
+            self._gradients_checked = True
+            if _syncs_gradients_without_unused_search(model):
+                unused = unused_trainable_parameters(self.accelerator.unwrap_model(model))
+                if unused:
+                    shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
+                    raise ValueError(
+                        f"{len(unused)} trainable parameter(s) of the student got no gradient in the first step: "
+                        f"{shown}. DDP without its unused-parameter search waits for them and then fails or hangs; "
+                        "freeze them (requires_grad_(False)), make the forward use them, or pass "
+                        "--ddp_find_unused_parameters true."
+                    )
+        return loss
+
+    def _feature_loss(self, student_outputs, teacher_outputs: TeacherOutputs, adapters: nn.ModuleDict) -> torch.Tensor:
         losses = []
         for index, (student_layer, teacher_layer) in enumerate(self.args.feature_layer_pairs):
             student_map = as_feature_map(student_outputs.hidden_states[student_layer], self._student_prefix_tokens)
@@ -323,13 +444,10 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             losses.append(feature_distillation_loss(adapted, teacher_map.float(), self.args.feature_distance))
         return torch.stack(losses).mean()
 
-    def _teacher_maps(self, teacher_outputs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _teacher_maps(self, teacher_outputs: TeacherOutputs) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The teacher's [CLS] attention maps of the supervised layers, and each layer's weight."""
         args: DistillationConfig = self.args
-        teacher_maps = [
-            cls_attention_map(teacher_outputs.attentions[layer], self._attention_grid, self._teacher_prefix_tokens)
-            for layer in self._attention_layers
-        ]
+        teacher_maps = teacher_outputs.attention_maps
         # Lower entropy (a more focused map), more weight; computed from the teacher alone, without gradient.
         entropies = torch.stack([attention_entropy(teacher_map).mean() for teacher_map in teacher_maps])
         max_entropy = uniform_entropy(self._attention_grid[0] * self._attention_grid[1])
@@ -353,9 +471,17 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         grid = _attention_grid(student_attentions, self._student_prefix_tokens)
         return cls_attention_map(student_attentions, grid, self._student_prefix_tokens)
 
+    def _on_teacher_grid(self, student_map: torch.Tensor) -> torch.Tensor:
+        """The student's map resampled onto the teacher's grid and renormalised, like `resize_distribution`, but with
+        the adapters' deterministic resize: the student trains through it."""
+        if tuple(student_map.shape[-2:]) == tuple(self._attention_grid):
+            return student_map
+        resized = resize_feature_map(student_map[:, None].float(), self._attention_grid)[:, 0]
+        return resized / resized.flatten(1).sum(dim=-1).clamp_min(1e-12)[:, None, None]
+
     def _attention_loss(self, student_outputs, teacher_outputs, adapters: nn.ModuleDict | None) -> torch.Tensor:
         teacher_maps, layer_weights = self._teacher_maps(teacher_outputs)
-        student_map = self._student_map(student_outputs, adapters)
+        student_map = self._on_teacher_grid(self._student_map(student_outputs, adapters))
         mode = "train" if self.model.training else "eval"
         for layer, weight in zip(self._attention_layers, layer_weights.detach()):
             self.logged_terms[mode][f"attention_layer_weight_{layer}"].append(weight)
@@ -435,6 +561,43 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 student.add_module(ADAPTERS_ATTRIBUTE, adapters)
 
 
+def unused_trainable_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters that require a gradient but got none from the last backward."""
+    return [name for name, parameter in model.named_parameters() if parameter.requires_grad and parameter.grad is None]
+
+
+def _syncs_gradients_without_unused_search(model: nn.Module) -> bool:
+    """Whether `model` is DDP-wrapped without `find_unused_parameters` or a static graph, where an unused parameter
+    is fatal."""
+    return (
+        isinstance(model, nn.parallel.DistributedDataParallel)
+        and not model.find_unused_parameters
+        and not getattr(model, "static_graph", False)
+    )
+
+
+def _has_parameters(module: nn.Module | None) -> bool:
+    return module is not None and next(module.parameters(), None) is not None
+
+
+def _model_name(model: nn.Module) -> str:
+    name = getattr(getattr(model, "config", None), "_name_or_path", "")
+    return f"{name}, {type(model).__name__}" if name else type(model).__name__
+
+
+def _device_of(module: nn.Module, fallback: torch.Tensor) -> torch.device:
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else fallback.device
+
+
+def _on_device_of(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """`tensor` on `module`'s device and in its floating dtype (unchanged for a parameter-free module)."""
+    parameter = next(module.parameters(), None)
+    if parameter is None:
+        return tensor
+    return tensor.to(device=parameter.device, dtype=parameter.dtype if parameter.is_floating_point() else None)
+
+
 def _dtype_of(module: nn.Module, fallback: torch.Tensor) -> torch.dtype:
     """The dtype of a module's weights (bf16 under bf16_full_eval), or the input's for a parameter-free module."""
     parameter = next(module.parameters(), None)
@@ -471,6 +634,12 @@ def _require_attentions(outputs) -> tuple[torch.Tensor, ...]:
         raise ValueError(_NO_ATTENTIONS_MESSAGE)
     return attentions
 
+
+_FSDP_MESSAGE = (
+    "FSDP is not supported with feature distillation or a learned attention projection: their adapters train with "
+    "the student but run outside its forward, where FSDP has not gathered their sharded weights. Use DDP "
+    "(accelerate launch / torchrun without FSDP), or student_attention='energy' with feature_loss_weight=0."
+)
 
 _NO_ATTENTIONS_MESSAGE = (
     "attention distillation needs the teacher's attention maps, and the teacher gives none. The teacher must be a ViT "

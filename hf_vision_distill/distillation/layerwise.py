@@ -116,8 +116,8 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
     ):
         pixel_values = inputs["pixel_values"]
         hidden_states = self.run_frozen_model(
-            self.teacher_model, pixel_values, output_hidden_states=True
-        ).hidden_states
+            self.teacher_model, pixel_values, select=lambda outputs: outputs.hidden_states, output_hidden_states=True
+        )
         block_inputs = [
             hidden_states[index] if index in self.blocks else None for index in range(len(self.block_names))
         ]
