@@ -29,6 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from transformers import TrainingArguments, set_seed
@@ -60,7 +61,6 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
-    evaluation_trainer,
     load_data,
     load_model,
     parse_arguments,
@@ -164,12 +164,6 @@ def main(argv: list[str] | None = None) -> dict:
         data, data_args, teacher.image_size, teacher.image_mean, teacher.image_std,
         interpolation=teacher.interpolation,
     )  # fmt: skip
-    teacher_evaluator = evaluation_trainer(
-        teacher.model, plain_training_arguments(args), output_dir / "_teacher_evaluation", eval_collator
-    )
-    rows = [{"model": f"teacher ({args.teacher_model_name_or_path})",
-             **evaluate_on(teacher_evaluator, teacher_eval_datasets, prefixes),
-             "parameters": sum(p.numel() for p in teacher.model.parameters())}]  # fmt: skip
 
     # ---- distillation ----
     trainer = DistillationTrainer(
@@ -184,6 +178,16 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=build_compute_metrics(),
         processing_class=student.image_processor,
     )
+    # The teacher is evaluated as the distillation runs it: placed by the trainer (float32 or --teacher_dtype, on
+    # its device) and run under the same autocast, not prepared and cast by an evaluation Trainer of its own.
+    placed_teacher = trainer.teacher_model
+    if placed_teacher is None:  # --offline_teacher: the trainer runs no teacher
+        placed_teacher = trainer.place_frozen_model(teacher.model, dtype=getattr(torch, args.teacher_dtype))
+    teacher_metrics = {}
+    for split, dataset in teacher_eval_datasets.items():
+        teacher_metrics.update(trainer.evaluate_frozen_model(placed_teacher, dataset, prefixes[split]))
+    rows = [{"model": f"teacher ({args.teacher_model_name_or_path})", **teacher_metrics,
+             "parameters": sum(p.numel() for p in teacher.model.parameters())}]  # fmt: skip
     train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(args, run_args))
     trainer.save_model(_internal_call=True)  # the student alone; _internal_call: pushed once, at the end
     trainer.save_state()
@@ -244,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir: Path) -> dict[str, dict]:
     """The offline teacher: its logits for every split, computed once on the student's deterministic view and saved
-    to output_dir/_teacher_cache/<split> (a datasets dataset keyed by source row)."""
+    to output_dir/_teacher_cache/<split> (a datasets dataset keyed by source row). Under several processes the one
+    that saves computes them while the others wait, then they read its files."""
     random_flags = random_augmentations(data_args)
     if random_flags:
         raise ValueError(
@@ -254,12 +259,19 @@ def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_
         )
     transform = build_transforms(student.image_size, train=False, mean=student.image_mean, std=student.image_std)
     row_outputs = {}
-    for split in data.dataset:
-        cache = cache_teacher_logits(teacher.model, data.dataset[split], transform, teacher_view=teacher_view,
-                                     batch_size=args.per_device_eval_batch_size, device=args.device)  # fmt: skip
-        if args.should_save:
-            cache.save_to_disk(str(output_dir / "_teacher_cache" / split))
-        row_outputs[split] = teacher_outputs_by_row(cache)
+    # The saving process (one per node with --save_on_each_node) goes first; the rest load what it saved.
+    with args.main_process_first(local=args.save_on_each_node, desc="caching the teacher's logits"):
+        for split in data.dataset:
+            path = str(output_dir / "_teacher_cache" / split)
+            if args.should_save:
+                cache = cache_teacher_logits(
+                    teacher.model, data.dataset[split], transform, teacher_view=teacher_view,
+                    batch_size=args.per_device_eval_batch_size, device=args.device,
+                )  # fmt: skip
+                cache.save_to_disk(path)
+            else:
+                cache = datasets.load_from_disk(path)
+            row_outputs[split] = teacher_outputs_by_row(cache)
     return row_outputs
 
 

@@ -1,8 +1,13 @@
 """The offline teacher: logits cached once per source row, then distillation without a live teacher."""
 
+import contextlib
+import types
+
 import datasets
+import numpy as np
 import pytest
 import torch
+from conftest import load_example
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
@@ -19,6 +24,7 @@ from hf_vision_distill.distillation import (
     cache_teacher_logits,
     teacher_outputs_by_row,
 )
+from hf_vision_distill.recipes import DataArguments
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +105,39 @@ def test_training_from_the_cache_equals_training_with_the_live_teacher(data, tmp
 def test_offline_teacher_is_logits_only(tmp_path):
     with pytest.raises(ValueError, match="caches logits only"):
         DistillationConfig(output_dir=str(tmp_path), offline_teacher=True, attention_loss_weight=0.5)
+
+
+class NeverRun(torch.nn.Module):
+    """A teacher that fails if run: the processes that do not save must read the cache, not compute it."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args, **kwargs):
+        raise AssertionError("a process that does not save computed the teacher's logits")
+
+
+def test_the_recipe_caches_once_and_the_other_processes_read_it(data, tmp_path):
+    recipe = load_example("distill")
+    entered = []
+
+    @contextlib.contextmanager
+    def main_process_first(local: bool = True, desc: str = "work"):
+        entered.append(local)
+        yield
+
+    def arguments(should_save: bool) -> types.SimpleNamespace:
+        return types.SimpleNamespace(should_save=should_save, save_on_each_node=False, per_device_eval_batch_size=8,
+                                     device=torch.device("cpu"), main_process_first=main_process_first)  # fmt: skip
+
+    student = types.SimpleNamespace(image_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    data_args = DataArguments(crop="none", horizontal_flip=False)
+    saving = recipe.cache_teacher(types.SimpleNamespace(model=tiny_vit(1, data)), data, data_args, student, None,
+                                  arguments(should_save=True), tmp_path)  # fmt: skip
+    reading = recipe.cache_teacher(types.SimpleNamespace(model=NeverRun()), data, data_args, student, None,
+                                   arguments(should_save=False), tmp_path)  # fmt: skip
+    assert entered == [False, False]  # both inside main_process_first: the saving process first, globally
+    assert set(reading) == set(saving) == set(data.dataset)
+    for split in saving:
+        np.testing.assert_array_equal(reading[split]["teacher_logits"], saving[split]["teacher_logits"])
