@@ -13,6 +13,10 @@ mixup or cutmix). `cache_teacher_logits` checks that by transforming one image t
 
 Every split the trainer evaluates on needs its own cache too (its evaluation loss includes the teacher terms);
 examples/distill.py --offline_teacher caches train, validation and test.
+
+Under several processes, compute the cache once: the process that saves runs `cache_teacher_logits` and
+`save_to_disk` inside `training_args.main_process_first(local=training_args.save_on_each_node)`, and the others
+`datasets.load_from_disk` the result there (examples/distill.py `cache_teacher`).
 """
 
 from __future__ import annotations
