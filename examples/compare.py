@@ -52,7 +52,7 @@ from hf_vision_distill.recipes import (
     load_data,
     parse_arguments,
     run_recipe,
-    setup_logging,
+    setup_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     comparison_args, data_args, finetuning_args, training_args = parse_arguments(
         (ComparisonArguments, DataArguments, FineTuningArguments, TrainingArguments), DEFAULTS, argv
     )
-    setup_logging(training_args)
+    setup_run(training_args)
     strategies = comparison_args.strategies or ["full"] * len(comparison_args.models)
     if len(strategies) != len(comparison_args.models):
         raise ValueError(

@@ -56,7 +56,7 @@ from hf_vision_distill.recipes import (
     parse_arguments,
     push_output,
     run_recipe,
-    setup_logging,
+    setup_run,
     write_model_card,
 )
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         DEFAULTS,
         argv,
     )
-    setup_logging(training_args)
+    setup_run(training_args)
     check_hub_access(training_args)
     if not model_args.model_name_or_path:
         raise ValueError(

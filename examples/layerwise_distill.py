@@ -54,7 +54,7 @@ from hf_vision_distill.recipes import (
     parse_arguments,
     push_output,
     run_recipe,
-    setup_logging,
+    setup_run,
     write_model_card,
 )
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     hybrid_args, data_args, run_args, training_args = parse_arguments(
         (HybridArguments, DataArguments, RunArguments, TrainingArguments), DEFAULTS, argv
     )
-    setup_logging(training_args)
+    setup_run(training_args)
     check_hub_access(training_args)
     if not hybrid_args.teacher_model_name_or_path:
         raise ValueError("no teacher: pass --teacher_model_name_or_path (a trained ResNet-18 folder or Hub id).")

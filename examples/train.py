@@ -35,7 +35,7 @@ from hf_vision_distill.recipes import (
     parse_arguments,
     push_output,
     run_recipe,
-    setup_logging,
+    setup_run,
     write_model_card,
 )
 from hf_vision_distill.training import ImageClassificationTrainer
@@ -58,7 +58,7 @@ def parse(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, RunArg
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, run_args, training_args = parse(argv)
-    setup_logging(training_args)
+    setup_run(training_args)
     check_hub_access(training_args)
     set_seed(training_args.seed)
     data = load_data(data_args, training_args)

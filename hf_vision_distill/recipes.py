@@ -49,6 +49,11 @@ logger = logging.getLogger(__name__)
 SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
 
 
+# On a GPU that has them (Ampere and newer): bf16 autocast and TF32 matrix products unless the command line says
+# otherwise (a user's --fp16 replaces the bf16 default). CPUs keep float32 unless --bf16 is passed: only those that
+# multiply bf16 in hardware (AMX) gain from it.
+ACCELERATOR_BF16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
 # TrainingArguments defaults the recipes share (each adds its own model, dataset and output folder). AdamW with a
 # cosine schedule, an evaluation and a checkpoint every epoch, the best kept by validation accuracy, TensorBoard.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -71,6 +76,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "remove_unused_columns": False,
     "dataloader_num_workers": 2,
     "dataloader_pin_memory": torch.cuda.is_available(),
+    "bf16": ACCELERATOR_BF16,
+    "tf32": ACCELERATOR_BF16 or None,
     # Every parameter of our models takes part in each step; DDP's search for unused ones costs a graph walk a step.
     "ddp_find_unused_parameters": False,
     # The Trainer's NaN/inf filter reads the loss on the host every step: on an accelerator, a wait per step.
@@ -196,9 +203,15 @@ def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any],
             values = yaml.safe_load(file) or {}  # YAML is a superset of JSON
         if not isinstance(values, dict):
             raise ValueError(f"{argv[0]} must map argument names to values, got a {type(values).__name__}.")
+        if values.get("fp16") and "bf16" not in values:
+            defaults = {**defaults, "bf16": False}
         return parser.parse_dict({**defaults, **values})
+    if "--fp16" in argv and "--bf16" not in argv:
+        defaults = {**defaults, "bf16": False}
     prefix = []
     for name, value in defaults.items():
+        if value is None:
+            continue
         if isinstance(value, (list, tuple)):
             prefix += [f"--{name}", *map(str, value)]
         else:
@@ -221,9 +234,26 @@ def setup_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
+def setup_run(training_args: TrainingArguments) -> None:
+    """Logging (`setup_logging`), and cuDNN's autotuner on GPUs: it picks the fastest convolution kernels for the
+    first batch's shapes, which stay the same for a whole run (turned off by --full_determinism)."""
+    setup_logging(training_args)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = not training_args.full_determinism
+
+
+def is_convolutional(model: torch.nn.Module) -> bool:
+    """More than one 2-D convolution: a CNN, not a ViT whose only convolution is its patch embedding."""
+    return sum(isinstance(module, torch.nn.Conv2d) for module in model.modules()) > 1
+
+
 def load_model(model_args: ModelArguments, id2label: dict[int, str], token: str | None = None) -> LoadedClassifier:
-    """The recipe's model (`--model_name_or_path` and the other model arguments) for the dataset's labels."""
-    return load_image_classifier(
+    """The recipe's model (`--model_name_or_path` and the other model arguments) for the dataset's labels.
+
+    A convolutional model is put in channels-last memory format: oneDNN (CPU) and cuDNN (GPU) run their fastest
+    convolutions on it, and the tensor pipeline's crops come out in that layout.
+    """
+    loaded = load_image_classifier(
         model_args.model_name_or_path,
         id2label=id2label,
         image_size=model_args.image_size,
@@ -234,6 +264,9 @@ def load_model(model_args: ModelArguments, id2label: dict[int, str], token: str 
         revision=model_args.model_revision,
         token=token,
     )
+    if is_convolutional(loaded.model):
+        loaded.model.to(memory_format=torch.channels_last)
+    return loaded
 
 
 def load_data(data_args: DataArguments, training_args: TrainingArguments) -> ImageClassificationData:
@@ -641,6 +674,8 @@ __all__ = [
     "push_output",
     "random_augmentations",
     "recipe_command",
+    "is_convolutional",
     "setup_logging",
+    "setup_run",
     "write_model_card",
 ]

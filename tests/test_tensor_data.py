@@ -23,7 +23,12 @@ from hf_vision_distill.data import (
     with_image_transform,
 )
 from hf_vision_distill.models import load_image_classifier
-from hf_vision_distill.recipes import DataArguments, build_inputs, choose_input_pipeline, evaluation_trainer
+from hf_vision_distill.recipes import (
+    DataArguments,
+    build_inputs,
+    choose_input_pipeline,
+    evaluation_trainer,
+)
 from hf_vision_distill.tensor_data import (
     DeviceImageTransform,
     MixedImageSizesError,

@@ -11,9 +11,10 @@ import torch
 from conftest import load_example, run_two_processes
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import AutoModelForImageClassification, pipeline
+from transformers import AutoModelForImageClassification, TrainingArguments, pipeline
 
 from hf_vision_distill.data import ImageClassificationCollator, load_image_classification_dataset
+from hf_vision_distill.recipes import ModelArguments, load_model, parse_arguments
 from hf_vision_distill.training import last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,3 +186,23 @@ def test_two_processes_with_torchrun(tmp_path):
     # 3 steps of 2 processes x 16 images over 64 training images: 1.5 epochs (one process would make 0.75).
     assert state["global_step"] == 3 and state["epoch"] == pytest.approx(1.5)
     assert "find_unused_parameters=True" not in result.stderr  # the recipe turns DDP's extra graph walk off
+
+
+def test_a_users_fp16_replaces_the_bf16_default():
+    defaults = {"bf16": True, "tf32": None, "output_dir": "unused"}
+    (args,) = parse_arguments((TrainingArguments,), defaults, ["--fp16", "--use_cpu"])
+    assert (args.bf16, args.fp16) == (False, True)
+    (args,) = parse_arguments((TrainingArguments,), defaults, ["--use_cpu"])
+    assert (args.bf16, args.fp16) == (True, False)
+
+
+def test_convolutional_models_train_in_channels_last():
+    cnn = load_model(ModelArguments(model_name_or_path="compact-cnn", config_overrides='{"hidden_sizes": [8, 8, 8]}'),
+                     {0: "a", 1: "b"})  # fmt: skip
+    vit = load_model(ModelArguments(model_name_or_path="vit-cifar", config_overrides='{"num_hidden_layers": 1}'),
+                     {0: "a", 1: "b"})  # fmt: skip
+    convolution = next(module for module in cnn.model.modules() if isinstance(module, torch.nn.Conv2d))
+    assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not convolution.weight.is_contiguous()
+    patch_embedding = next(module for module in vit.model.modules() if isinstance(module, torch.nn.Conv2d))
+    assert patch_embedding.weight.is_contiguous()
