@@ -107,3 +107,15 @@ def test_missing_labels_is_a_clear_error(tmp_path):
     trainer = ImageClassificationTrainer(model=model, args=args)
     with pytest.raises(ValueError, match="needs 'labels'"):
         trainer.compute_loss(model, {"pixel_values": torch.randn(2, 3, 16, 16)})
+
+
+def test_total_flos_counts_three_forward_passes_per_trained_image(tmp_path):
+    model = tiny_vit()
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model.eval()(pixel_values=torch.randn(1, 3, 16, 16))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to="none",
+                             save_strategy="no", use_cpu=True, dataloader_num_workers=0)  # fmt: skip
+    trainer = ImageClassificationTrainer(model=model, args=args, train_dataset=examples(False), data_collator=stack)
+    trainer.train()
+    # transformers' own estimate, 6 x parameters x pixel values, would be about 1,000 times larger here.
+    assert trainer.state.total_flos == 3 * counter.get_total_flops() * 8
