@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from conftest import load_example
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForImageClassification, ResNetConfig, ResNetForImageClassification, TrainingArguments
 
 from hf_vision_distill.distillation import LayerwiseDistillationTrainer, block_names
@@ -349,3 +350,35 @@ def test_two_step_recipe(tmp_path, cifar10_sample_path):
                "--attention_loss_weight", "0", "--output_dir", str(tmp_path / "stage2-kd")]  # fmt: skip
     summary = load_example("distill").main([*distill, "--num_train_epochs", "1", *common])
     assert (tmp_path / "stage2-kd" / "model.safetensors").exists() and summary
+
+
+class _CountOperators(TorchDispatchMode):
+    """Counts the operators that compute (views and layout changes are free)."""
+
+    FREE = ("view", "permute", "expand", "unfold", "slice", "select", "t.default", "detach", "alias", "unsqueeze",
+            "squeeze", "transpose", "reshape", "as_strided", "split")  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not any(name in str(func) for name in self.FREE)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_local_attention_runs_as_a_few_kernels_whatever_the_window(stride):
+    counts = {}
+    for kernel_size in (3, 5):
+        attention = LocalSelfAttention(16, 16, kernel_size, value_dim=4, key_dim=4, stride=stride)
+        hidden_states = torch.randn(2, 16, 7, 7, requires_grad=True)
+        with _CountOperators() as forward:
+            output, _ = attention(hidden_states)
+        loss = output.square().sum()
+        with _CountOperators() as backward:
+            loss.backward()
+        counts[kernel_size] = (forward.count, backward.count)
+    # A loop over the k*k offsets took about 50 forward and 100 backward at k=3, and grew with the window.
+    assert counts[3] == counts[5]
+    assert counts[3][0] <= 20 and counts[3][1] <= 30, counts
