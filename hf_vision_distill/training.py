@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from accelerate.utils import convert_to_fp32
 from torch import nn
@@ -121,6 +122,12 @@ class ImageClassificationTrainer(Trainer):
             metrics.update(self.compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=labels.numpy())))
         return {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
 
+    def mark_batch_dynamic(self, pixel_values: torch.Tensor | None) -> None:
+        """Under `--torch_compile`, compiles the batch dimension as dynamic from the first step: otherwise the last,
+        smaller batch of an epoch (and evaluation's batch size) recompiles the model. Call before the model."""
+        if self.args.torch_compile and isinstance(pixel_values, torch.Tensor):
+            torch._dynamo.maybe_mark_dynamic(pixel_values, 0)
+
     def floating_point_ops(self, inputs: dict[str, torch.Tensor | Any]) -> int:
         """A training step's FLOPs (`total_flos`): 3 x the model's forward FLOPs (a forward and a backward pass of
         about twice its cost) per image, times the batch. transformers' estimate, 6 x parameters x "tokens", counts
@@ -170,6 +177,7 @@ class ImageClassificationTrainer(Trainer):
         # Labels and precomputed teacher outputs are for the loss, not model inputs.
         model_inputs = {name: value for name, value in inputs.items()
                         if name != "labels" and not name.startswith(TEACHER_COLUMN_PREFIX)}  # fmt: skip
+        self.mark_batch_dynamic(model_inputs.get("pixel_values"))
         outputs = model(**model_inputs)
         if labels is None:
             raise ValueError("ImageClassificationTrainer needs 'labels' in every training batch.")

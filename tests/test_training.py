@@ -119,3 +119,15 @@ def test_total_flos_counts_three_forward_passes_per_trained_image(tmp_path):
     trainer.train()
     # transformers' own estimate, 6 x parameters x pixel values, would be about 1,000 times larger here.
     assert trainer.state.total_flos == 3 * counter.get_total_flops() * 8
+
+
+def test_torch_compile_does_not_recompile_for_the_last_smaller_batch(tmp_path):
+    model = load_image_classifier("compact-cnn", id2label={0: "a", 1: "b", 2: "c"},
+                                  config_overrides={"hidden_sizes": [4, 4, 4]}).model  # fmt: skip
+    # 8 examples in batches of 3: 3, 3, then 2. The eager backend traces and guards like inductor, without codegen.
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=3, num_train_epochs=2,
+                             report_to="none", save_strategy="no", use_cpu=True, dataloader_num_workers=0,
+                             torch_compile_backend="eager")  # fmt: skip
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        ImageClassificationTrainer(model=model, args=args, train_dataset=examples(False), data_collator=stack).train()
