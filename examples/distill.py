@@ -56,8 +56,7 @@ from hf_vision_distill.recipes import (
     DataArguments,
     ModelArguments,
     RunArguments,
-    build_collators,
-    build_datasets,
+    build_inputs,
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
@@ -67,7 +66,7 @@ from hf_vision_distill.recipes import (
     push_output,
     random_augmentations,
     run_recipe,
-    setup_logging,
+    setup_run,
     write_model_card,
 )
 from hf_vision_distill.training import ImageClassificationTrainer
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, run_args, comparison_args, args = parse_arguments(
         (ModelArguments, DataArguments, RunArguments, ComparisonArguments, DistillationConfig), DEFAULTS, argv
     )
-    setup_logging(args)
+    setup_run(args)
     check_hub_access(args)
     set_seed(args.seed)
     if not args.teacher_model_name_or_path:
@@ -153,17 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.offline_teacher:
         check_label_spaces(student.model.config, teacher.model.config)  # no live teacher reaches the trainer
         row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir)
-    train_dataset, eval_datasets = build_datasets(
-        data, data_args, student.image_size, student.image_mean, student.image_std, row_outputs=row_outputs,
-        interpolation=student.interpolation,
-    )  # fmt: skip
-    train_collator, eval_collator, args = build_collators(data, data_args, args)
-
-    # ---- the teacher, on the same test images, through its own input pipeline ----
-    _, teacher_eval_datasets = build_datasets(
-        data, data_args, teacher.image_size, teacher.image_mean, teacher.image_std,
-        interpolation=teacher.interpolation,
-    )  # fmt: skip
+    inputs = build_inputs(data, data_args, args, student.image_size, student.image_mean, student.image_std,
+                          interpolation=student.interpolation, row_outputs=row_outputs)  # fmt: skip
+    train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
+    train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
 
     # ---- distillation ----
     trainer = DistillationTrainer(
@@ -179,13 +171,14 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=student.image_processor,
     )
     # The teacher is evaluated as the distillation runs it: placed by the trainer (float32 or --teacher_dtype, on
-    # its device) and run under the same autocast, not prepared and cast by an evaluation Trainer of its own.
+    # its device), run under the same autocast, on its view of the student's test batches (its own size and
+    # normalisation), not prepared and cast by an evaluation Trainer of its own.
     placed_teacher = trainer.teacher_model
     if placed_teacher is None:  # --offline_teacher: the trainer runs no teacher
         placed_teacher = trainer.place_frozen_model(teacher.model, dtype=getattr(torch, args.teacher_dtype))
     teacher_metrics = {}
-    for split, dataset in teacher_eval_datasets.items():
-        teacher_metrics.update(trainer.evaluate_frozen_model(placed_teacher, dataset, prefixes[split]))
+    for split, dataset in eval_datasets.items():
+        teacher_metrics.update(trainer.evaluate_frozen_model(placed_teacher, dataset, prefixes[split], teacher_view))
     rows = [{"model": f"teacher ({args.teacher_model_name_or_path})", **teacher_metrics,
              "parameters": sum(p.numel() for p in teacher.model.parameters())}]  # fmt: skip
     train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(args, run_args))
@@ -208,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         plot_log_history(history, weight_keys, str(output_dir / "layer_weights.png"),
                          "teacher layer weights (entropy)", x_key="epoch")  # fmt: skip
         if args.uses("attention_loss_weight") and "test" in eval_datasets and comparison_args.num_overlay_images:
-            write_attention_overlays(trainer, eval_datasets["test"], data, student,
+            write_attention_overlays(trainer, eval_datasets["test"], eval_collator, data, student,
                                      comparison_args.num_overlay_images,
                                      str(output_dir / "attention_overlays.png"))  # fmt: skip
 
@@ -276,14 +269,14 @@ def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_
 
 
 @torch.no_grad()
-def write_attention_overlays(trainer, test_dataset, data, student, count: int, path: str) -> None:
-    examples = [test_dataset[index] for index in range(min(count, len(test_dataset)))]
-    pixel_values = torch.stack([example["pixel_values"] for example in examples])
+def write_attention_overlays(trainer, test_dataset, eval_collator, data, student, count: int, path: str) -> None:
+    batch = eval_collator([test_dataset[index] for index in range(min(count, len(test_dataset)))])
+    pixel_values = batch["pixel_values"].float().cpu()
     teacher_maps, student_maps = trainer.attention_maps(pixel_values)
     mean = torch.tensor(student.image_mean)[:, None, None]
     std = torch.tensor(student.image_std)[:, None, None]
     images = (pixel_values * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    labels = [data.id2label[int(example["labels"])] for example in examples]
+    labels = [data.id2label[int(label)] for label in batch["labels"]]
     plot_attention_overlays(images, np.asarray(teacher_maps), np.asarray(student_maps), path, labels)
 
 

@@ -100,18 +100,24 @@ class ImageClassificationTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate_frozen_model(
-        self, model: nn.Module, eval_dataset: Dataset, metric_key_prefix: str = "eval"
+        self,
+        model: nn.Module,
+        eval_dataset: Dataset,
+        metric_key_prefix: str = "eval",
+        input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """Evaluates a model readied by `place_frozen_model` (a teacher) exactly as this trainer runs it
         (`run_frozen_model`: its dtype, device and autocast), never through the Trainer's own model preparation,
         which would cast it for full fp16/bf16 evaluation and wrap its forward for good.
 
-        Batches come from `get_eval_dataloader` (the evaluation collator, sharded across processes) and the logits
-        are gathered from all processes. Returns the loss and `compute_metrics`' values, prefixed like `evaluate`'s.
+        Batches come from `get_eval_dataloader` (the evaluation collator, sharded across processes), mapped by
+        `input_view` when given (a teacher's view of the student's batch), and the logits are gathered from all
+        processes. Returns the loss and `compute_metrics`' values, prefixed like `evaluate`'s.
         """
         logits, labels = [], []
         for batch in self.get_eval_dataloader(eval_dataset):
-            batch_logits = self.run_frozen_model(model, batch["pixel_values"])
+            pixel_values = batch["pixel_values"] if input_view is None else input_view(batch["pixel_values"])
+            batch_logits = self.run_frozen_model(model, pixel_values)
             batch_labels = batch["labels"].to(batch_logits.device)
             batch_logits, batch_labels = self.accelerator.gather_for_metrics((batch_logits, batch_labels))
             logits.append(batch_logits)
