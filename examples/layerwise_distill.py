@@ -48,7 +48,6 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     checkpoint_to_resume,
     evaluation_settings_for,
-    evaluation_trainer,
     load_data,
     load_model,
     parse_arguments,
@@ -131,19 +130,19 @@ def main(argv: list[str] | None = None) -> dict:
     train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
 
-    def evaluate(model_trainer, prefix: str) -> dict[str, float]:
-        """`{prefix}_{split}_{metric}` for every evaluation split (logged under the Trainer's eval_/test_ names)."""
+    def evaluate(model_trainer, prefix: str, frozen_model=None) -> dict[str, float]:
+        """`{prefix}_{split}_{metric}` for every evaluation split (logged under the Trainer's eval_/test_ names): the
+        trainer's model, or a frozen one (the teacher) run as the trainer runs it."""
         metrics = {}
         for split, dataset in eval_datasets.items():
             key = "eval" if split == "validation" else split
-            results = model_trainer.evaluate(dataset, metric_key_prefix=key)
+            if frozen_model is None:
+                results = model_trainer.evaluate(dataset, metric_key_prefix=key)
+            else:
+                results = model_trainer.evaluate_frozen_model(frozen_model, dataset, metric_key_prefix=key)
             metrics.update({f"{prefix}_{split}_{name.removeprefix(key + '_')}": value
                             for name, value in results.items() if name.startswith(key + "_")})  # fmt: skip
         return metrics
-
-    # The teacher first: the layer-wise trainer casts it to the mixed-precision dtype for its own use.
-    teacher_evaluator = evaluation_trainer(teacher, training_args, output_dir / "_teacher_evaluation", eval_collator)
-    metrics = evaluate(teacher_evaluator, "teacher")
 
     trainer = LayerwiseDistillationTrainer(
         model=hybrid,
@@ -159,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     trained = [names[index] for index in trainer.blocks]
     logger.info("Hybrid: %s; training blocks %s.", hybrid_args.block_types, trained)
 
+    # The teacher as the trainer runs it (float32 weights under the run's autocast), then the converted hybrid.
+    metrics = evaluate(trainer, "teacher", frozen_model=trainer.teacher_model)
     metrics.update(evaluate(trainer, "converted"))
 
     # ---- stage 1 ----

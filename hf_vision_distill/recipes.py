@@ -29,7 +29,6 @@ from .data import (
     load_image_classification_dataset,
     with_image_transform,
 )
-from .evaluation import build_compute_metrics
 from .hub import build_model_card, results_from_metrics
 from .models.loading import LoadedClassifier, load_image_classifier
 from .tensor_data import (
@@ -41,7 +40,7 @@ from .tensor_data import (
     decode_images,
     estimated_bytes,
 )
-from .training import ImageClassificationTrainer, last_complete_checkpoint
+from .training import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -304,18 +303,6 @@ def evaluation_settings_for(data: ImageClassificationData, training_args: Traini
         return training_args
     logger.warning("No validation split (validation_size=0?): evaluating at the end only, keeping the last model.")
     return dataclasses.replace(training_args, eval_strategy="no", load_best_model_at_end=False)
-
-
-def evaluation_trainer(
-    model, training_args: TrainingArguments, output_dir: Path, eval_collator: Callable
-) -> ImageClassificationTrainer:
-    """A Trainer that only evaluates `model` (a teacher beside the run) with the run's batch size and precision:
-    nothing logged, saved or pushed."""
-    args = dataclasses.replace(training_args, output_dir=str(output_dir), report_to=[], eval_strategy="no",
-                               save_strategy="no", load_best_model_at_end=False, push_to_hub=False)  # fmt: skip
-    return ImageClassificationTrainer(
-        model=model, args=args, data_collator=eval_collator, compute_metrics=build_compute_metrics()
-    )
 
 
 def build_datasets(

@@ -22,12 +22,12 @@ from hf_vision_distill.data import (
     load_image_classification_dataset,
     with_image_transform,
 )
+from hf_vision_distill.evaluation import build_compute_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     DataArguments,
     build_inputs,
     choose_input_pipeline,
-    evaluation_trainer,
 )
 from hf_vision_distill.tensor_data import (
     DeviceImageTransform,
@@ -36,6 +36,7 @@ from hf_vision_distill.tensor_data import (
     decode_images,
     decoded_cache_path,
 )
+from hf_vision_distill.training import ImageClassificationTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = str(REPO / "data" / "cifar10-sample")
@@ -208,7 +209,9 @@ def test_both_pipelines_evaluate_a_model_alike(sample, tmp_path):
         inputs = build_inputs(sample, DataArguments(input_pipeline=pipeline), args, loaded.image_size,
                               loaded.image_mean, loaded.image_std)  # fmt: skip
         assert inputs.pipeline == pipeline
-        evaluator = evaluation_trainer(loaded.model, inputs.training_args, tmp_path / pipeline, inputs.eval_collator)
+        evaluator = ImageClassificationTrainer(model=loaded.model, args=inputs.training_args,
+                                               data_collator=inputs.eval_collator,
+                                               compute_metrics=build_compute_metrics())  # fmt: skip
         metrics[pipeline] = evaluator.evaluate(inputs.eval_datasets["test"], metric_key_prefix="test")
     assert metrics["tensors"]["test_accuracy"] == metrics["workers"]["test_accuracy"]
     assert metrics["tensors"]["test_loss"] == pytest.approx(metrics["workers"]["test_loss"], rel=1e-5)
