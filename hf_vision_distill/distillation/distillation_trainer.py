@@ -309,6 +309,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             student_kwargs["output_hidden_states"] = True
         if student_needs_attentions:
             student_kwargs["output_attentions"] = True
+        self.mark_batch_dynamic(pixel_values)
         student_outputs = model(pixel_values=pixel_values, **student_kwargs)
         student_logits = student_outputs.logits
         adapters = getattr(self.accelerator.unwrap_model(model), ADAPTERS_ATTRIBUTE, None)

@@ -121,6 +121,8 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         block_inputs = [
             hidden_states[index] if index in self.blocks else None for index in range(len(self.block_names))
         ]
+        for block_input in block_inputs:
+            self.mark_batch_dynamic(block_input)
         outputs = model(block_inputs=block_inputs).block_outputs
         mode = "train" if model.training else "eval"
         losses = []
@@ -132,6 +134,7 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         loss = torch.stack(losses).sum()
         if not return_outputs:
             return loss
+        self.mark_batch_dynamic(pixel_values)
         with torch.no_grad():
             logits = model(pixel_values=pixel_values).logits
         return loss, ImageClassifierOutput(logits=logits)
