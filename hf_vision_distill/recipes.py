@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -53,6 +54,10 @@ SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sam
 # multiply bf16 in hardware (AMX) gain from it.
 ACCELERATOR_BF16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
+# The worker pipeline's decoding processes: this process's share of the cores (torchrun and accelerate launch set
+# LOCAL_WORLD_SIZE), at most 8.
+DATALOADER_WORKERS = max(1, min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
 # TrainingArguments defaults the recipes share (each adds its own model, dataset and output folder). AdamW with a
 # cosine schedule, an evaluation and a checkpoint every epoch, the best kept by validation accuracy, TensorBoard.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -73,7 +78,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "tensorboard",
     # The lazy image transform needs the image column, which is not a model argument.
     "remove_unused_columns": False,
-    "dataloader_num_workers": 2,
+    "dataloader_num_workers": DATALOADER_WORKERS,
     "dataloader_pin_memory": torch.cuda.is_available(),
     "bf16": ACCELERATOR_BF16,
     "tf32": ACCELERATOR_BF16 or None,
@@ -460,6 +465,11 @@ def build_inputs(
             data, data_args, image_size, mean, std, row_outputs=row_outputs, interpolation=interpolation
         )
         train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
+        # Workers kept from epoch to epoch (and from one evaluation to the next) instead of started afresh each time.
+        persistent = training_args.dataloader_num_workers > 0
+        training_args = dataclasses.replace(training_args, dataloader_persistent_workers=persistent)
+        logger.info("Input pipeline: workers (%d per process, persistent: %s).",
+                    training_args.dataloader_num_workers, persistent)  # fmt: skip
         return RecipeInputs(train_dataset, eval_datasets, train_collator, eval_collator, training_args, "workers")
     return _tensor_inputs(decoded, data, data_args, training_args, image_size, mean, std, interpolation, row_outputs)
 
