@@ -564,6 +564,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile_backend", default=None, help="Default inductor (aot_eager with --quick).")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the recipes set it: the fastest kernels for fixed shapes
     output_dir = Path(args.output_dir or os.environ.get("OUT") or REPO / "outputs" / "gpu_check")
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="gpu_check-"))
     sizes = quick_sizes(args.compile_backend) if args.quick else full_sizes(args)
