@@ -360,7 +360,7 @@ def data_path(check: Check) -> dict:
     """The recipe's training batches as its Trainer serves them (decoding, augmentation, collation, on the device),
     per input pipeline, against what the model consumes."""
     from hf_vision_distill.recipes import DataArguments, ModelArguments, build_inputs, load_data, load_model
-    from hf_vision_distill.training import ImageClassificationTrainer
+    from hf_vision_distill.training import ImageClassificationTrainer, on_device
 
     dataset = str(DEVICE_DATA_CIFAR10) if DEVICE_DATA_CIFAR10.is_dir() else default_dataset()
     model_name = "compact-cnn"  # the recipe's default student
@@ -405,7 +405,10 @@ def data_path(check: Check) -> dict:
         first_batch_seconds = time.perf_counter() - start
         start, images = time.perf_counter(), 0
         for batch in itertools.islice(batches, min(check.sizes.data_batches, len(loader) - 1)):
-            images += len(batch["pixel_values"].to(check.device, non_blocking=True))
+            # The collator's device step too (the worker pipeline's uint8 batches are normalised and mixed there).
+            batch = on_device(inputs.train_collator, {name: value.to(check.device, non_blocking=True)
+                                                      for name, value in batch.items()})  # fmt: skip
+            images += len(batch["pixel_values"])
         synchronize(check.device)
         seconds = time.perf_counter() - start
         pipelines[f"{pipeline}, {inputs.training_args.dataloader_num_workers} workers"] = {

@@ -69,7 +69,7 @@ from hf_vision_distill.recipes import (
     setup_run,
     write_model_card,
 )
-from hf_vision_distill.training import ImageClassificationTrainer
+from hf_vision_distill.training import ImageClassificationTrainer, on_device
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +271,7 @@ def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_
 @torch.no_grad()
 def write_attention_overlays(trainer, test_dataset, eval_collator, data, student, count: int, path: str) -> None:
     batch = eval_collator([test_dataset[index] for index in range(min(count, len(test_dataset)))])
+    batch = on_device(eval_collator, batch)
     pixel_values = batch["pixel_values"].float().cpu()
     teacher_maps, student_maps = trainer.attention_maps(pixel_values)
     mean = torch.tensor(student.image_mean)[:, None, None]

@@ -683,6 +683,7 @@ def build_transforms(
     color_jitter: float = 0.0,
     auto_augment: str | None = None,
     random_erasing: float = 0.0,
+    normalize: bool = True,
 ) -> Callable[[PIL.Image.Image], torch.Tensor]:
     """Build the image transform of a split: PIL image in, normalised `(3, height, width)` float tensor out.
 
@@ -715,6 +716,10 @@ def build_transforms(
             `"randaugment"`, `"trivialaugment"` (`TrivialAugmentWide`) or `"autoaugment"` (ImageNet policy).
         random_erasing (`float`, *optional*, defaults to 0.0):
             Probability of `RandomErasing`, applied after `Normalize` (erased pixels become 0, the mean colour).
+        normalize (`bool`, *optional*, defaults to `True`):
+            End with the normalised float tensor. `False` ends at the uint8 tensor (a quarter of the bytes to send
+            from the dataloader workers), for `ImageClassificationCollator(mean=..., std=...)` to normalise on the
+            training device; random erasing needs `True`.
 
     Returns:
         `Callable[[PIL.Image.Image], torch.Tensor]`: a picklable `torchvision.transforms.v2.Compose`.
@@ -766,11 +771,14 @@ def build_transforms(
             transforms.append(v2.TrivialAugmentWide(interpolation=mode))
         elif auto_augment == "autoaugment":
             transforms.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode))
-    transforms += [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ]
+    if train and random_erasing > 0 and not normalize:
+        raise ValueError(
+            "random_erasing erases to the mean colour of normalised images; pass normalize=True with it (images "
+            "then leave the workers normalised)."
+        )
+    transforms.append(v2.ToImage())
+    if normalize:
+        transforms += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     if train and random_erasing > 0:
         transforms.append(v2.RandomErasing(p=random_erasing, value=0))
     return v2.Compose(transforms)
@@ -962,6 +970,11 @@ class ImageClassificationCollator:
     `torch.nn.functional.cross_entropy(logits, soft_targets)`; transformers' built-in classification loss would treat
     float labels as multi-label (BCE). The collator is a plain class, so it pickles into dataloader workers.
 
+    With `mean` and `std`, examples are uint8 images (`build_transforms(..., normalize=False)`): the workers only stack
+    them (a quarter of the bytes of float32 through pinned memory), and `on_device`, which the Trainer
+    (`ImageClassificationTrainer`) calls on the batch once it is on the training device, converts, normalises and
+    mixes it there.
+
     Args:
         num_labels (`int`, *optional*):
             Number of classes; required when mixing or label smoothing is on.
@@ -973,6 +986,8 @@ class ImageClassificationCollator:
             Probability that a batch is mixed.
         label_smoothing (`float`, *optional*, defaults to 0.0):
             Soft targets become `targets * (1 - label_smoothing) + label_smoothing / num_labels`.
+        mean, std (`Sequence[float]`, *optional*):
+            The normalisation of uint8 examples, applied by `on_device`; without them examples arrive normalised.
     """
 
     def __init__(
@@ -982,7 +997,14 @@ class ImageClassificationCollator:
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
         label_smoothing: float = 0.0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std (uint8 examples normalised on the device), or neither.")
+        self.mean, self.std = mean, std
+        # (1, 3, 1, 1) scale and shift per device, built on first use there.
+        self._normalisation: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(
                 f"mixup_alpha={mixup_alpha} and cutmix_alpha={cutmix_alpha} must be >= 0 (0 disables each)."
@@ -1034,7 +1056,26 @@ class ImageClassificationCollator:
                 )
         if "labels" in examples[0]:
             batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
-        return self.finish(batch)
+        # uint8 images are mixed only once normalised, on the device.
+        return batch if self.mean is not None else self.finish(batch)
+
+    def __getstate__(self) -> dict:
+        # Sent to dataloader workers without the device constants (CUDA tensors must not reach a worker).
+        return {**self.__dict__, "_normalisation": {}}
+
+    def on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The device half of a uint8 batch (see the class): float, normalised, then `finish`. Batches that arrive
+        normalised pass through unchanged."""
+        pixel_values = batch.get("pixel_values")
+        if self.mean is None or pixel_values is None or pixel_values.dtype != torch.uint8:
+            return batch
+        if pixel_values.device not in self._normalisation:
+            std = torch.tensor(self.std, dtype=torch.float32)
+            scale = (1 / (255 * std))[None, :, None, None]
+            shift = (torch.tensor(self.mean, dtype=torch.float32) / std)[None, :, None, None]
+            self._normalisation[pixel_values.device] = (scale.to(pixel_values.device), shift.to(pixel_values.device))
+        scale, shift = self._normalisation[pixel_values.device]
+        return self.finish({**batch, "pixel_values": pixel_values.float() * scale - shift})
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Mixing and soft targets for a stacked batch (`pixel_values`, class-index `labels`, `teacher_*`), on

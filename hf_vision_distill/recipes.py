@@ -318,11 +318,13 @@ def build_datasets(
     std: list[float],
     row_outputs: dict[str, dict] | None = None,
     interpolation: str = "bilinear",
+    normalize: bool = True,
 ) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
     """The training split with augmentation and the validation/test splits with the eval transform, all lazy.
 
     `row_outputs` maps a split name to per-row arrays (e.g. cached teacher logits) its batches carry;
-    `interpolation` is the model's resize interpolation (`LoadedClassifier.interpolation`).
+    `interpolation` is the model's resize interpolation (`LoadedClassifier.interpolation`); `normalize=False` leaves
+    images uint8 for collators that normalise on the device (`build_collators(..., mean=, std=)`).
     """
     train_transform = build_transforms(
         image_size,
@@ -335,8 +337,11 @@ def build_datasets(
         auto_augment=data_args.auto_augment,
         random_erasing=data_args.random_erasing,
         interpolation=interpolation,
+        normalize=normalize,
     )
-    eval_transform = build_transforms(image_size, train=False, mean=mean, std=std, interpolation=interpolation)
+    eval_transform = build_transforms(
+        image_size, train=False, mean=mean, std=std, interpolation=interpolation, normalize=normalize
+    )
 
     def prepare(split: str, transform) -> datasets.Dataset:
         return with_image_transform(
@@ -352,12 +357,17 @@ def build_datasets(
 
 
 def build_collators(
-    data: ImageClassificationData, data_args: DataArguments, training_args: TrainingArguments
+    data: ImageClassificationData,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> tuple[ImageClassificationCollator, ImageClassificationCollator, TrainingArguments]:
     """Training and evaluation collators, and the training arguments to use with them.
 
     Mixed batches carry soft targets, which the Trainer's label smoother cannot take: with mixup/cutmix the label
-    smoothing moves into the training collator.
+    smoothing moves into the training collator. With `mean` and `std` the collators take uint8 images and normalise
+    (and mix) them on the training device.
     """
     mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0
     label_smoothing = training_args.label_smoothing_factor if mixing else 0.0
@@ -368,8 +378,10 @@ def build_collators(
         mixup_alpha=data_args.mixup_alpha,
         cutmix_alpha=data_args.cutmix_alpha,
         label_smoothing=label_smoothing,
+        mean=mean,
+        std=std,
     )
-    return train_collator, ImageClassificationCollator(), training_args
+    return train_collator, ImageClassificationCollator(mean=mean, std=std), training_args
 
 
 INPUT_PIPELINE_CHOICES = ("auto", "tensors", "workers")
@@ -461,13 +473,23 @@ def build_inputs(
             logger.info("Input pipeline: workers (%s)", str(error).split(", so ")[0])
             pipeline = "workers"
     if pipeline == "workers":
+        # uint8 images leave the workers (a quarter of float32's bytes) and are normalised on the device, unless
+        # random erasing, which erases normalised images to the mean colour, must run in the workers.
+        normalize_on_device = data_args.random_erasing == 0
         train_dataset, eval_datasets = build_datasets(
-            data, data_args, image_size, mean, std, row_outputs=row_outputs, interpolation=interpolation
-        )
-        train_collator, eval_collator, training_args = build_collators(data, data_args, training_args)
-        # Workers kept from epoch to epoch (and from one evaluation to the next) instead of started afresh each time.
+            data, data_args, image_size, mean, std, row_outputs=row_outputs, interpolation=interpolation,
+            normalize=not normalize_on_device,
+        )  # fmt: skip
+        statistics = {"mean": mean, "std": std} if normalize_on_device else {}
+        train_collator, eval_collator, training_args = build_collators(data, data_args, training_args, **statistics)
+        # Workers kept from epoch to epoch (and from one evaluation to the next) instead of started afresh each time;
+        # batches in pinned memory copied to the device without waiting for the copy.
         persistent = training_args.dataloader_num_workers > 0
-        training_args = dataclasses.replace(training_args, dataloader_persistent_workers=persistent)
+        accelerator_config = training_args.accelerator_config
+        if training_args.dataloader_pin_memory:
+            accelerator_config = dataclasses.replace(accelerator_config, non_blocking=True)
+        training_args = dataclasses.replace(training_args, dataloader_persistent_workers=persistent,
+                                            accelerator_config=accelerator_config)  # fmt: skip
         logger.info("Input pipeline: workers (%d per process, persistent: %s).",
                     training_args.dataloader_num_workers, persistent)  # fmt: skip
         return RecipeInputs(train_dataset, eval_datasets, train_collator, eval_collator, training_args, "workers")

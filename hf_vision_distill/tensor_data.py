@@ -134,7 +134,7 @@ def decode_images(
     path = decoded_cache_path(split, on_bad_image, cache_dir)
     if path.is_file():
         tensors = load_file(path)
-        logger.info("Loaded %d decoded images of %s from %s", len(tensors["labels"]), source_split or "a split", path)
+        logger.info("Loaded %d decoded images from %s", len(tensors["labels"]), path)
         return DecodedImages(tensors["images"], tensors["labels"], tensors["row_index"])
 
     if num_workers is None:
@@ -165,8 +165,7 @@ def decode_images(
         row_index=torch.tensor(rows, dtype=torch.int64),
     )
     _save_atomically(decoded, path)
-    logger.info("Decoded %d images of %s (%dx%d) into %s", len(decoded), source_split or "a split",
-                *decoded.image_size, path)  # fmt: skip
+    logger.info("Decoded %d images (%dx%d) into %s", len(decoded), *decoded.image_size, path)
     return decoded
 
 

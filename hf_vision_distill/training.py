@@ -38,6 +38,8 @@ class ImageClassificationTrainer(Trainer):
       (`loss_is_scaled_for_ga = False`), so accumulating k batches of n gives the update of one batch of k * n.
     - Evaluation and test batches are collated with `eval_data_collator`: the Trainer has one `data_collator` for
       every dataloader, but mixup, cutmix and label smoothing belong to training batches only.
+    - A collator with an `on_device` method finishes its batches on the training device (uint8 images from the
+      workers normalised and mixed there): training and prediction steps call it on each batch.
     - Subclasses name submodules that stay in eval mode while the model trains (`modules_kept_in_eval`: a frozen
       backbone, norms that must keep their statistics); the Trainer puts every module in train mode before each step.
 
@@ -56,6 +58,18 @@ class ImageClassificationTrainer(Trainer):
         # A pre-forward hook: training_step calls model.train() just before the forward pass, whatever compute_loss
         # a subclass writes; DDP's wrapper calls this module, so the hook runs there too.
         self.model.register_forward_pre_hook(self._keep_modules_in_eval)
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        return super().training_step(model, on_device(self.data_collator, inputs), num_items_in_batch)
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, torch.Tensor], *args, **kwargs):
+        return super().prediction_step(model, on_device(self.evaluation_collator, inputs), *args, **kwargs)
+
+    @property
+    def evaluation_collator(self) -> Callable:
+        return self.eval_data_collator if self.eval_data_collator is not None else self.data_collator
 
     def modules_kept_in_eval(self) -> list[nn.Module]:
         """Submodules of the model to keep in eval mode during training; none here."""
@@ -116,6 +130,7 @@ class ImageClassificationTrainer(Trainer):
         """
         logits, labels = [], []
         for batch in self.get_eval_dataloader(eval_dataset):
+            batch = on_device(self.evaluation_collator, batch)
             pixel_values = batch["pixel_values"] if input_view is None else input_view(batch["pixel_values"])
             batch_logits = self.run_frozen_model(model, pixel_values)
             batch_labels = batch["labels"].to(batch_logits.device)
@@ -240,6 +255,13 @@ class LoggedTermsMixin:
         super().log(logs, start_time)
 
 
+def on_device(collator: Callable | None, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The collator's device step for a batch already on the device (`ImageClassificationCollator.on_device`), or the
+    batch itself for collators that finish in the workers."""
+    finish = getattr(collator, "on_device", None)
+    return finish(batch) if finish is not None else batch
+
+
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of `logits` `(batch, num_labels)` against class indices `(batch,)` (smoothed by
     `label_smoothing`) or soft targets `(batch, num_labels)` (used as given: smooth them before mixing)."""
@@ -268,4 +290,4 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-__all__ = ["ImageClassificationTrainer", "classification_loss", "last_complete_checkpoint"]
+__all__ = ["ImageClassificationTrainer", "classification_loss", "last_complete_checkpoint", "on_device"]

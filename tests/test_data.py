@@ -636,3 +636,28 @@ def test_with_transform_and_dataloader_workers(cifar10_sample_path):
     eval_loader = torch.utils.data.DataLoader(eval_dataset, batch_size=8, collate_fn=ImageClassificationCollator())
     eval_batch = next(iter(eval_loader))
     assert eval_batch["labels"].tolist() == labels_of(data.dataset["test"])
+
+
+def test_uint8_batches_are_normalised_and_mixed_on_the_device(cifar10_sample_path):
+    split = load_image_classification_dataset(str(cifar10_sample_path), max_eval_samples=8).dataset["validation"]
+    mean, std = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
+    as_float = with_image_transform(split, build_transforms(32, train=False, mean=mean, std=std))
+    as_uint8 = with_image_transform(split, build_transforms(32, train=False, mean=mean, std=std, normalize=False))
+    assert as_uint8[0]["pixel_values"].dtype == torch.uint8
+    expected = ImageClassificationCollator()([as_float[index] for index in range(8)])
+    collator = ImageClassificationCollator(mean=mean, std=std)
+    batch = collator([as_uint8[index] for index in range(8)])
+    assert batch["pixel_values"].dtype == torch.uint8  # what the workers send
+    finished = collator.on_device(batch)
+    torch.testing.assert_close(finished["pixel_values"], expected["pixel_values"], rtol=0, atol=1e-6)
+    assert torch.equal(finished["labels"], expected["labels"])
+    # Pickled into workers without the device constants it built.
+    assert pickle.loads(pickle.dumps(collator))._normalisation == {}
+
+    mixing = ImageClassificationCollator(num_labels=10, mixup_alpha=1.0, mean=mean, std=std)
+    unmixed = mixing([as_uint8[index] for index in range(8)])
+    assert unmixed["labels"].dtype == torch.long  # mixed only once normalised
+    mixed = mixing.on_device(unmixed)
+    assert mixed["labels"].shape == (8, 10) and mixed["pixel_values"].dtype == torch.float32
+    with pytest.raises(ValueError, match="normalize=True"):
+        build_transforms(32, train=True, random_erasing=0.5, normalize=False)

@@ -15,7 +15,7 @@ from transformers import AutoModelForImageClassification, TrainingArguments, pip
 
 from hf_vision_distill.data import ImageClassificationCollator, load_image_classification_dataset
 from hf_vision_distill.recipes import ModelArguments, load_model, parse_arguments
-from hf_vision_distill.training import last_complete_checkpoint
+from hf_vision_distill.training import last_complete_checkpoint, on_device
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -100,20 +100,24 @@ def test_recipe_resumes_from_the_last_complete_checkpoint(tmp_path):
     assert logged_steps == [1, 2, 3, 4]
 
 
-def test_mixup_applies_to_training_batches_only(tmp_path):
+@pytest.mark.parametrize("pipeline", ["tensors", "workers"])
+def test_mixup_applies_to_training_batches_only(tmp_path, pipeline):
     recipe = load_recipe()
     captured = {}
     original = recipe.ImageClassificationTrainer
 
     class CapturingTrainer(original):
         def train(self, *args, **kwargs):
-            captured["train"] = next(iter(self.get_train_dataloader()))
-            captured["eval"] = next(iter(self.get_eval_dataloader()))
+            # As the steps see them: after the collator's device step (uint8 worker batches are mixed there).
+            captured["train"] = on_device(self.data_collator, next(iter(self.get_train_dataloader())))
+            captured["eval"] = on_device(self.eval_data_collator, next(iter(self.get_eval_dataloader())))
             return super().train(*args, **kwargs)
 
     recipe.ImageClassificationTrainer = CapturingTrainer
     recipe.main(tiny_run_arguments(tmp_path / "run", "--mixup_alpha", "0.2", "--cutmix_alpha", "1.0",
-                                   "--label_smoothing_factor", "0.1", "--max_steps", "1"))  # fmt: skip
+                                   "--label_smoothing_factor", "0.1", "--max_steps", "1",
+                                   "--input_pipeline", pipeline, "--dataloader_num_workers", "1"))  # fmt: skip
+    assert captured["train"]["pixel_values"].dtype == captured["eval"]["pixel_values"].dtype == torch.float32
     train_labels, eval_labels = captured["train"]["labels"], captured["eval"]["labels"]
     assert train_labels.shape == (16, 10) and train_labels.is_floating_point()
     torch.testing.assert_close(train_labels.sum(-1), torch.ones(16))
