@@ -15,7 +15,8 @@ What it measures:
   `torch.utils.flop_counter` (matmuls and convolutions); MFU = 3 x forward FLOPs x images/s / peak (a backward pass
   costs about two forwards).
 - end to end (`--end_to_end`): `examples/train.py` run in this process on a real dataset (`--bf16`, plus
-  `--use_cpu` on CPU; no evaluation or checkpoints during training), its `train_samples_per_second`, and ratio = that /
+  `--use_cpu` on CPU; the recipe's defaults otherwise: validation and a checkpoint every epoch), its
+  `train_samples_per_second` (all of that included, as the Trainer reports it), and ratio = that /
   the model's fastest bare step. Arguments after `--` go to the recipe unchanged (they win over the ones above), so
   the same script measures another input pipeline or worker count.
 
@@ -45,7 +46,7 @@ from torch import nn
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.models.vit import VisionTransformerConfig
 from hf_vision_distill.profiling import flops_per_image
-from hf_vision_distill.recipes import SHIPPED_SAMPLE
+from hf_vision_distill.recipes import SHIPPED_SAMPLE, is_convolutional
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -104,12 +105,6 @@ def matmul_peak(
         "threads": torch.get_num_threads(),
         "all_flops_per_second": rates,
     }
-
-
-def is_convolutional(model: nn.Module) -> bool:
-    """channels_last concerns models built of convolutions: more than one, since a ViT has its patch embedding (the
-    rule the recipes use to put a model in channels_last)."""
-    return sum(isinstance(module, nn.Conv2d) for module in model.modules()) > 1
 
 
 def build_model(
@@ -373,12 +368,13 @@ def end_to_end(
     batch_size: int,
     recipe_arguments: list[str] = (),
 ) -> dict:
-    """The training recipe (`examples/train.py`) on `dataset`, and its training images/s as the Trainer reports it
-    (`train_samples_per_second`: the whole training loop, data loading included, start-up too)."""
+    """The training recipe (`examples/train.py`) on `dataset` with its defaults, and its training images/s as the
+    Trainer reports it (`train_samples_per_second`: the whole training loop, with data loading and augmentation, the
+    validation after every epoch, the checkpoints and the start-up)."""
     arguments = [
         "--model_name_or_path", model_name, "--dataset_name", dataset, "--output_dir", str(output_dir),
         "--overwrite_output_dir", "--num_train_epochs", str(epochs), "--per_device_train_batch_size", str(batch_size),
-        "--report_to", "none", "--max_eval_samples", "256", "--disable_tqdm", "true", *NO_EVALUATION_OR_CHECKPOINTS,
+        "--report_to", "none", "--disable_tqdm", "true",
         *recipe_device_arguments(device),
     ]  # fmt: skip
     if max_train_samples:
