@@ -49,10 +49,45 @@ logger = logging.getLogger(__name__)
 SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
 
 
-# On a GPU that has them (Ampere and newer): bf16 autocast and TF32 matrix products unless the command line says
-# otherwise (a user's --fp16 replaces the bf16 default). CPUs keep float32 unless --bf16 is passed: only those that
-# multiply bf16 in hardware (AMX) gain from it.
-ACCELERATOR_BF16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+# A default resolved when the arguments are parsed (`resolve_precision_defaults`), not at import.
+FROM_THE_DEVICE = "from the device"
+
+
+def accelerator_bf16() -> bool:
+    """Whether this process's GPU multiplies bf16 and TF32 natively (compute capability 8, Ampere, and newer).
+    `torch.cuda.is_bf16_supported()` also says yes for older GPUs that emulate bf16 (T4, V100), where transformers
+    refuses --tf32 and bf16 runs slowly."""
+    if not torch.cuda.is_available():
+        return False
+    device = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_precision_defaults(defaults: dict[str, Any], user_fp16: bool) -> dict[str, Any]:
+    """bf16 autocast and TF32 matrix products by default on GPUs that have them (`accelerator_bf16`); a user's fp16
+    replaces the bf16 default. CPUs keep float32 unless --bf16 is passed: only those that multiply bf16 in hardware
+    (AMX, AVX512-BF16) gain from it."""
+    if FROM_THE_DEVICE not in (defaults.get("bf16"), defaults.get("tf32")):
+        return defaults
+    native = accelerator_bf16()
+    resolved = dict(defaults)
+    if resolved.get("bf16") == FROM_THE_DEVICE:
+        resolved["bf16"] = native and not user_fp16
+    if resolved.get("tf32") == FROM_THE_DEVICE:
+        resolved["tf32"] = True if native else None
+    return resolved
+
+
+def _asks_for(argv: list[str], flag: str) -> bool:
+    """Whether the command line turns a boolean flag on: `--flag`, `--flag true`, `--flag=yes`, ..."""
+    for position, argument in enumerate(argv):
+        if argument.startswith(f"--{flag}="):
+            return argument.split("=", 1)[1].lower() in ("true", "yes", "1")
+        if argument == f"--{flag}":
+            value = argv[position + 1] if position + 1 < len(argv) else ""
+            return value.startswith("--") or value == "" or value.lower() in ("true", "yes", "1")
+    return False
+
 
 # The worker pipeline's decoding processes: this process's share of the cores (torchrun and accelerate launch set
 # LOCAL_WORLD_SIZE), at most 8.
@@ -80,8 +115,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "remove_unused_columns": False,
     "dataloader_num_workers": DATALOADER_WORKERS,
     "dataloader_pin_memory": torch.cuda.is_available(),
-    "bf16": ACCELERATOR_BF16,
-    "tf32": ACCELERATOR_BF16 or None,
+    "bf16": FROM_THE_DEVICE,
+    "tf32": FROM_THE_DEVICE,
     # Every parameter of our models takes part in each step; DDP's search for unused ones costs a graph walk a step.
     "ddp_find_unused_parameters": False,
     # The Trainer's NaN/inf filter reads the loss on the host every step: on an accelerator, a wait per step.
@@ -207,11 +242,9 @@ def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any],
             values = yaml.safe_load(file) or {}  # YAML is a superset of JSON
         if not isinstance(values, dict):
             raise ValueError(f"{argv[0]} must map argument names to values, got a {type(values).__name__}.")
-        if values.get("fp16") and "bf16" not in values:
-            defaults = {**defaults, "bf16": False}
+        defaults = resolve_precision_defaults(defaults, user_fp16=bool(values.get("fp16")))
         return parser.parse_dict({**defaults, **values})
-    if "--fp16" in argv and "--bf16" not in argv:
-        defaults = {**defaults, "bf16": False}
+    defaults = resolve_precision_defaults(defaults, user_fp16=_asks_for(argv, "fp16"))
     prefix = []
     for name, value in defaults.items():
         if value is None:

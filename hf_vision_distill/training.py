@@ -160,7 +160,8 @@ class ImageClassificationTrainer(Trainer):
         size = tuple(pixel_values.shape[1:])
         counted = getattr(self, "_forward_flops_per_image", {})
         if size not in counted:
-            counted[size] = self._count_forward_flops(pixel_values[:1])
+            # A float image of the batch's size: a uint8 batch is normalised only later, on the device.
+            counted[size] = self._count_forward_flops(torch.zeros(1, *size, device=pixel_values.device))
             self._forward_flops_per_image = counted
         return 3 * counted[size] * pixel_values.shape[0]
 
@@ -218,6 +219,10 @@ class ImageClassificationTrainer(Trainer):
             self.data_collator = train_data_collator
 
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        # With persistent workers the Trainer keeps one loader under the key "eval" for every dataset passed as an
+        # object, and would serve the validation loader for evaluate(test_dataset): an explicit dataset gets its own.
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            getattr(self, "_eval_dataloaders", {}).pop("eval", None)
         with self._collating_for_evaluation():
             return super().get_eval_dataloader(eval_dataset)
 

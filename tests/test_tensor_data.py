@@ -15,13 +15,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
-from hf_vision_distill import tensor_data
+from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification, tensor_data
 from hf_vision_distill.data import (
     ImageClassificationCollator,
     build_transforms,
     load_image_classification_dataset,
     with_image_transform,
 )
+from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer
 from hf_vision_distill.evaluation import build_compute_metrics
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
@@ -215,3 +216,23 @@ def test_both_pipelines_evaluate_a_model_alike(sample, tmp_path):
         metrics[pipeline] = evaluator.evaluate(inputs.eval_datasets["test"], metric_key_prefix="test")
     assert metrics["tensors"]["test_accuracy"] == metrics["workers"]["test_accuracy"]
     assert metrics["tensors"]["test_loss"] == pytest.approx(metrics["workers"]["test_loss"], rel=1e-5)
+
+
+def test_distillation_sizes_its_adapters_on_collated_batches(sample, tmp_path):
+    """The tensor pipeline stores uint8 images at their source size (32 here); the models see them resized (48)."""
+    decoded = decode_images(sample.dataset["train"], cache_dir=tmp_path, num_workers=0)
+    labels = {"id2label": sample.id2label, "label2id": sample.label2id}
+    vit = {"image_size": 48, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+           "intermediate_size": 32}  # fmt: skip
+    torch.manual_seed(0)
+    student = VisionTransformerForImageClassification(VisionTransformerConfig(**vit, **labels))
+    teacher = VisionTransformerForImageClassification(VisionTransformerConfig(**vit, **labels))
+    collators = {train: DeviceImageTransform(48, train=train, mean=MEAN, std=STD) for train in (True, False)}
+    args = DistillationConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=1,
+                              report_to="none", save_strategy="no", use_cpu=True, remove_unused_columns=False,
+                              attention_loss_weight=0.1, feature_loss_weight=0.1,
+                              feature_layers=["-1:-1"])  # fmt: skip
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+                                  train_dataset=TensorImageDataset(decoded), data_collator=collators[True],
+                                  eval_data_collator=collators[False])  # fmt: skip
+    assert trainer.train().training_loss > 0

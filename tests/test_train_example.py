@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoModelForImageClassification, TrainingArguments, pipeline
 
+from hf_vision_distill import recipes
 from hf_vision_distill.data import ImageClassificationCollator, load_image_classification_dataset
 from hf_vision_distill.recipes import ModelArguments, load_model, parse_arguments
 from hf_vision_distill.training import last_complete_checkpoint, on_device
@@ -192,12 +193,24 @@ def test_two_processes_with_torchrun(tmp_path):
     assert "find_unused_parameters=True" not in result.stderr  # the recipe turns DDP's extra graph walk off
 
 
-def test_a_users_fp16_replaces_the_bf16_default():
-    defaults = {"bf16": True, "tf32": None, "output_dir": "unused"}
-    (args,) = parse_arguments((TrainingArguments,), defaults, ["--fp16", "--use_cpu"])
-    assert (args.bf16, args.fp16) == (False, True)
-    (args,) = parse_arguments((TrainingArguments,), defaults, ["--use_cpu"])
-    assert (args.bf16, args.fp16) == (True, False)
+@pytest.mark.parametrize("fp16, bf16", [(["--fp16"], False), (["--fp16=true"], False), (["--fp16", "false"], True),
+                                        ([], True)])  # fmt: skip
+def test_a_users_fp16_replaces_the_bf16_default(monkeypatch, fp16, bf16):
+    monkeypatch.setattr(recipes, "accelerator_bf16", lambda: True)
+    defaults = {"bf16": recipes.FROM_THE_DEVICE, "output_dir": "unused"}
+    (args,) = parse_arguments((TrainingArguments,), defaults, [*fp16, "--use_cpu"])
+    assert args.bf16 is bf16 and args.fp16 is not bf16
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), (True, True)), ((7, 5), (False, None))])
+def test_bf16_and_tf32_by_default_only_on_gpus_that_have_them(monkeypatch, capability, expected):
+    # T4 and V100 (7.x) emulate bf16, so torch.cuda.is_bf16_supported() says yes, but transformers refuses --tf32.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    defaults = {"bf16": recipes.FROM_THE_DEVICE, "tf32": recipes.FROM_THE_DEVICE}
+    resolved = recipes.resolve_precision_defaults(defaults, user_fp16=False)
+    assert (resolved["bf16"], resolved["tf32"]) == expected
 
 
 def test_convolutional_models_train_in_channels_last():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from transformers import TrainingArguments, ViTConfig, ViTForImageClassification
+from transformers.modeling_outputs import ImageClassifierOutput
 
 from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
 from hf_vision_distill.data import ImageClassificationCollator
@@ -131,3 +132,42 @@ def test_torch_compile_does_not_recompile_for_the_last_smaller_batch(tmp_path):
     torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=True):
         ImageClassificationTrainer(model=model, args=args, train_dataset=examples(False), data_collator=stack).train()
+
+
+class PlainClassifier(torch.nn.Module):
+    """A classifier that, unlike ours, does not cast its input to its weights' dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.convolution = torch.nn.Conv2d(3, 4, kernel_size=3)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, pixel_values):
+        return ImageClassifierOutput(logits=self.head(self.convolution(pixel_values).mean(dim=(2, 3))))
+
+
+def test_total_flos_with_uint8_batches_normalised_on_the_device(tmp_path):
+    model = PlainClassifier()
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model.eval()(pixel_values=torch.randn(1, 3, 16, 16))
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"pixel_values": torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=generator),
+             "labels": index % 3} for index in range(8)]  # fmt: skip
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to="none",
+                             save_strategy="no", use_cpu=True, dataloader_num_workers=0,
+                             remove_unused_columns=False)  # fmt: skip
+    collator = ImageClassificationCollator(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    trainer = ImageClassificationTrainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    trainer.train()
+    assert trainer.state.total_flos == 3 * counter.get_total_flops() * 8
+
+
+def test_each_explicit_evaluation_dataset_gets_its_own_loader_with_persistent_workers(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, dataloader_num_workers=1,
+                             dataloader_persistent_workers=True)  # fmt: skip
+    validation, test = examples(False)[:4], examples(False)[4:7]
+    trainer = ImageClassificationTrainer(model=tiny_vit(), args=args, eval_dataset=validation, data_collator=stack)
+    assert trainer.get_eval_dataloader().dataset is validation
+    # transformers keeps the first loader under "eval" and would hand it back for the test split.
+    assert trainer.get_eval_dataloader(test).dataset is test
+    assert trainer.get_eval_dataloader(validation).dataset is validation

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ from ..losses import (
     soft_distillation_loss,
     uniform_entropy,
 )
-from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss
+from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss, on_device
 from .adapters import (
     ADAPTERS_ATTRIBUTE,
     ADAPTERS_WEIGHTS_NAME,
@@ -202,7 +203,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         self._teacher_prefix_tokens = count_prefix_tokens(teacher_model) if teacher_model is not None else 0
         if args.uses("feature_loss_weight") or args.uses("attention_loss_weight"):
             set_seed(args.seed)  # the adapters' initialisation follows the run's seed
-            probe = _probe_batch(model, kwargs.get("train_dataset"))
+            collator = kwargs.get("eval_data_collator") or kwargs.get("data_collator")
+            probe = _probe_batch(model, kwargs.get("train_dataset"), collator)
             adapters = self._build_adapters(model, teacher_model, args, probe)
             if len(adapters):
                 if args.fsdp and _has_parameters(adapters):
@@ -657,9 +659,13 @@ def _attention_grid(attentions: torch.Tensor, num_prefix_tokens: int) -> tuple[i
     return side, side
 
 
-def _probe_batch(model: nn.Module, train_dataset) -> torch.Tensor:
-    """One input to size the adapters: the first training image, else zeros at the student's configured size."""
+def _probe_batch(model: nn.Module, train_dataset, collator: Callable | None) -> torch.Tensor:
+    """One input to size the adapters: the first training image as the collator (and its device step) makes it, so
+    at the model's size and normalised whatever the dataset stores (the tensor pipeline stores uint8 at the source
+    size); else zeros at the student's configured size."""
     if train_dataset is not None and len(train_dataset) > 0:
+        if collator is not None:
+            return on_device(collator, collator([train_dataset[0]]))["pixel_values"].float()
         return torch.as_tensor(train_dataset[0]["pixel_values"])[None].float()
     config = getattr(model, "config", None)
     image_size = getattr(config, "image_size", None)
