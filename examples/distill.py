@@ -41,6 +41,7 @@ from hf_vision_distill.distillation import (
     TeacherView,
     cache_teacher_logits,
     check_label_spaces,
+    gives_attention_maps,
     teacher_outputs_by_row,
 )
 from hf_vision_distill.evaluation import (
@@ -67,6 +68,7 @@ from hf_vision_distill.recipes import (
     random_augmentations,
     run_recipe,
     setup_run,
+    user_gave,
     write_model_card,
 )
 from hf_vision_distill.training import ImageClassificationTrainer, on_device
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = load_image_classifier(
         args.teacher_model_name_or_path, id2label=None, trust_remote_code=model_args.trust_remote_code
     )
+    args = fit_attention_to_teacher(args, teacher, argv)
 
     def load_student():
         set_seed(args.seed)  # the baseline starts from the same weights as the distilled student
@@ -237,6 +240,25 @@ def main(argv: list[str] | None = None) -> dict:
     if args.push_to_hub:
         push_output(trainer)  # the student, its image processor, the card, summary and plots
     return summary
+
+
+def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] | None) -> DistillationConfig:
+    """Attention distillation needs a teacher with attention maps (a ViT). The recipe's default weight is turned off,
+    with a line saying so, for a teacher without them (a CNN); a weight the user asked for fails here, before any
+    expensive work, with the flag to change."""
+    if not args.uses("attention_loss_weight") or gives_attention_maps(teacher.model, tuple(teacher.image_size)):
+        return args
+    if user_gave(argv, "attention_loss_weight"):
+        raise ValueError(
+            f"--attention_loss_weight {args.attention_loss_weight}: the teacher ({args.teacher_model_name_or_path}, "
+            f"{type(teacher.model).__name__}) gives no attention maps to align with (attention distillation needs a "
+            "ViT teacher). Pass --attention_loss_weight 0, or a ViT teacher."
+        )
+    logger.info(
+        "The teacher (%s) gives no attention maps: attention distillation is off (--attention_loss_weight 0); the "
+        "student learns from the labels and the teacher's soft labels.", type(teacher.model).__name__,
+    )  # fmt: skip
+    return dataclasses.replace(args, attention_loss_weight=0.0)
 
 
 def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir: Path) -> dict[str, dict]:

@@ -78,6 +78,18 @@ def resolve_precision_defaults(defaults: dict[str, Any], user_fp16: bool) -> dic
     return resolved
 
 
+def user_gave(argv: list[str] | None, name: str) -> bool:
+    """Whether the user set the argument `name` (on the command line, or in the single YAML/JSON file) rather than
+    leaving it to the recipe's default."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if len(arguments) == 1 and arguments[0].endswith((".json", ".yaml", ".yml")):
+        import yaml
+
+        with open(arguments[0]) as file:
+            return name in (yaml.safe_load(file) or {})
+    return any(argument.split("=", 1)[0] == f"--{name}" for argument in arguments)
+
+
 def _asks_for(argv: list[str], flag: str) -> bool:
     """Whether the command line turns a boolean flag on: `--flag`, `--flag true`, `--flag=yes`, ..."""
     for position, argument in enumerate(argv):
@@ -729,5 +741,6 @@ __all__ = [
     "is_convolutional",
     "setup_logging",
     "setup_run",
+    "user_gave",
     "write_model_card",
 ]

@@ -167,3 +167,23 @@ def test_shipped_teacher_classifies_the_shipped_sample():
     assert teacher.model.config.id2label == data.id2label
     assert {parameter.dtype for parameter in teacher.model.parameters()} == {torch.float32}
     assert accuracy_on_test_split(teacher, data) > 0.5  # chance: 0.1; measured: 0.60 on these 200 (0.63 on all 10,000)
+
+
+def test_a_cnn_teacher_turns_the_default_attention_term_off(tmp_path, caplog):
+    torch.manual_seed(0)
+    id2label = dict(enumerate(CIFAR_NAMES))
+    teacher = load_image_classifier("compact-cnn", id2label=id2label, config_overrides=json.loads(TINY_STUDENT))
+    teacher.model.save_pretrained(tmp_path / "cnn-teacher")
+    arguments = [
+        "--teacher_model_name_or_path", str(tmp_path / "cnn-teacher"), "--output_dir", str(tmp_path / "run"),
+        "--config_overrides", TINY_STUDENT, "--max_train_samples", "32", "--max_eval_samples", "16",
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none",
+    ]  # fmt: skip
+    caplog.set_level("INFO")
+    summary = load_recipe().main(arguments)
+    assert "gives no attention maps: attention distillation is off" in caplog.text
+    assert summary["settings"]["attention_loss_weight"] == 0.0 and "test_accuracy" in summary["models"][1]
+    # Asked for explicitly, the mismatch stops the run before the teacher is evaluated or anything trains.
+    with pytest.raises(ValueError, match="--attention_loss_weight 0, or a ViT teacher"):
+        load_recipe().main([*arguments, "--attention_loss_weight", "0.2", "--output_dir", str(tmp_path / "asked")])
+    assert not (tmp_path / "asked").exists()

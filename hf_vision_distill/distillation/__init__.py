@@ -1,7 +1,7 @@
 """Teacher-student distillation: `DistillationConfig` (TrainingArguments) beside `DistillationTrainer` (Trainer)."""
 
 from .distillation_config import DistillationConfig
-from .distillation_trainer import DistillationTrainer, TeacherView, check_label_spaces
+from .distillation_trainer import DistillationTrainer, TeacherView, check_label_spaces, gives_attention_maps
 from .layerwise import LayerwiseDistillationTrainer, block_names, transformer_blocks
 from .teacher_cache import TEACHER_LOGITS_COLUMN, cache_teacher_logits, teacher_outputs_by_row
 
@@ -14,6 +14,7 @@ __all__ = [
     "block_names",
     "cache_teacher_logits",
     "check_label_spaces",
+    "gives_attention_maps",
     "teacher_outputs_by_row",
     "transformer_blocks",
 ]

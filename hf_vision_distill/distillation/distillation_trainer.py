@@ -617,6 +617,23 @@ def _pick(sequence: tuple | list, index: int, what: str):
     return sequence[index]
 
 
+@torch.no_grad()
+def gives_attention_maps(teacher: nn.Module, image_size: tuple[int, int]) -> bool:
+    """Whether `teacher` returns attention maps over a square patch grid (a ViT), tried on one blank image of
+    `image_size` on the teacher's device: what attention distillation needs."""
+    parameter = next(teacher.parameters(), None)
+    image = torch.zeros(1, 3, *image_size, device=parameter.device if parameter is not None else None)
+    was_training = teacher.training
+    try:
+        outputs = teacher.eval()(pixel_values=image, **_teacher_kwargs(teacher, hidden_states=False, attentions=True))
+        _attention_grid(_require_attentions(outputs)[0], count_prefix_tokens(teacher))
+        return True
+    except (ValueError, TypeError):
+        return False
+    finally:
+        teacher.train(was_training)
+
+
 def _teacher_kwargs(teacher: nn.Module, hidden_states: bool, attentions: bool) -> dict[str, bool]:
     kwargs = {}
     if hidden_states:
@@ -677,4 +694,4 @@ def _probe_batch(model: nn.Module, train_dataset, collator: Callable | None) -> 
     return torch.zeros(1, getattr(config, "num_channels", 3), height, width)
 
 
-__all__ = ["DistillationTrainer", "TeacherView", "check_label_spaces"]
+__all__ = ["DistillationTrainer", "TeacherView", "check_label_spaces", "gives_attention_maps"]
