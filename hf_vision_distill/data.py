@@ -57,6 +57,7 @@ __all__ = [
     "find_undecodable_images",
     "load_image_classification_dataset",
     "make_batch_transform",
+    "uint8_normalisation",
     "with_image_transform",
 ]
 
@@ -960,6 +961,17 @@ def with_image_transform(
 # Collator
 
 
+def uint8_normalisation(
+    mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(scale, shift)` as `(1, 3, 1, 1)` columns on `device` such that `images * scale - shift` normalises images in
+    the 0-255 range with `mean`/`std` in one step (what `ToDtype(scale=True)` then `Normalize` do)."""
+    std = torch.tensor(std, dtype=torch.float32)
+    scale = (1 / (255 * std))[None, :, None, None]
+    shift = (torch.tensor(mean, dtype=torch.float32) / std)[None, :, None, None]
+    return scale.to(device), shift.to(device)
+
+
 class ImageClassificationCollator:
     """Stack examples into a batch, with optional MixUp / CutMix and label smoothing.
 
@@ -1070,10 +1082,7 @@ class ImageClassificationCollator:
         if self.mean is None or pixel_values is None or pixel_values.dtype != torch.uint8:
             return batch
         if pixel_values.device not in self._normalisation:
-            std = torch.tensor(self.std, dtype=torch.float32)
-            scale = (1 / (255 * std))[None, :, None, None]
-            shift = (torch.tensor(self.mean, dtype=torch.float32) / std)[None, :, None, None]
-            self._normalisation[pixel_values.device] = (scale.to(pixel_values.device), shift.to(pixel_values.device))
+            self._normalisation[pixel_values.device] = uint8_normalisation(self.mean, self.std, pixel_values.device)
         scale, shift = self._normalisation[pixel_values.device]
         return self.finish({**batch, "pixel_values": pixel_values.float() * scale - shift})
 

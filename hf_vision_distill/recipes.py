@@ -414,10 +414,7 @@ def build_collators(
     smoothing moves into the training collator. With `mean` and `std` the collators take uint8 images and normalise
     (and mix) them on the training device.
     """
-    mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0
-    label_smoothing = training_args.label_smoothing_factor if mixing else 0.0
-    if mixing:
-        training_args = dataclasses.replace(training_args, label_smoothing_factor=0.0)
+    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
     train_collator = ImageClassificationCollator(
         num_labels=data.num_labels,
         mixup_alpha=data_args.mixup_alpha,
@@ -427,6 +424,17 @@ def build_collators(
         std=std,
     )
     return train_collator, ImageClassificationCollator(mean=mean, std=std), training_args
+
+
+def smoothing_in_the_collator(
+    data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[float, TrainingArguments]:
+    """Mixed batches carry soft targets, which the Trainer's label smoother cannot take: with mixup/cutmix the label
+    smoothing moves from the training arguments into the training collator. Returns the collator's smoothing and the
+    training arguments to use with it."""
+    if data_args.mixup_alpha == 0 and data_args.cutmix_alpha == 0:
+        return 0.0, training_args
+    return training_args.label_smoothing_factor, dataclasses.replace(training_args, label_smoothing_factor=0.0)
 
 
 INPUT_PIPELINE_CHOICES = ("auto", "tensors", "workers")
@@ -552,8 +560,7 @@ def _tensor_inputs(
     interpolation: str,
     row_outputs: dict[str, dict] | None,
 ) -> RecipeInputs:
-    mixing = data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0
-    label_smoothing = training_args.label_smoothing_factor if mixing else 0.0
+    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
     device = training_args.device
     common = {
         "mean": mean,
@@ -573,8 +580,6 @@ def _tensor_inputs(
     # remover (for datasets that are not a datasets.Dataset) would take for lists of examples.
     changes = {"remove_unused_columns": False, "dataloader_num_workers": 0, "dataloader_pin_memory": False,
                "dataloader_persistent_workers": False, "dataloader_prefetch_factor": None}  # fmt: skip
-    if mixing:
-        changes["label_smoothing_factor"] = 0.0  # applied to the mixed soft targets by the collator
     training_args = dataclasses.replace(training_args, **changes)
     datasets_by_split = {split: TensorImageDataset(images, (row_outputs or {}).get(split))
                          for split, images in decoded.items()}  # fmt: skip

@@ -42,6 +42,7 @@ from .data import (
     ImageClassificationCollator,
     _image_size_pair,
     convert_image_to_rgb,
+    uint8_normalisation,
     with_image_transform,
 )
 
@@ -280,11 +281,7 @@ class DeviceImageTransform:
         self.device = torch.device(device)
         self.seed = seed
         self.generator = torch.Generator(device=self.device)
-        # Built once, on the device, as (1, 3, 1, 1) columns; scaled so that uint8 values normalise in one step.
-        self.scale = (1 / (255 * torch.tensor(std, dtype=torch.float32))).to(self.device)[None, :, None, None]
-        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).to(
-            self.device
-        )[None, :, None, None]
+        self.scale, self.shift = uint8_normalisation(mean, std, self.device)  # built once, on the device
         self.labels_collator = ImageClassificationCollator(**kwargs)
 
     def __call__(self, batch: dict[str, torch.Tensor] | list[dict]) -> dict[str, torch.Tensor]:
