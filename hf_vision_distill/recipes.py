@@ -30,6 +30,7 @@ from .data import (
     load_image_classification_dataset,
     with_image_transform,
 )
+from .device_decode import DeviceJpegTransform, EncodedImageDataset, describe_first_image, split_is_jpeg
 from .hub import build_model_card, results_from_metrics
 from .models.loading import LoadedClassifier, load_image_classifier
 from .tensor_data import (
@@ -212,9 +213,11 @@ class DataArguments:
         default="auto",
         metadata={
             "help": "tensors: decode each split once into memory (cached on disk) and augment whole batches on the "
-            "training device; workers: decode and augment each image in dataloader workers; auto: tensors when the "
-            "images share one size, fit in 2 GiB and no per-image augmentation (--auto_augment, --color_jitter, "
-            "--random_erasing) is asked for."
+            "training device; workers: decode and augment each image in dataloader workers; decode_on_device: "
+            "workers read the encoded JPEGs, the training device decodes (nvJPEG on a GPU) and augments whole "
+            "batches (for large JPEG images when the CPU cores cannot decode as fast as the GPU trains); auto: "
+            "tensors when the images share one size, fit in 2 GiB and no per-image augmentation (--auto_augment, "
+            "--color_jitter, --random_erasing) is asked for, else workers."
         },
     )
     mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp alpha (0 disables)."})
@@ -437,7 +440,7 @@ def smoothing_in_the_collator(
     return training_args.label_smoothing_factor, dataclasses.replace(training_args, label_smoothing_factor=0.0)
 
 
-INPUT_PIPELINE_CHOICES = ("auto", "tensors", "workers")
+INPUT_PIPELINE_CHOICES = ("auto", "tensors", "workers", "decode_on_device")
 
 
 @dataclass
@@ -456,8 +459,9 @@ class RecipeInputs:
 def choose_input_pipeline(
     data: ImageClassificationData, data_args: DataArguments, memory_budget: int = DEFAULT_MEMORY_BUDGET_BYTES
 ) -> str:
-    """`"tensors"` or `"workers"` for `--input_pipeline` (see `DataArguments.input_pipeline`), decided before any
-    image is decoded but the first of each split; a forced choice that cannot work fails here, naming the fix."""
+    """`"tensors"`, `"workers"` or `"decode_on_device"` for `--input_pipeline` (see `DataArguments.input_pipeline`),
+    decided before any image is decoded but the first of each split; a forced choice that cannot work fails here,
+    naming the fix."""
     requested = data_args.input_pipeline
     if requested not in INPUT_PIPELINE_CHOICES:
         raise ValueError(
@@ -469,13 +473,21 @@ def choose_input_pipeline(
                  "--random_erasing": data_args.random_erasing > 0}  # fmt: skip
     per_image = [flag for flag, on in per_image.items() if on]
     if per_image:
-        if requested == "tensors":
+        if requested in ("tensors", "decode_on_device"):
             raise ValueError(
-                f"--input_pipeline tensors cannot apply {per_image}: they transform one PIL image at a time in the "
-                "dataloader workers. Pass --input_pipeline workers (or auto), or leave them out."
+                f"--input_pipeline {requested} cannot apply {per_image}: they transform one PIL image at a time in "
+                "the dataloader workers. Pass --input_pipeline workers (or auto), or leave them out."
             )
         logger.info("Input pipeline: workers (%s run per image in dataloader workers).", ", ".join(per_image))
         return "workers"
+    if requested == "decode_on_device":
+        for split, images in data.dataset.items():
+            if not split_is_jpeg(images):
+                raise ValueError(
+                    f"--input_pipeline decode_on_device decodes JPEG images, and split '{split}' stores others (its "
+                    f"first image: {describe_first_image(images)}). Pass --input_pipeline workers (or auto)."
+                )
+        return "decode_on_device"
     try:
         size = sum(estimated_bytes(split) for split in data.dataset.values())
     except Exception as err:  # an undecodable first image: the worker pipeline reports it with its row
@@ -525,6 +537,9 @@ def build_inputs(
                 raise error
             logger.info("Input pipeline: workers (%s)", str(error).split(", so ")[0])
             pipeline = "workers"
+    if pipeline == "decode_on_device":
+        return _decode_on_device_inputs(data, data_args, training_args, image_size, mean, std, interpolation,
+                                        row_outputs)  # fmt: skip
     if pipeline == "workers":
         # uint8 images leave the workers (a quarter of float32's bytes) and are normalised on the device, unless
         # random erasing, which erases normalised images to the mean colour, must run in the workers.
@@ -592,6 +607,47 @@ def _tensor_inputs(
     eval_datasets = {split: dataset for split, dataset in datasets_by_split.items() if split != "train"}
     return RecipeInputs(datasets_by_split["train"], eval_datasets, train_collator, eval_collator, training_args,
                         "tensors")  # fmt: skip
+
+
+def _decode_on_device_inputs(
+    data: ImageClassificationData,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    image_size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    interpolation: str,
+    row_outputs: dict[str, dict] | None,
+) -> RecipeInputs:
+    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
+    common = {
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+        "device": training_args.device,
+        "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+        "on_bad_image": data_args.on_bad_image,
+    }
+    train_collator = DeviceJpegTransform(
+        image_size, train=True, crop=data_args.crop, horizontal_flip=data_args.horizontal_flip,
+        num_labels=data.num_labels, mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
+        label_smoothing=label_smoothing, source_split=data.source_splits.get("train"), **common,
+    )  # fmt: skip
+    eval_collator = DeviceJpegTransform(image_size, train=False, **common)
+    datasets_by_split = {split: EncodedImageDataset(images, (row_outputs or {}).get(split))
+                         for split, images in data.dataset.items()}  # fmt: skip
+    # Workers read files and EXIF headers only; the batch holds encoded bytes, which the Trainer's column remover
+    # (for datasets that are not a datasets.Dataset) would take for examples, and pinning does not apply to.
+    accelerator_config = dataclasses.replace(training_args.accelerator_config, non_blocking=True)
+    training_args = dataclasses.replace(
+        training_args, remove_unused_columns=False, dataloader_pin_memory=False, accelerator_config=accelerator_config,
+        dataloader_persistent_workers=training_args.dataloader_num_workers > 0,
+    )  # fmt: skip
+    logger.info("Input pipeline: decode_on_device (%d workers per process read encoded images; %s decodes them).",
+                training_args.dataloader_num_workers, training_args.device)  # fmt: skip
+    eval_datasets = {split: dataset for split, dataset in datasets_by_split.items() if split != "train"}
+    return RecipeInputs(datasets_by_split["train"], eval_datasets, train_collator, eval_collator, training_args,
+                        "decode_on_device")  # fmt: skip
 
 
 def hyperparameters_for_card(data_args: DataArguments, training_args: TrainingArguments) -> dict[str, Any]:

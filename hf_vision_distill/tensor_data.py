@@ -289,20 +289,36 @@ class DeviceImageTransform:
             batch = {name: torch.stack([torch.as_tensor(example[name]) for example in batch]) for name in batch[0]}
         indices = batch.pop(SAMPLE_INDICES_KEY, None)
         batch = {name: value.to(self.device, non_blocking=True) for name, value in batch.items()}
-        if indices is None:  # no key: the global generators draw
-            generator = None
-            batch_seed = None
-        else:
-            batch_seed = zlib.crc32(indices.numpy().astype(np.int64).tobytes(), self.seed & 0xFFFFFFFF)
-            generator = self.generator.manual_seed(batch_seed)
         images = batch.pop("pixel_values")
         if images.dtype != torch.uint8:
             raise ValueError(
                 f"DeviceImageTransform takes uint8 images (a TensorImageDataset's), got {images.dtype}; use "
                 "ImageClassificationCollator for batches of transformed images."
             )
-        images = images.float()
-        if self.crop == "random_resized":
+        return self.augment(images.float(), batch, indices)
+
+    def batch_seed(self, indices: torch.Tensor | None) -> int | None:
+        """The key of a batch's draws: the run's seed and the batch's dataset indices (`None` without indices: the
+        global generators draw)."""
+        if indices is None:
+            return None
+        return zlib.crc32(indices.numpy().astype(np.int64).tobytes(), self.seed & 0xFFFFFFFF)
+
+    def augment(
+        self,
+        images: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        indices: torch.Tensor | None,
+        cropped_and_flipped: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The device half shared by the pipelines that bring images to the device: float images in the 0-255 range
+        `(batch, 3, height, width)` cropped (or `cropped_and_flipped` already, at `image_size`), resized, flipped,
+        normalised, then mixed with the rest of `batch` (labels, teacher columns, on the device)."""
+        batch_seed = self.batch_seed(indices)
+        generator = None if batch_seed is None else self.generator.manual_seed(batch_seed)
+        if cropped_and_flipped:
+            pass
+        elif self.crop == "random_resized":
             images = self._random_resized_crop(images, generator)
         else:
             images = self._resize(images)
@@ -343,38 +359,12 @@ class DeviceImageTransform:
         return padded[samples, :, rows, columns].permute(0, 3, 1, 2)
 
     def _random_resized_crop(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """torchvision's RandomResizedCrop box sampling (10 tries, else the centre crop of the clamped ratio), drawn
-        per image, each box resampled to `image_size` by one `grid_sample` (with the flip folded into the grid)."""
+        """Every image its own random-resized-crop box (`random_resized_crop_boxes`), resampled to `image_size` by one
+        `grid_sample` (with the flip folded into the grid)."""
         batch_size, _, height, width = images.shape
         device = images.device
-        tries = 10
-        area = height * width
-        target_area = area * torch.empty(batch_size, tries, device=device).uniform_(0.08, 1.0, generator=generator)
-        log_ratio = torch.empty(batch_size, tries, device=device).uniform_(
-            math.log(3 / 4), math.log(4 / 3), generator=generator
-        )
-        ratio = torch.exp(log_ratio)
-        crop_width = torch.sqrt(target_area * ratio).round()
-        crop_height = torch.sqrt(target_area / ratio).round()
-        fits = (crop_width > 0) & (crop_width <= width) & (crop_height > 0) & (crop_height <= height)
-        first = fits.float().argmax(dim=1, keepdim=True)
-        found = fits.any(dim=1)
-        crop_width = crop_width.gather(1, first)[:, 0]
-        crop_height = crop_height.gather(1, first)[:, 0]
-        # The fallback: the whole image, cropped to the nearest allowed ratio, centred.
-        image_ratio = width / height
-        if image_ratio < 3 / 4:
-            fallback = (float(width), round(width / (3 / 4)))
-        elif image_ratio > 4 / 3:
-            fallback = (round(height * (4 / 3)), float(height))
-        else:
-            fallback = (float(width), float(height))
-        crop_width = torch.where(found, crop_width, torch.tensor(float(fallback[0]), device=device))
-        crop_height = torch.where(found, crop_height, torch.tensor(float(fallback[1]), device=device))
-        top = torch.floor(torch.rand(batch_size, device=device, generator=generator) * (height - crop_height + 1))
-        left = torch.floor(torch.rand(batch_size, device=device, generator=generator) * (width - crop_width + 1))
-        top = torch.where(found, top, ((height - crop_height) / 2).round())
-        left = torch.where(found, left, ((width - crop_width) / 2).round())
+        sizes = torch.tensor([[height, width]], device=device, dtype=torch.float32).expand(batch_size, 2)
+        top, left, crop_height, crop_width = random_resized_crop_boxes(sizes, generator)
         # The affine map from output coordinates in [-1, 1] to the box, in grid_sample's align_corners=False frame.
         scale_x = crop_width / width
         scale_y = crop_height / height
@@ -393,6 +383,49 @@ class DeviceImageTransform:
         return cropped.clamp_(0, 255) if self.interpolation == "bicubic" else cropped
 
 
+def random_resized_crop_boxes(
+    sizes: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torchvision's `RandomResizedCrop` box sampling (scale 0.08-1, ratio 3/4-4/3, 10 tries, else the centre crop of
+    the clamped ratio), drawn for every image at once.
+
+    Args:
+        sizes (`torch.Tensor`): float `(batch, 2)`, each image's (height, width).
+        generator (`torch.Generator`, *optional*): the draws' generator, on `sizes`' device.
+
+    Returns:
+        `(top, left, crop_height, crop_width)`, float `(batch,)` tensors of whole numbers.
+    """
+    batch_size, device = sizes.shape[0], sizes.device
+    height, width = sizes[:, 0], sizes[:, 1]
+    tries = 10
+    area = (height * width)[:, None]
+    target_area = area * torch.empty(batch_size, tries, device=device).uniform_(0.08, 1.0, generator=generator)
+    log_ratio = torch.empty(batch_size, tries, device=device).uniform_(
+        math.log(3 / 4), math.log(4 / 3), generator=generator
+    )
+    ratio = torch.exp(log_ratio)
+    crop_width = torch.sqrt(target_area * ratio).round()
+    crop_height = torch.sqrt(target_area / ratio).round()
+    fits = (crop_width > 0) & (crop_width <= width[:, None]) & (crop_height > 0) & (crop_height <= height[:, None])
+    first = fits.float().argmax(dim=1, keepdim=True)
+    found = fits.any(dim=1)
+    crop_width = crop_width.gather(1, first)[:, 0]
+    crop_height = crop_height.gather(1, first)[:, 0]
+    # The fallback: the whole image, cropped to the nearest allowed ratio, centred.
+    image_ratio = width / height
+    too_tall, too_wide = image_ratio < 3 / 4, image_ratio > 4 / 3
+    fallback_width = torch.where(too_wide, (height * (4 / 3)).round(), width)
+    fallback_height = torch.where(too_tall, (width / (3 / 4)).round(), height)
+    crop_width = torch.where(found, crop_width, fallback_width)
+    crop_height = torch.where(found, crop_height, fallback_height)
+    top = torch.floor(torch.rand(batch_size, device=device, generator=generator) * (height - crop_height + 1))
+    left = torch.floor(torch.rand(batch_size, device=device, generator=generator) * (width - crop_width + 1))
+    top = torch.where(found, top, ((height - crop_height) / 2).round())
+    left = torch.where(found, left, ((width - crop_width) / 2).round())
+    return top, left, crop_height, crop_width
+
+
 __all__ = [
     "DEFAULT_MEMORY_BUDGET_BYTES",
     "WORKER_ONLY_AUGMENTATIONS",
@@ -404,4 +437,5 @@ __all__ = [
     "decoded_cache_path",
     "estimated_bytes",
     "first_image_size",
+    "random_resized_crop_boxes",
 ]

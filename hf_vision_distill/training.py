@@ -155,19 +155,25 @@ class ImageClassificationTrainer(Trainer):
         every pixel value as a token (off by orders of magnitude for images) and walks the parameters every step.
         The forward is counted once per image size, by torch's FlopCounterMode on one image."""
         pixel_values = inputs.get("pixel_values")
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
+            size, batch_size = tuple(pixel_values.shape[1:]), pixel_values.shape[0]
+        elif isinstance(inputs.get("labels"), torch.Tensor) and hasattr(self.data_collator, "image_size"):
+            # Images that become pixels only on the device (decode_on_device): the collator's output size.
+            size, batch_size = (3, *self.data_collator.image_size), inputs["labels"].shape[0]
+        else:
             return 0
-        size = tuple(pixel_values.shape[1:])
         counted = getattr(self, "_forward_flops_per_image", {})
         if size not in counted:
-            # A float image of the batch's size: a uint8 batch is normalised only later, on the device.
-            counted[size] = self._count_forward_flops(torch.zeros(1, *size, device=pixel_values.device))
+            counted[size] = self._count_forward_flops(size)
             self._forward_flops_per_image = counted
-        return 3 * counted[size] * pixel_values.shape[0]
+        return 3 * counted[size] * batch_size
 
     @torch.no_grad()
-    def _count_forward_flops(self, one_image: torch.Tensor) -> int:
+    def _count_forward_flops(self, size: tuple[int, ...]) -> int:
         model = self.accelerator.unwrap_model(self.model)
+        # A float image of the batch's size on the model's device: the batch itself may still be uint8 on the host
+        # (the worker pipeline's), normalised and moved only later.
+        one_image = torch.zeros(1, *size, device=next(model.parameters()).device)
         was_training = model.training
         model.eval()  # no BatchNorm statistics updated by the count
         try:

@@ -171,3 +171,16 @@ def test_each_explicit_evaluation_dataset_gets_its_own_loader_with_persistent_wo
     # transformers keeps the first loader under "eval" and would hand it back for the test split.
     assert trainer.get_eval_dataloader(test).dataset is test
     assert trainer.get_eval_dataloader(validation).dataset is validation
+
+
+def test_flops_are_counted_on_the_models_device_not_the_batchs(tmp_path):
+    """The worker pipeline's batch is still uint8 on the host when the Trainer counts its FLOPs, while the model sits
+    on the accelerator (here `meta` stands in for it): the count runs on the model's device."""
+    model = PlainClassifier()
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model.eval()(pixel_values=torch.randn(1, 3, 16, 16))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = ImageClassificationTrainer(model=model, args=args)
+    trainer.model.to("meta")
+    host_batch = {"pixel_values": torch.zeros(4, 3, 16, 16, dtype=torch.uint8), "labels": torch.zeros(4)}
+    assert trainer.floating_point_ops(host_batch) == 3 * counter.get_total_flops() * 4
