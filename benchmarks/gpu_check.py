@@ -21,6 +21,9 @@ Sections, in priority order; each is timed and wrapped, so a failure records its
    saved student finite.
 8. torch_compile: vit-cifar's bare step through `torch.compile` (first-step seconds, steady images/s against eager),
    then the recipe with `--torch_compile` for a few steps.
+9. jpeg_decode: photograph-sized JPEGs (CIFAR images upscaled to 224-384 px, written at the start) at vit-tiny's
+   224 px: `--input_pipeline workers` (8 processes) against `decode_on_device` (nvJPEG) with 8 and 2, images/s against
+   the model's; whether decoding on the GPU pays, and so whether `auto` should choose it.
 
 Results go to `$OUT/gpu_check.json` (or `--output_dir`) after every section, so a run cut off by its timeout still
 returns what it measured, and to `gpu_check.md` (the tables printed at the end). No section starts after
@@ -97,6 +100,13 @@ class Sizes:
     # (--input_pipeline, --dataloader_num_workers) per variant of the data-path section
     input_pipelines: list[tuple[str, int]] = field(default_factory=lambda: [("auto", 2), ("workers", 2)])
     data_batches: int = 60
+    # the jpeg_decode section: images per split, the model (at its own size unless given), the variants
+    jpeg_images: int = 1536
+    jpeg_model: str = "vit-tiny"
+    jpeg_image_size: int | None = None
+    jpeg_pipelines: list[tuple[str, int]] = field(
+        default_factory=lambda: [("workers", 8), ("decode_on_device", 8), ("decode_on_device", 2)]
+    )
     fp16_steps: int = 5
     compile_backend: str = "inductor"
     compile_steps: int = 10
@@ -148,6 +158,10 @@ def quick_sizes(compile_backend: str | None = None) -> Sizes:
         distill_epochs=1,
         recipe_arguments=QUICK_RECIPE_ARGUMENTS,
         data_batches=3,
+        jpeg_images=24,
+        jpeg_model="compact-cnn",
+        jpeg_image_size=64,
+        jpeg_pipelines=[("workers", 0), ("decode_on_device", 0)],
         fp16_steps=2,
         compile_backend=compile_backend or "aot_eager",
         compile_steps=2,
@@ -356,74 +370,73 @@ def attention(check: Check) -> dict:
     return result
 
 
-def data_path(check: Check) -> dict:
-    """The recipe's training batches as its Trainer serves them (decoding, augmentation, collation, on the device),
-    per input pipeline, against what the model consumes."""
+def time_training_batches(
+    check: Check, dataset: str, model_name: str, pipeline: str, workers: int, extra: list[str] = ()
+) -> dict:
+    """Images/s of the recipe's training batches as its Trainer serves them (decoding, augmentation, collation, the
+    collator's device step) for one `--input_pipeline` and worker count, built as examples/train.py builds them."""
     from hf_vision_distill.recipes import DataArguments, ModelArguments, build_inputs, load_data, load_model
     from hf_vision_distill.training import ImageClassificationTrainer, on_device
 
-    dataset = str(DEVICE_DATA_CIFAR10) if DEVICE_DATA_CIFAR10.is_dir() else default_dataset()
-    model_name = "compact-cnn"  # the recipe's default student
-    model_overrides = dict(check.sizes.models).get(model_name)
-    pipelines = {}
-    for pipeline, workers in check.sizes.input_pipelines:
-        argv = [
-            "--model_name_or_path", model_name, "--dataset_name", dataset,
-            "--output_dir", str(check.work_dir / "data_path"), "--report_to", "none",
-            *recipe_device_arguments(check.device), *NO_EVALUATION_OR_CHECKPOINTS,  # only the training dataloader
-            *check.sizes.recipe_arguments, "--per_device_train_batch_size", str(check.sizes.batch_size),
-            "--input_pipeline", pipeline, "--dataloader_num_workers", str(workers), *check.recipe_arguments,
-        ]  # fmt: skip
-        parsed = load_recipe("train").parse(argv)
-        # picked by type: the recipe may grow more argument groups
-        model_args = next(group for group in parsed if isinstance(group, ModelArguments))
-        data_args = next(group for group in parsed if isinstance(group, DataArguments))
-        data = load_data(data_args, parsed[-1])
-        loaded = load_model(model_args, data.id2label)
-        start = time.perf_counter()
-        inputs = build_inputs(
-            data,
-            data_args,
-            parsed[-1],
-            loaded.image_size,
-            loaded.image_mean,
-            loaded.image_std,
-            interpolation=loaded.interpolation,
-        )
-        build_seconds = time.perf_counter() - start  # decoding a split once, for the tensor pipeline
-        trainer = ImageClassificationTrainer(
-            model=loaded.model,
-            args=inputs.training_args,
-            train_dataset=inputs.train_dataset,
-            data_collator=inputs.train_collator,
-        )
-        loader = trainer.get_train_dataloader()
-        start = time.perf_counter()
-        batches = iter(loader)
-        first = next(batches)["pixel_values"].to(check.device)
-        synchronize(check.device)
-        first_batch_seconds = time.perf_counter() - start
-        start, images = time.perf_counter(), 0
-        for batch in itertools.islice(batches, min(check.sizes.data_batches, len(loader) - 1)):
-            # The collator's device step too (the worker pipeline's uint8 batches are normalised and mixed there).
-            batch = on_device(inputs.train_collator, {name: value.to(check.device, non_blocking=True)
-                                                      for name, value in batch.items()})  # fmt: skip
-            images += len(batch["pixel_values"])
-        synchronize(check.device)
-        seconds = time.perf_counter() - start
-        pipelines[f"{pipeline}, {inputs.training_args.dataloader_num_workers} workers"] = {
-            "requested": pipeline,
-            "pipeline": inputs.pipeline,
-            "workers": inputs.training_args.dataloader_num_workers,
-            "images_per_second": images / seconds if images else None,
-            "images": images,
-            "build_seconds": build_seconds,
-            "first_batch_seconds": first_batch_seconds,
-            "batch_shape": list(first.shape),
-            "batch_device": str(first.device),
-        }
+    argv = [
+        "--model_name_or_path", model_name, "--dataset_name", dataset,
+        "--output_dir", str(check.work_dir / "data_path"), "--report_to", "none",
+        *recipe_device_arguments(check.device), *NO_EVALUATION_OR_CHECKPOINTS,  # only the training dataloader
+        *check.sizes.recipe_arguments, "--per_device_train_batch_size", str(check.sizes.batch_size),
+        "--input_pipeline", pipeline, "--dataloader_num_workers", str(workers), *extra, *check.recipe_arguments,
+    ]  # fmt: skip
+    parsed = load_recipe("train").parse(argv)
+    # picked by type: the recipe may grow more argument groups
+    model_args = next(group for group in parsed if isinstance(group, ModelArguments))
+    data_args = next(group for group in parsed if isinstance(group, DataArguments))
+    data = load_data(data_args, parsed[-1])
+    loaded = load_model(model_args, data.id2label)
+    start = time.perf_counter()
+    inputs = build_inputs(data, data_args, parsed[-1], loaded.image_size, loaded.image_mean, loaded.image_std,
+                          interpolation=loaded.interpolation)  # fmt: skip
+    build_seconds = time.perf_counter() - start  # decoding a split once, for the tensor pipeline
+    trainer = ImageClassificationTrainer(
+        model=loaded.model,
+        args=inputs.training_args,
+        train_dataset=inputs.train_dataset,
+        data_collator=inputs.train_collator,
+    )
 
-    # the model's side: the throughput section's fastest bare step for this model, or a short measurement now
+    def device_batch(batch: dict) -> dict:
+        # As the Trainer places it (encoded images stay on the host), then the collator's device step (the worker
+        # pipeline's uint8 batches are normalised and mixed there, encoded ones decoded).
+        placed = {name: value.to(check.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+                  for name, value in batch.items()}  # fmt: skip
+        return on_device(inputs.train_collator, placed)
+
+    loader = trainer.get_train_dataloader()
+    start = time.perf_counter()
+    batches = iter(loader)
+    first = device_batch(next(batches))["pixel_values"]
+    synchronize(check.device)
+    first_batch_seconds = time.perf_counter() - start
+    start, images = time.perf_counter(), 0
+    for batch in itertools.islice(batches, min(check.sizes.data_batches, len(loader) - 1)):
+        images += len(device_batch(batch)["pixel_values"])
+    synchronize(check.device)
+    seconds = time.perf_counter() - start
+    return {
+        "requested": pipeline,
+        "pipeline": inputs.pipeline,
+        "workers": inputs.training_args.dataloader_num_workers,
+        "images_per_second": images / seconds if images else None,
+        "images": images,
+        "build_seconds": build_seconds,
+        "first_batch_seconds": first_batch_seconds,
+        "batch_shape": list(first.shape),
+        "batch_device": str(first.device),
+    }
+
+
+def against_the_model(check: Check, model_name: str, pipelines: dict[str, dict]) -> tuple[float, str]:
+    """The model's bare-step images/s (the throughput section's fastest, or measured now), each pipeline's
+    `data_over_model` filled in, and a one-line summary."""
+    model_overrides = dict(check.sizes.models).get(model_name)
     row = throughput_row(check, model_name, model_overrides)
     if row is None:
         row = max(measure_model(model_name, check.device, batch_size=check.sizes.batch_size,
@@ -437,13 +450,64 @@ def data_path(check: Check) -> dict:
         f"{name}: {figures['images_per_second'] or 0:.0f} images/s ({figures['data_over_model'] or 0:.2f}x the model)"
         for name, figures in pipelines.items()
     )
-    return {
-        "dataset": dataset,
-        "model": model_name,
-        "model_images_per_second": model_images_per_second,
-        "pipelines": pipelines,
-        "summary": f"{summary}; model {model_images_per_second:.0f} images/s",
-    }
+    return model_images_per_second, f"{summary}; model {model_images_per_second:.0f} images/s"
+
+
+def data_path(check: Check) -> dict:
+    """The recipe's training batches as its Trainer serves them (decoding, augmentation, collation, on the device),
+    per input pipeline, against what the model consumes."""
+    dataset = str(DEVICE_DATA_CIFAR10) if DEVICE_DATA_CIFAR10.is_dir() else default_dataset()
+    model_name = "compact-cnn"  # the recipe's default student
+    pipelines = {}
+    for pipeline, workers in check.sizes.input_pipelines:
+        figures = time_training_batches(check, dataset, model_name, pipeline, workers)
+        pipelines[f"{pipeline}, {figures['workers']} workers"] = figures
+    model_images_per_second, summary = against_the_model(check, model_name, pipelines)
+    return {"dataset": dataset, "model": model_name, "model_images_per_second": model_images_per_second,
+            "pipelines": pipelines, "summary": summary}  # fmt: skip
+
+
+def write_jpeg_folder(root: Path, sources: list, images_per_split: int, seed: int = 0) -> Path:
+    """An image folder of photograph-sized JPEGs (`root/{train,test}/<class>/<n>.jpg`, 224 to 384 pixels a side,
+    quality 90), each a CIFAR image upscaled: what decoding costs for ImageNet-like data, with nothing to download."""
+    import random
+
+    import PIL.Image
+
+    draw = random.Random(seed)
+    for split in ("train", "test"):
+        for number in range(images_per_split):
+            image, label = sources[draw.randrange(len(sources))]
+            size = (draw.randint(224, 384), draw.randint(224, 384))
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").resize(size, PIL.Image.BICUBIC).save(folder / f"{number}.jpg", quality=90)
+    return root
+
+
+def jpeg_decode(check: Check) -> dict:
+    """Large JPEGs at vit-tiny's 224 px: the worker pipeline (PIL decodes in the workers) against decoding on the
+    device (`--input_pipeline decode_on_device`), each against the model's bare step."""
+    import datasets
+
+    source = str(DEVICE_DATA_CIFAR10) if DEVICE_DATA_CIFAR10.is_dir() else default_dataset()
+    split = datasets.load_dataset(source, split="test")
+    image_column = "img" if "img" in split.column_names else "image"
+    rows = split.select(range(min(len(split), 500)))
+    sources = list(zip(rows[image_column], rows["label"]))
+    start = time.perf_counter()
+    folder = write_jpeg_folder(check.work_dir / "jpeg", sources, check.sizes.jpeg_images)
+    write_seconds = time.perf_counter() - start
+    model_name = check.sizes.jpeg_model
+    extra = ["--image_size", str(check.sizes.jpeg_image_size)] if check.sizes.jpeg_image_size else []
+    pipelines = {}
+    for pipeline, workers in check.sizes.jpeg_pipelines:
+        figures = time_training_batches(check, str(folder), model_name, pipeline, workers, extra)
+        pipelines[f"{pipeline}, {figures['workers']} workers"] = figures
+    model_images_per_second, summary = against_the_model(check, model_name, pipelines)
+    return {"dataset": f"{check.sizes.jpeg_images} JPEGs of 224-384 px per split, written in {write_seconds:.0f} s",
+            "model": model_name, "model_images_per_second": model_images_per_second, "pipelines": pipelines,
+            "summary": summary}  # fmt: skip
 
 
 def fp16_teacher(check: Check) -> dict:
@@ -520,6 +584,7 @@ SECTIONS: dict[str, Callable[[Check], dict]] = {
     "data_path": data_path,
     "fp16_teacher": fp16_teacher,
     "torch_compile": torch_compile,
+    "jpeg_decode": jpeg_decode,
 }
 
 

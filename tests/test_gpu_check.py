@@ -63,6 +63,11 @@ def test_dry_mode_runs_every_section(tmp_path, monkeypatch):
     assert {figures["pipeline"] for figures in data_path["pipelines"].values()} == {"tensors", "workers"}
     for figures in data_path["pipelines"].values():
         assert figures["images_per_second"] > 0 and figures["batch_shape"][1:] == [3, 32, 32]
+    jpeg = sections["jpeg_decode"]
+    assert {figures["pipeline"] for figures in jpeg["pipelines"].values()} == {"workers", "decode_on_device"}
+    for figures in jpeg["pipelines"].values():
+        assert figures["images_per_second"] > 0 and figures["batch_shape"][1:] == [3, 64, 64]
+        assert figures["data_over_model"] > 0
     assert sections["fp16_teacher"]["losses_finite"] and sections["fp16_teacher"]["student_weights_finite"]
     compile_figures = sections["torch_compile"]
     assert compile_figures["compiled_images_per_second"] > 0 and math.isfinite(compile_figures["recipe_train_loss"])
