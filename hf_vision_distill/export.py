@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 ONNX_FILE_NAME = "model.onnx"
 INT8_FILE_NAME = "model_int8.onnx"
 CARD_SECTION = "## Deployment (ONNX)"
-# protobuf cannot serialise a message over 2 GiB: larger models keep their weights in an external data file.
+# protobuf cannot serialise a message over 2 GiB: models with more than half of that in weights keep them in an
+# external data file (model.onnx.data), leaving room for the graph.
 _PROTOBUF_LIMIT_BYTES = 2**31 - 1
 # Normalised pixel values may leave [(0 - mean) / std, (1 - mean) / std] by this much (float rounding, resampling
 # overshoot of bicubic interpolation) and still count as normalised with that mean and std.
@@ -82,6 +83,14 @@ class InputSpecification:
         cls, image_processor: BaseImageProcessor, fallback_size: int | tuple[int, int] = 224
     ) -> InputSpecification:
         """The specification an image processor applies (its crop size when it crops, else its resize size)."""
+        data_config = getattr(image_processor, "data_config", None)  # transformers' TimmWrapperImageProcessor
+        if data_config:
+            return cls(
+                image_size=tuple(int(side) for side in data_config["input_size"][-2:]),
+                image_mean=tuple(float(value) for value in data_config["mean"]),
+                image_std=tuple(float(value) for value in data_config["std"]),
+                interpolation=data_config.get("interpolation", "bilinear"),
+            )
         fallback = list(fallback_size) if isinstance(fallback_size, tuple) else fallback_size
         size = _processor_size(image_processor, fallback)
         resample = getattr(image_processor, "resample", None)
@@ -298,6 +307,10 @@ def export_classifier(
         model, onnx_path, image_size=specification.image_size, num_channels=num_channels, opset=opset, atol=atol
     )
     _save_metadata(model, loaded.image_processor, model_path, output_dir, keep_processor=image_size is None)
+    stale_int8 = output_dir / INT8_FILE_NAME
+    if stale_int8.is_file():  # quantised from the model.onnx just replaced
+        stale_int8.unlink()
+        logger.info("Removed %s: it was quantised from the previous export.", stale_int8)
     exported = ExportedClassifier(
         output_dir=output_dir,
         onnx_path=onnx_path,

@@ -96,7 +96,7 @@ def test_onnx_runtime_logits_equal_pytorch_on_real_images(family, tmp_path, cifa
     # Real images through the exported folder's image processor: the model's own.
     processor = AutoImageProcessor.from_pretrained(tmp_path / "onnx")
     images = cifar10.dataset["test"]["image"][:NUM_TEST_IMAGES]
-    pixel_values = processor(images, return_tensors="np")["pixel_values"].astype(np.float32)
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"].float().numpy()
     reference = load_image_classifier(str(model_dir), id2label=None, image_size=image_size).model.eval()
     with torch.no_grad():
         expected = reference(pixel_values=torch.from_numpy(pixel_values)).logits.numpy()
@@ -111,6 +111,7 @@ def test_onnx_runtime_logits_equal_pytorch_on_real_images(family, tmp_path, cifa
     assert graph_input.name == "pixel_values"
     assert graph_input.type.tensor_type.shape.dim[0].dim_param == "batch_size"
     assert tuple(pixel_values.shape[-2:]) == exported.specification.image_size
+    assert InputSpecification.from_pretrained(tmp_path / "onnx") == exported.specification
     if family == "vit-48":
         assert exported.specification.image_size == (48, 48)
         assert [dim.dim_value for dim in graph_input.type.tensor_type.shape.dim[2:]] == [48, 48]
@@ -120,7 +121,9 @@ def test_the_exported_folder_carries_config_processor_and_card(tmp_path, cifar10
     model_dir = save_classifier("compact-cnn", tmp_path / "model", cifar10.id2label)
     (model_dir / "README.md").write_text("# my model\n\nTrained on CIFAR-10.\n\n## Training\n\nten epochs\n")
     exported = export_classifier(model_dir, tmp_path / "onnx")
+    (tmp_path / "onnx" / INT8_FILE_NAME).write_bytes(b"quantised from the first export")
     exported_again = export_classifier(model_dir, tmp_path / "onnx")
+    assert not (tmp_path / "onnx" / INT8_FILE_NAME).exists(), "an int8 model of the replaced export was kept"
 
     names = {path.name for path in exported.output_dir.iterdir()}
     assert {"model.onnx", "config.json", "preprocessor_config.json", "README.md"} <= names
