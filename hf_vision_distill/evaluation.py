@@ -94,6 +94,20 @@ def plot_log_history(log_history: list[dict], keys: list[str], path: str, title:
     return True
 
 
+def logging_steps_for_curves(total_steps: int, points: int = 20, at_most: int = 10) -> int:
+    """A `logging_steps` that draws training curves of at least `points` logged steps over a run of `total_steps`
+    optimizer steps (every step when the run is shorter), and logs at least every `at_most` steps in longer runs.
+
+    Example:
+
+    ```python
+    >>> logging_steps_for_curves(8), logging_steps_for_curves(100), logging_steps_for_curves(10_000)
+    (1, 5, 10)
+    ```
+    """
+    return max(1, min(at_most, total_steps // points))
+
+
 def plot_training_curves(log_history: list[dict], path: str, title: str) -> bool:
     """Training loss, gradient norm and learning rate over steps, one panel each, from a Trainer's
     `state.log_history`; returns False when nothing was logged."""
@@ -206,6 +220,7 @@ __all__ = [
     "ClassificationMetrics",
     "build_compute_metrics",
     "classification_report_rows",
+    "logging_steps_for_curves",
     "markdown_table",
     "plot_attention_overlays",
     "plot_confusion_matrix",
