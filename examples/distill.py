@@ -64,6 +64,7 @@ from hf_vision_distill.recipes import (
     load_data,
     load_model,
     parse_arguments,
+    prepare_output_dir,
     push_output,
     random_augmentations,
     run_recipe,
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     setup_run(args)
     check_hub_access(args)
+    # The job (distillation, then the baseline) is finished when its summary is written.
+    output = prepare_output_dir((model_args, data_args, comparison_args, args), args, run_args, "summary.json")
+    if output.finished:
+        return output.results
     set_seed(args.seed)
     if not args.teacher_model_name_or_path:
         raise ValueError(
@@ -151,9 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
         tuple(student.image_mean), tuple(student.image_std), tuple(teacher.image_size),
         tuple(teacher.image_mean), tuple(teacher.image_std),
     )  # fmt: skip
+    # Before the teacher is run on anything: a teacher of other labels ends in an index error deep in the loss.
+    check_label_spaces(student.model.config, teacher.model.config)
     row_outputs = None
     if args.offline_teacher:
-        check_label_spaces(student.model.config, teacher.model.config)  # no live teacher reaches the trainer
         row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir)
     inputs = build_inputs(data, data_args, args, student.image_size, student.image_mean, student.image_std,
                           interpolation=student.interpolation, row_outputs=row_outputs)  # fmt: skip
@@ -184,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
         teacher_metrics.update(trainer.evaluate_frozen_model(placed_teacher, dataset, prefixes[split], teacher_view))
     rows = [{"model": f"teacher ({args.teacher_model_name_or_path})", **teacher_metrics,
              "parameters": sum(p.numel() for p in teacher.model.parameters())}]  # fmt: skip
-    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(args, run_args))
+    output.record_arguments()  # training starts: what a rerun is compared with
+    train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
     trainer.save_model(_internal_call=True)  # the student alone; _internal_call: pushed once, at the end
     trainer.save_state()
     student_parameters = sum(p.numel() for name, p in student.model.named_parameters()

@@ -49,11 +49,11 @@ from hf_vision_distill.recipes import (
     RunArguments,
     build_inputs,
     check_hub_access,
-    checkpoint_to_resume,
     evaluation_settings_for,
     load_data,
     load_model,
     parse_arguments,
+    prepare_output_dir,
     push_output,
     run_recipe,
     setup_run,
@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     setup_run(training_args)
     check_hub_access(training_args)
+    output = prepare_output_dir((model_args, data_args, finetuning_args, sanity_args, training_args), training_args,
+                                run_args)  # fmt: skip
+    if output.finished:
+        return output.results
     if not model_args.model_name_or_path:
         raise ValueError(
             "no backbone: pass --model_name_or_path (a Hub id such as google/vit-base-patch16-224 or "
@@ -156,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=loaded.image_processor,
         callbacks=callbacks if finetuning_args.strategy == "gradual" else None,
     )
-    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, run_args))
+    output.record_arguments()  # training starts: what a rerun is compared with
+    train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
     trainer.save_model(_internal_call=True)  # not pushed yet: push_output does, with the card
     trainer.save_state()
     final_trainable = describe_trainable(model)["trainable_parameters"]

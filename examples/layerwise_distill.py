@@ -46,11 +46,11 @@ from hf_vision_distill.recipes import (
     RunArguments,
     build_inputs,
     check_hub_access,
-    checkpoint_to_resume,
     evaluation_settings_for,
     load_data,
     load_model,
     parse_arguments,
+    prepare_output_dir,
     push_output,
     run_recipe,
     setup_run,
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     setup_run(training_args)
     check_hub_access(training_args)
+    output = prepare_output_dir((hybrid_args, data_args, training_args), training_args, run_args)
+    if output.finished:
+        return output.results
     if not hybrid_args.teacher_model_name_or_path:
         raise ValueError("no teacher: pass --teacher_model_name_or_path (a trained ResNet-18 folder or Hub id).")
     set_seed(training_args.seed)
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics.update(evaluate(trainer, "converted"))
 
     # ---- stage 1 ----
-    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, run_args))
+    output.record_arguments()  # training starts: what a rerun is compared with
+    train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
     trainer.save_model(_internal_call=True)
     trainer.save_state()
     metrics.update(train_result.metrics)

@@ -28,11 +28,11 @@ from hf_vision_distill.recipes import (
     RunArguments,
     build_inputs,
     check_hub_access,
-    checkpoint_to_resume,
     evaluation_settings_for,
     load_data,
     load_model,
     parse_arguments,
+    prepare_output_dir,
     push_output,
     run_recipe,
     setup_run,
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, run_args, training_args = parse(argv)
     setup_run(training_args)
     check_hub_access(training_args)
+    output = prepare_output_dir((model_args, data_args, training_args), training_args, run_args)
+    if output.finished:
+        return output.results
     set_seed(training_args.seed)
     data = load_data(data_args, training_args)
     training_args = evaluation_settings_for(data, training_args)
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=build_compute_metrics(),
         processing_class=loaded.image_processor,
     )
-    train_result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(training_args, run_args))
+    output.record_arguments()  # training starts: what a rerun is compared with
+    train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
     trainer.save_model(_internal_call=True)  # the best model and its processor; pushed at the end, with the card
     trainer.save_state()
     metrics = {**train_result.metrics, "num_parameters": num_parameters}

@@ -242,6 +242,15 @@ def load_image_classification_dataset(
             if split_name in splits:
                 splits[split_name] = _take_first(splits[split_name], max_eval_samples)
 
+    present = splits["train"].unique("label")
+    if len(present) < 2:
+        found = f"one class ('{class_names[present[0]]}')" if present else "no rows"
+        raise ValueError(
+            f"label column '{label_column}' of split '{train_split}' has {found} in the {len(splits['train'])} "
+            f"training rows: a classifier needs at least two classes. Check --label_column (columns are "
+            f"{list(train_features)}), --train_split, and --max_train_samples (the first rows of a dataset sorted by "
+            "label are all one class)."
+        )
     ordered = {name: splits[name] for name in ("train", "validation", "test") if name in splits}
     logger.info(
         "Loaded %s: %s, %d classes",

@@ -3,9 +3,12 @@ batch mixing, and safe resumption."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import struct
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -281,11 +284,62 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smooth
     return F.cross_entropy(logits.float(), labels.long(), label_smoothing=label_smoothing)
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir` that was written to the end, or `None`.
+def checkpoint_problem(checkpoint: str | os.PathLike) -> str | None:
+    """What makes a checkpoint folder unusable for resuming, or `None` when every file is whole.
 
-    The Trainer writes `trainer_state.json` last; a run killed while saving leaves a folder without it, and resuming
-    from that folder would fail or restart with a half-written model. Such folders are skipped.
+    A run killed while saving, or a full disk, leaves files cut short: `trainer_state.json` (written last) missing,
+    empty or truncated; a `.safetensors` file shorter than its header says; a `torch.save` archive (`optimizer.pt`,
+    `scheduler.pt`, `rng_state*.pth`, `*.bin`) without its zip directory, which sits at the end. Only headers and
+    directories are read, not the tensors.
+    """
+    folder = Path(checkpoint)
+    state = folder / TRAINER_STATE_NAME
+    if not state.is_file():
+        return f"it has no {TRAINER_STATE_NAME} (written last: the save was cut off)"
+    try:
+        if not isinstance(json.loads(state.read_text(encoding="utf-8")).get("global_step"), int):
+            return f"its {TRAINER_STATE_NAME} has no global_step"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return f"its {TRAINER_STATE_NAME} is empty or cut off"
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        return "it holds no model weights"
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = _safetensors_problem(path)
+        if problem:
+            return f"{path.name} {problem}"
+    for pattern in ("*.pt", "*.pth", "*.bin"):
+        for path in sorted(folder.glob(pattern)):
+            if not zipfile.is_zipfile(path):
+                return f"{path.name} is not a whole torch archive (cut off?)"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            return "is empty or cut off"
+        header_size = struct.unpack("<Q", prefix)[0]
+        if header_size > size - 8:
+            return "is cut off inside its header"
+        try:
+            header = json.loads(file.read(header_size))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "has an unreadable header"
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    if size < expected:
+        return f"is cut off ({size} of {expected} bytes)"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder in `output_dir` whose files are whole (`checkpoint_problem`), or `None`.
+
+    A run killed while saving leaves a folder without `trainer_state.json` (which the Trainer writes last), and a full
+    disk can leave any file cut short; resuming from either would fail or restart with a half-written model. Such
+    folders are skipped, with a warning naming the folder and what is wrong, for the previous complete one.
     """
     if not os.path.isdir(output_dir):
         return None
@@ -296,9 +350,18 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if (match := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))
     )
     for _, name in reversed(steps):
-        if os.path.isfile(os.path.join(output_dir, name, TRAINER_STATE_NAME)):
-            return os.path.join(output_dir, name)
+        path = os.path.join(output_dir, name)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("Not resuming from %s: %s. Looking for the previous complete checkpoint.", path, problem)
     return None
 
 
-__all__ = ["ImageClassificationTrainer", "classification_loss", "last_complete_checkpoint", "on_device"]
+__all__ = [
+    "ImageClassificationTrainer",
+    "checkpoint_problem",
+    "classification_loss",
+    "last_complete_checkpoint",
+    "on_device",
+]

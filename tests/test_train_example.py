@@ -11,6 +11,7 @@ import torch
 from conftest import load_example, run_two_processes
 from huggingface_hub import ModelCard
 from PIL import Image
+from safetensors.torch import save_file
 from transformers import AutoModelForImageClassification, TrainingArguments, pipeline
 
 from hf_vision_distill import recipes
@@ -160,7 +161,8 @@ def test_last_complete_checkpoint_on_missing_or_empty_dir(tmp_path):
     assert last_complete_checkpoint(str(tmp_path)) is None
     for step in (5, 40):
         os.makedirs(tmp_path / f"checkpoint-{step}")
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        save_file({"weight": torch.zeros(2)}, tmp_path / f"checkpoint-{step}" / "model.safetensors")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     # Numeric, not lexicographic, order.
     os.makedirs(tmp_path / "checkpoint-100")
     assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-40")
