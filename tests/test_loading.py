@@ -151,3 +151,47 @@ def test_interpolation_follows_the_pretrained_configuration(tmp_path):
     ViTForImageClassification(config).save_pretrained(tmp_path)
     ViTImageProcessor(size={"height": 64, "width": 64}, resample=0).save_pretrained(tmp_path)
     assert load_image_classifier(str(tmp_path), id2label=LABELS).interpolation == "nearest"
+
+
+def test_timm_cnn_by_name_takes_any_image_size(tmp_path):
+    # A CNN has no img_size argument: it is built as it is and given the resized images.
+    loaded = load_image_classifier("resnet10t", id2label=LABELS, image_size=64)
+    assert "img_size" not in (loaded.model.config.model_args or {})
+    assert loaded.image_size == (64, 64) and loaded.image_processor.size == {"height": 64, "width": 64}
+    assert loaded.interpolation == "bicubic" and loaded.image_mean == list(timm.data.IMAGENET_DEFAULT_MEAN)
+    assert loaded.model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3)
+    # Saved as the recipes save it, with its processor: it reloads at the size it trained at, or at another.
+    loaded.model.save_pretrained(tmp_path / "by_name")
+    loaded.image_processor.save_pretrained(tmp_path / "by_name")
+    assert load_image_classifier(str(tmp_path / "by_name"), id2label=LABELS).image_size == (64, 64)
+    assert load_image_classifier(str(tmp_path / "by_name"), id2label=LABELS, image_size=48).image_size == (48, 48)
+    # A timm Hub checkpoint's data settings (config.json's pretrained_cfg) follow the new size, so it reloads at it.
+    loaded.model.config.pretrained_cfg = {**loaded.model.timm_model.pretrained_cfg, "input_size": [3, 160, 160]}
+    loaded.model.save_pretrained(tmp_path / "hub_style")
+    resized = load_image_classifier(str(tmp_path / "hub_style"), id2label=LABELS, image_size=96)
+    assert resized.image_size == (96, 96) and resized.model.config.pretrained_cfg["input_size"] == [3, 96, 96]
+    resized.model.save_pretrained(tmp_path / "resized")
+    assert load_image_classifier(str(tmp_path / "resized"), id2label=LABELS).image_size == (96, 96)
+
+
+def test_timm_fixed_size_architecture_is_built_for_the_size(tmp_path):
+    loaded = load_image_classifier(
+        "vit_tiny_patch16_224", id2label=LABELS, image_size=32, config_overrides={"depth": 1}
+    )
+    assert loaded.model.config.model_args["img_size"] == 32
+    # The data follows the size the model was built for, not the architecture's default 224.
+    assert loaded.image_size == (32, 32)
+    assert loaded.model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
+    loaded.model.save_pretrained(tmp_path)
+    loaded.image_processor.save_pretrained(tmp_path)
+    assert load_image_classifier(str(tmp_path), id2label=LABELS).image_size == (32, 32)
+    with pytest.raises(ValueError, match="image_size=48 is not supported"):
+        load_image_classifier(str(tmp_path), id2label=LABELS, image_size=48)
+
+
+def test_saved_resnet_preset_takes_another_size(tmp_path):
+    tiny = {"embedding_size": 8, "hidden_sizes": [8, 8, 8, 8]}
+    load_image_classifier("resnet18-cifar", id2label=LABELS, config_overrides=tiny).model.save_pretrained(tmp_path)
+    resized = load_image_classifier(str(tmp_path), id2label=LABELS, image_size=64)
+    assert resized.image_size == (64, 64) and resized.model.config.image_size == 64
+    assert resized.model(torch.randn(1, 3, 64, 64)).logits.shape == (1, 3)

@@ -4,7 +4,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .compact_cnn import CompactCNNConfig, CompactCNNForImageClassification, CompactCNNModel
 from .hybrid_resnet import HybridResNetConfig, HybridResNetForImageClassification, HybridResNetModel
-from .loading import MODEL_PRESETS, LoadedClassifier, build_image_processor, config_from_preset, load_image_classifier
+from .loading import (
+    MODEL_PRESETS,
+    LoadedClassifier,
+    ModelPreset,
+    build_image_processor,
+    config_from_preset,
+    describe_model_presets,
+    load_image_classifier,
+)
 from .simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification, SimpleCNNModel
 from .vit import VisionTransformerConfig, VisionTransformerForImageClassification, VisionTransformerModel
 
@@ -29,7 +37,9 @@ for _config_class, _base_class, _classification_class in _FAMILIES:
 __all__ = [
     "MODEL_PRESETS",
     "LoadedClassifier",
+    "ModelPreset",
     "build_image_processor",
+    "describe_model_presets",
     "load_image_classifier",
     "CompactCNNConfig",
     "CompactCNNForImageClassification",

@@ -7,6 +7,7 @@ name (built from scratch through transformers' `TimmWrapperForImageClassificatio
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 
@@ -27,21 +28,59 @@ from .hybrid_resnet import HYBRID_RESNET_PRESETS, HybridResNetConfig
 from .simple_cnn import SimpleCNNConfig
 from .vit import VIT_PRESETS, VisionTransformerConfig
 
-# Architectures built from scratch by name.
-MODEL_PRESETS: dict[str, tuple[type[PreTrainedConfig], dict]] = {
-    **{name: (VisionTransformerConfig, fields) for name, fields in VIT_PRESETS.items()},
-    "simple-cnn": (SimpleCNNConfig, {}),
-    "compact-cnn": (CompactCNNConfig, {}),
-    **{name: (HybridResNetConfig, fields) for name, fields in HYBRID_RESNET_PRESETS.items()},
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """An architecture built from scratch by name: its config class, the fields it sets, and the line that presents
+    it in `--help` and in errors (`describe_model_presets`)."""
+
+    config_class: type[PreTrainedConfig]
+    fields: dict
+    description: str
+
+
+# Architectures built from scratch by name; the README's model zoo lists the same names (tests/test_presets.py).
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    "vit-cifar": ModelPreset(VisionTransformerConfig, VIT_PRESETS["vit-cifar"], "ViT-Lite-7/4 for 32-pixel images"),
+    "vit-tiny": ModelPreset(VisionTransformerConfig, VIT_PRESETS["vit-tiny"], "ViT-Ti/16 at 224"),
+    "vit-small": ModelPreset(VisionTransformerConfig, VIT_PRESETS["vit-small"], "ViT-S/16 at 224"),
+    "vit-base": ModelPreset(VisionTransformerConfig, VIT_PRESETS["vit-base"], "ViT-B/16 at 224"),
+    "simple-cnn": ModelPreset(SimpleCNNConfig, {}, "3 conv blocks and a 2-layer head, any size"),
+    "compact-cnn": ModelPreset(CompactCNNConfig, {}, "6 convolutions, global pooling, any size"),
+    "resnet18-cifar": ModelPreset(
+        HybridResNetConfig,
+        HYBRID_RESNET_PRESETS["resnet18-cifar"],
+        "ResNet-18 with the CIFAR stem, stage 1 at full resolution: for 32-pixel images",
+    ),
+    "resnet18-imagenet-stem": ModelPreset(
+        HybridResNetConfig,
+        HYBRID_RESNET_PRESETS["resnet18-imagenet-stem"],
+        "ResNet-18 with the ImageNet stem, conv 7x7/2 + max-pool: for 64 pixels and more, 224 by default",
+    ),
+    "hybrid-resnet18": ModelPreset(
+        HybridResNetConfig,
+        HYBRID_RESNET_PRESETS["hybrid-resnet18"],
+        "resnet18-cifar with stages 3-4 as TransformerConv blocks",
+    ),
 }
+
+
+def describe_model_presets() -> str:
+    """The presets, one `name: description` each, for `--help` and error messages."""
+    return "; ".join(f"{name}: {preset.description}" for name, preset in MODEL_PRESETS.items())
+
+
+def _unknown_preset_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, MODEL_PRESETS, n=1)
+    return (f"Did you mean {close[0]!r}? " if close else "") + f"The presets: {describe_model_presets()}."
 
 
 def config_from_preset(name: str, **overrides) -> PreTrainedConfig:
     """The config of a named architecture (`MODEL_PRESETS`), with fields overridden by keyword arguments."""
     if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}.")
-    config_class, fields = MODEL_PRESETS[name]
-    return config_class(**{**fields, **overrides})
+        raise ValueError(f"unknown model preset {name!r}. {_unknown_preset_hint(name)}")
+    preset = MODEL_PRESETS[name]
+    return preset.config_class(**{**preset.fields, **overrides})
 
 
 # PIL's resampling codes, as image processors store them (`resample`), and the names build_transforms takes.
@@ -95,29 +134,40 @@ def _checkpoint_input_settings(
     if hasattr(model, "timm_model"):  # TimmWrapper
         import timm.data
 
-        # A timm Hub checkpoint keeps its data settings in config.json's pretrained_cfg (what transformers'
-        # TimmWrapperImageProcessor reads); the timm model itself only knows its architecture's defaults.
+        # A timm Hub checkpoint keeps its data settings in config.json's pretrained_cfg, which is what transformers'
+        # TimmWrapperImageProcessor reads (before any processor saved beside the model), so they hold.
         pretrained_cfg = getattr(config, "pretrained_cfg", None)
         if pretrained_cfg:
             data_config = timm.data.resolve_data_config({}, pretrained_cfg=dict(pretrained_cfg))
         else:
             data_config = timm.data.resolve_data_config({}, model=model.timm_model)
-        interpolation = data_config.get("interpolation", "bilinear")
-        interpolation = interpolation if interpolation in _INTERPOLATION_TO_RESAMPLE else "bilinear"
-        return tuple(data_config["input_size"][1:]), list(data_config["mean"]), list(data_config["std"]), interpolation
+        size = tuple(data_config["input_size"][1:])
+        mean, std, interpolation = data_config["mean"], data_config["std"], data_config.get("interpolation")
+        if pretrained_cfg:
+            return size, list(mean), list(std), _known_interpolation(interpolation)
+        # Built by name and saved here: the processor saved beside it knows the size it trained at (a CNN's can be
+        # any); the timm model itself only knows its architecture's defaults.
+    else:
+        size, interpolation = getattr(config, "image_size", 224), None
+        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     try:
         image_processor = AutoImageProcessor.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
         )
     except OSError:
         image_processor = None
-    checkpoint_size = getattr(config, "image_size", 224)
-    size = _processor_size(image_processor, checkpoint_size)
-    mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
-    std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
+    size = _processor_size(image_processor, size)
+    mean = list(getattr(image_processor, "image_mean", None) or mean)
+    std = list(getattr(image_processor, "image_std", None) or std)
     resample = getattr(image_processor, "resample", None)
-    interpolation = _RESAMPLE_TO_INTERPOLATION.get(int(resample), "bilinear") if resample is not None else "bilinear"
-    return size, mean, std, interpolation
+    if resample is not None:
+        interpolation = _RESAMPLE_TO_INTERPOLATION.get(int(resample))
+    return size, mean, std, _known_interpolation(interpolation)
+
+
+def _known_interpolation(interpolation: str | None) -> str:
+    """An interpolation `build_transforms` knows (timm's "random" and others, and none given: bilinear)."""
+    return interpolation if interpolation in _INTERPOLATION_TO_RESAMPLE else "bilinear"
 
 
 def _processor_size(image_processor: BaseImageProcessor | None, fallback: int | list[int]) -> tuple[int, int]:
@@ -156,8 +206,9 @@ def load_image_classifier(
             teacher, whose labels the distillation trainer then compares with the student's).
         image_size (`int`, *optional*):
             Input size. Presets: overrides the preset's. Our saved ViTs: resamples the position embeddings for good.
-            Our saved CNNs: any size works. timm names: passed as `img_size` to `timm.create_model`. Other
-            checkpoints: refused unless it is their own size.
+            CNNs (our saved ones, timm's by name or checkpoint): any size works, the data is resized. timm names of
+            a fixed input size (ViT, Swin, ...): passed as `img_size` to `timm.create_model`. Other checkpoints:
+            refused unless it is their own size.
         config_overrides (`dict`, *optional*):
             Config fields to change (presets and timm `model_args` only), e.g. `{"num_hidden_layers": 4}`.
         ignore_mismatched_sizes (`bool`, *optional*, defaults to `False`):
@@ -199,10 +250,15 @@ def load_image_classifier(
         name_or_path = f"timm/{name_or_path}"
     if not os.path.isdir(name_or_path) and _is_timm_name(name_or_path):
         import timm.data
+        import timm.models
         from transformers import TimmWrapperConfig
 
         model_args = dict(config_overrides)
-        if image_size is not None:
+        # timm's own flag: a model with a fixed input size (ViT, Swin, Mixer: position embeddings, windows) is built
+        # for the size; any other (a CNN: convolutions and global pooling) takes no `img_size` and is given the
+        # resized images, as timm's train.py does.
+        pretrained_cfg = timm.models.get_pretrained_cfg(name_or_path)
+        if image_size is not None and (pretrained_cfg is None or pretrained_cfg.fixed_input_size):
             model_args["img_size"] = image_size
         config = TimmWrapperConfig(
             architecture=name_or_path, model_args=model_args or None, id2label=id2label, label2id=label2id
@@ -214,11 +270,12 @@ def load_image_classifier(
                 f"timm model {name_or_path!r} does not accept the arguments {sorted(model_args)}: {err}. Drop "
                 "--image_size / --config_overrides for this architecture."
             ) from err
-        data_config = timm.data.resolve_data_config({}, model=model.timm_model)
+        data_config = timm.data.resolve_data_config(
+            {"img_size": image_size} if image_size is not None else {}, model=model.timm_model
+        )
         size = tuple(data_config["input_size"][1:])
         mean, std = list(data_config["mean"]), list(data_config["std"])
-        interpolation = data_config.get("interpolation", "bilinear")
-        interpolation = interpolation if interpolation in _INTERPOLATION_TO_RESAMPLE else "bilinear"
+        interpolation = _known_interpolation(data_config.get("interpolation"))
         processor = build_image_processor(size, mean, std, interpolation)
         return LoadedClassifier(model, processor, size, mean, std, from_scratch=True, interpolation=interpolation)
 
@@ -256,8 +313,8 @@ def _load_checkpoint(
         checkpoint_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs)
     except OSError as err:
         raise ValueError(
-            f"{name_or_path!r} is not a model preset ({sorted(MODEL_PRESETS)}), a timm architecture, a local "
-            f"directory with a config.json, or a reachable Hub model id: {err}"
+            f"{name_or_path!r} is not a model preset, a timm architecture, a local directory with a config.json, or "
+            f"a reachable Hub model id: {err}\n{_unknown_preset_hint(name_or_path)}"
         ) from err
     checkpoint_labels = {int(index): name for index, name in (checkpoint_config.id2label or {}).items()}
     if id2label is None:
@@ -288,8 +345,14 @@ def _load_checkpoint(
     if image_size is not None and (image_size, image_size) != size:
         if hasattr(model, "resize_image_size"):  # our ViT: resample the position embeddings for good
             model.resize_image_size(image_size)
-        elif isinstance(model.config, (SimpleCNNConfig, CompactCNNConfig)):  # any input size works
+        elif isinstance(model.config, (SimpleCNNConfig, CompactCNNConfig, HybridResNetConfig)):  # any size works
             model.config.image_size = image_size
+        elif hasattr(model, "timm_model") and not model.timm_model.pretrained_cfg.get("fixed_input_size", False):
+            # A timm CNN takes any size. A Hub checkpoint's data settings record the new one, since they, not the
+            # processor saved beside the model, are what transformers and this loader read back.
+            if pretrained_cfg := getattr(model.config, "pretrained_cfg", None):
+                channels = pretrained_cfg.get("input_size", (3,))[0]
+                model.config.pretrained_cfg = {**pretrained_cfg, "input_size": [channels, image_size, image_size]}
         else:
             raise ValueError(
                 f"image_size={image_size} is not supported for {name_or_path!r} ({type(model).__name__}), which "
@@ -302,4 +365,12 @@ def _load_checkpoint(
     return LoadedClassifier(model, image_processor, size, mean, std, from_scratch=False, interpolation=interpolation)
 
 
-__all__ = ["MODEL_PRESETS", "LoadedClassifier", "build_image_processor", "config_from_preset", "load_image_classifier"]
+__all__ = [
+    "MODEL_PRESETS",
+    "LoadedClassifier",
+    "ModelPreset",
+    "build_image_processor",
+    "config_from_preset",
+    "describe_model_presets",
+    "load_image_classifier",
+]
