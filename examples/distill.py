@@ -97,6 +97,18 @@ DEFAULTS = {
 
 
 @dataclass
+class TeacherArguments:
+    teacher_trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow model code shipped with the teacher's checkpoint (--trust_remote_code is the "
+                  "student's)."},
+    )  # fmt: skip
+    teacher_revision: str | None = field(
+        default=None, metadata={"help": "Branch, tag or commit of a Hub teacher: pin the commit whose code you trust."}
+    )
+
+
+@dataclass
 class ComparisonArguments:
     baseline: bool = field(
         default=False,
@@ -119,13 +131,16 @@ def evaluate_on(trainer, eval_datasets: dict, prefix_by_split: dict[str, str]) -
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, run_args, comparison_args, args = parse_arguments(
-        (ModelArguments, DataArguments, RunArguments, ComparisonArguments, DistillationConfig), DEFAULTS, argv
+    model_args, data_args, run_args, teacher_args, comparison_args, args = parse_arguments(
+        (ModelArguments, DataArguments, RunArguments, TeacherArguments, ComparisonArguments, DistillationConfig),
+        DEFAULTS,
+        argv,
     )
     setup_run(args)
     check_hub_access(args)
     # The job (distillation, then the baseline) is finished when its summary is written.
-    output = prepare_output_dir((model_args, data_args, comparison_args, args), args, run_args, "summary.json")
+    output = prepare_output_dir((model_args, data_args, teacher_args, comparison_args, args), args, run_args,
+                                "summary.json")  # fmt: skip
     if output.finished:
         return output.results
     set_seed(args.seed)
@@ -140,8 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     prefixes = {"validation": "eval", "test": "test"}
 
     teacher = load_image_classifier(
-        args.teacher_model_name_or_path, id2label=None, trust_remote_code=model_args.trust_remote_code
-    )
+        args.teacher_model_name_or_path, id2label=None, trust_remote_code=teacher_args.teacher_trust_remote_code,
+        revision=teacher_args.teacher_revision, token=args.hub_token,
+    )  # fmt: skip
     args = fit_attention_to_teacher(args, teacher, argv)
 
     def load_student():

@@ -197,7 +197,31 @@ def push_classifier(
         if card is not None:
             card.save(Path(folder) / "README.md")
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    if card is not None:
+        pin_card_revision(api, repo_id, card.content, commit.oid)
     return str(commit)
+
+
+REMOTE_CODE_CALL = "trust_remote_code=True)"
+
+
+def pin_revision(card_text: str, revision: str) -> str:
+    """The card with its `trust_remote_code=True` loading snippet pinned to `revision` (a commit hash): remote code
+    runs on the loader's machine, so the snippet loads the code of one reviewed commit, not whatever `main` holds
+    later."""
+    return card_text.replace(REMOTE_CODE_CALL, f'trust_remote_code=True, revision="{revision}")')
+
+
+def pin_card_revision(api: HfApi, repo_id: str, card_text: str, revision: str) -> str | None:
+    """Uploads the card pinned to `revision` (`pin_revision`), the commit that holds the model and its code, as a
+    second commit (a card cannot name the commit it is part of). Returns the pinned text, `None` when the card has no
+    remote-code snippet."""
+    if REMOTE_CODE_CALL not in card_text:
+        return None
+    pinned = pin_revision(card_text, revision)
+    api.upload_file(path_or_fileobj=pinned.encode("utf-8"), path_in_repo="README.md", repo_id=repo_id,
+                    commit_message=f"Model card: load the code of {revision[:10]}")  # fmt: skip
+    return pinned
 
 
 def results_from_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -35,8 +35,8 @@ from .data import (
     with_image_transform,
 )
 from .device_decode import DeviceJpegTransform, EncodedImageDataset, describe_first_image, split_is_jpeg
-from .hub import build_model_card, results_from_metrics
-from .models.loading import LoadedClassifier, load_image_classifier
+from .hub import build_model_card, pin_card_revision, results_from_metrics
+from .models.loading import LoadedClassifier, describe_model_presets, load_image_classifier
 from .tensor_data import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     DecodedImages,
@@ -62,10 +62,15 @@ def accelerator_bf16() -> bool:
     """Whether this process's GPU multiplies bf16 and TF32 natively (compute capability 8, Ampere, and newer).
     `torch.cuda.is_bf16_supported()` also says yes for older GPUs that emulate bf16 (T4, V100), where transformers
     refuses --tf32 and bf16 runs slowly."""
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or launched_on_cpu():
         return False
     device = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
     return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def launched_on_cpu() -> bool:
+    """Whether `accelerate launch --cpu` (or `use_cpu` in its config) started this process."""
+    return os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
 
 
 def resolve_precision_defaults(defaults: dict[str, Any], user_fp16: bool) -> dict[str, Any]:
@@ -148,7 +153,7 @@ class ModelArguments:
         default=None,
         metadata={
             "aliases": ["--model_path"],
-            "help": "A preset built from scratch (vit-cifar, vit-tiny, vit-small, vit-base, simple-cnn, compact-cnn), "
+            "help": f"A preset built from scratch ({describe_model_presets()}), "
             "a local directory or Hub id (ours, transformers', timm/... checkpoints), or a timm architecture name.",
         },
     )
@@ -264,6 +269,9 @@ def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any],
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         source, argv = argv[0], _file_arguments(argv[0])
     defaults = resolve_precision_defaults(defaults, user_fp16=_asks_for(argv, "fp16"))
+    if launched_on_cpu() and any(TrainingArguments in getattr(kind, "__mro__", ()) for kind in dataclass_types):
+        # transformers would refuse --bf16 on a GPU-less launch unless use_cpu is set too: the launch already says so.
+        defaults = {**defaults, "use_cpu": True}
     prefix = []
     for name, value in defaults.items():
         if value is None:
@@ -795,7 +803,13 @@ def check_hub_access(training_args: TrainingArguments) -> None:
 def push_output(trainer: Trainer) -> None:
     """`trainer.push_to_hub()`, with an error that says the trained model is safe on disk and how to push it again."""
     try:
-        trainer.push_to_hub()
+        commit = trainer.push_to_hub()
+        readme = Path(trainer.args.output_dir) / "README.md"
+        if getattr(commit, "oid", None) and readme.is_file():
+            pinned = pin_card_revision(HfApi(token=trainer.args.hub_token), trainer.hub_model_id,
+                                       readme.read_text(encoding="utf-8"), commit.oid)  # fmt: skip
+            if pinned is not None:
+                readme.write_text(pinned, encoding="utf-8")  # the folder's card says what the Hub's says
     except Exception as err:
         output_dir = trainer.args.output_dir
         raise RuntimeError(

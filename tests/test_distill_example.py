@@ -187,3 +187,28 @@ def test_a_cnn_teacher_turns_the_default_attention_term_off(tmp_path, caplog):
     with pytest.raises(ValueError, match="--attention_loss_weight 0, or a ViT teacher"):
         load_recipe().main([*arguments, "--attention_loss_weight", "0.2", "--output_dir", str(tmp_path / "asked")])
     assert not (tmp_path / "asked").exists()
+
+
+def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypatch):
+    """--trust_remote_code is the student's; the teacher's code is trusted only with --teacher_trust_remote_code, at
+    --teacher_revision."""
+    recipe = load_recipe()
+    calls = {}
+    real = recipe.load_image_classifier
+
+    def recording(name, **kwargs):
+        calls[name] = {key: kwargs.get(key) for key in ("trust_remote_code", "revision")}
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(recipe, "load_image_classifier", recording)
+    monkeypatch.setattr(recipe, "build_inputs", lambda *args, **kwargs: pytest.skip("stopped after loading"))
+    teacher = str(REPO / "pretrained" / "vit-cifar-teacher")
+    with pytest.raises(pytest.skip.Exception):
+        recipe.main(["--output_dir", str(tmp_path / "run"), "--trust_remote_code", "--max_train_samples", "32",
+                     "--teacher_model_name_or_path", teacher])  # fmt: skip
+    assert calls[teacher] == {"trust_remote_code": False, "revision": None}
+    with pytest.raises(pytest.skip.Exception):
+        recipe.main(["--output_dir", str(tmp_path / "run"), "--max_train_samples", "32",
+                     "--teacher_model_name_or_path", teacher, "--teacher_trust_remote_code",
+                     "--teacher_revision", "v1"])  # fmt: skip
+    assert calls[teacher] == {"trust_remote_code": True, "revision": "v1"}

@@ -7,6 +7,7 @@ inspects what reached it.
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -143,8 +144,13 @@ def test_distill_from_a_hub_teacher_and_push_the_student_alone(hub, hub_env, tmp
     card = ModelCard(files["README.md"].decode())
     assert "knowledge-distillation" in card.data.tags and "Distilled from `user/teacher`" in card.text
     assert "baseline student" in card.text  # the side-by-side table of the run
+    # The remote-code snippet loads the commit that holds the weights and code, not whatever main holds later.
+    pinned = re.search(r'trust_remote_code=True, revision="([0-9a-f]{40})"', card.text).group(1)
+    assert hub.repo_files("user/student", revision=pinned)["model.safetensors"] == files["model.safetensors"]
+    assert (tmp_path / "student" / "README.md").read_text() == files["README.md"].decode()
     remote = last_json(run_hub_client(WITHOUT_THE_PACKAGE + LOGITS_AND_PIPELINE.format(
-        repo="user/student", remote="trust_remote_code=True", imported="not"), hub_env, cwd=tmp_path))  # fmt: skip
+        repo="user/student", remote=f'trust_remote_code=True, revision="{pinned}"', imported="not"), hub_env,
+        cwd=tmp_path))  # fmt: skip
     torch.testing.assert_close(torch.tensor(remote["logits"]), local_logits(tmp_path / "student"), atol=1e-5,
                                rtol=1e-4)  # fmt: skip
 

@@ -225,3 +225,19 @@ def test_convolutional_models_train_in_channels_last():
     assert not convolution.weight.is_contiguous()
     patch_embedding = next(module for module in vit.model.modules() if isinstance(module, torch.nn.Conv2d))
     assert patch_embedding.weight.is_contiguous()
+
+
+def test_accelerate_launch_on_cpu_takes_bf16(monkeypatch):
+    """`accelerate launch --cpu` sets ACCELERATE_USE_CPU; transformers refuses --bf16 without a GPU unless use_cpu is
+    set too, which the launch already said."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    *_, training_args = load_recipe().parse(["--bf16"])
+    assert training_args.bf16 and training_args.use_cpu
+    assert not recipes.accelerator_bf16()  # no bf16 default from a GPU the launch does not use
+
+
+def test_the_help_lists_every_preset():
+    from hf_vision_distill.models import MODEL_PRESETS, describe_model_presets
+
+    help_text = ModelArguments.__dataclass_fields__["model_name_or_path"].metadata["help"]
+    assert describe_model_presets() in help_text and all(name in help_text for name in MODEL_PRESETS)
