@@ -606,27 +606,42 @@ def find_undecodable_images(dataset: datasets.Dataset, num_proc: int | None = No
 
 
 def drop_undecodable_images(
-    data: ImageClassificationData, on_bad_image: str = "error", num_proc: int | None = None
+    data: ImageClassificationData,
+    on_bad_image: str = "error",
+    num_proc: int | None = None,
+    splits: list[str] | None = None,
 ) -> ImageClassificationData:
-    """Scan every split once for images that cannot be decoded, and raise or drop them.
+    """Scan splits once for images that cannot be decoded, and raise or drop them.
 
     Args:
         data ([`ImageClassificationData`]):
             The loaded dataset.
         on_bad_image (`str`, *optional*, defaults to `"error"`):
-            `"error"` raises a `ValueError` listing split, row indices and file paths; `"skip"` removes those rows and
-            logs how many per split.
+            `"error"` raises a `ValueError` listing each split's bad rows (their row indices in the source split, as
+            every message here gives them) and files; `"skip"` removes those rows and logs how many per split.
         num_proc (`int`, *optional*):
             Processes used for the scan.
+        splits (`list[str]`, *optional*):
+            The splits to scan; all by default.
 
     Returns:
         [`ImageClassificationData`]: `data` itself when every image decodes, else a copy without the bad rows.
     """
     _check_on_bad_image(on_bad_image)
-    bad_rows = {name: find_undecodable_images(split, num_proc=num_proc) for name, split in data.dataset.items()}
+    names = list(data.dataset) if splits is None else [name for name in splits if name in data.dataset]
+    bad_rows = {name: find_undecodable_images(data.dataset[name], num_proc=num_proc) for name in names}
     bad_rows = {name: rows for name, rows in bad_rows.items() if rows}
     if not bad_rows:
         return data
+
+    def where(name: str, rows: list[int]) -> str:
+        split = data.dataset[name]
+        source_rows = (
+            [split[ROW_INDEX_COLUMN][row] for row in rows] if ROW_INDEX_COLUMN in split.column_names else rows
+        )
+        source = data.source_splits.get(name, name)
+        return f"split '{name}' rows {source_rows} of source split '{source}'"
+
     if on_bad_image == "error":
         details = []
         for name, rows in bad_rows.items():
@@ -634,18 +649,19 @@ def drop_undecodable_images(
             shown = rows[:MAX_REPORTED_ROWS]
             files = ", ".join(_describe_image(undecoded[row]["image"]) for row in shown)
             more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
-            details.append(f"split '{name}' rows {shown}{more} (files {files})")
+            details.append(f"{where(name, shown)}{more} (files {files})")
         raise ValueError(
             f"found {sum(len(rows) for rows in bad_rows.values())} image(s) that cannot be decoded: "
             f"{'; '.join(details)}. Fix or delete those files, or pass on_bad_image='skip' "
-            "(--on_bad_image skip in the recipes) to drop such rows."
+            "(--on_bad_image skip in the recipes) to drop such rows; --check_images scans every split, the "
+            "training split too, before training."
         )
-    splits = dict(data.dataset)
+    kept = dict(data.dataset)
     for name, rows in bad_rows.items():
         bad = set(rows)
-        splits[name] = splits[name].select([index for index in range(len(splits[name])) if index not in bad])
-        logger.warning("Dropped %d undecodable image(s) from split '%s' (rows %s).", len(rows), name, rows[:10])
-    return dataclasses.replace(data, dataset=datasets.DatasetDict(splits))
+        kept[name] = kept[name].select([index for index in range(len(kept[name])) if index not in bad])
+        logger.warning("Dropped %d undecodable image(s): %s.", len(rows), where(name, rows[:10]))
+    return dataclasses.replace(data, dataset=datasets.DatasetDict(kept))
 
 
 def _check_on_bad_image(on_bad_image: str) -> None:
@@ -851,8 +867,8 @@ class _ImageBatchTransform:
                 if self.on_bad_image == "error":
                     raise ValueError(
                         f"cannot decode the image at {where}, file {_describe_image(value)}: {err!r}. Pass "
-                        "on_bad_image='skip' (--on_bad_image skip in the recipes) to drop undecodable rows, or run "
-                        "drop_undecodable_images(data) to list them all."
+                        "on_bad_image='skip' (--on_bad_image skip in the recipes) to drop undecodable rows, or "
+                        "--check_images (drop_undecodable_images(data)) to list them all before training."
                     ) from err
                 skipped.append(f"{where} {_describe_image(value)}")
                 continue

@@ -400,12 +400,24 @@ def load_data(data_args: DataArguments, training_args: TrainingArguments) -> Ima
             seed=training_args.seed,
             token=training_args.hub_token,
         )
-        # Skipping scans once up front (cached by datasets), so no training batch can end up empty; with "error"
-        # the lazy transform stops at the first bad image and names its row.
+        # Skipping scans once up front (cached by datasets), so no training batch can end up empty. Otherwise the
+        # evaluation splits are scanned (they are small, and a bad image there would stop the run after a whole
+        # epoch of training); the training split's first bad image stops the lazy transform, naming its row.
         if data_args.check_images or data_args.on_bad_image == "skip":
-            data = drop_undecodable_images(data, on_bad_image=data_args.on_bad_image)
+            data = drop_undecodable_images(data, on_bad_image=data_args.on_bad_image,
+                                           num_proc=_scan_processes(data, list(data.dataset)))  # fmt: skip
+        else:
+            evaluation_splits = [split for split in data.dataset if split != "train"]
+            data = drop_undecodable_images(data, num_proc=_scan_processes(data, evaluation_splits),
+                                           splits=evaluation_splits)  # fmt: skip
     logger.info("Dataset %s: %s; %d classes", data_args.dataset_name, data.dataset, data.num_labels)
     return data
+
+
+def _scan_processes(data: ImageClassificationData, splits: list[str]) -> int | None:
+    # Worker processes pay for their start-up only on large splits.
+    rows = sum(len(data.dataset[split]) for split in splits)
+    return DATALOADER_WORKERS if DATALOADER_WORKERS > 1 and rows > 20_000 else None
 
 
 def evaluation_settings_for(data: ImageClassificationData, training_args: TrainingArguments) -> TrainingArguments:

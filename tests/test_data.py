@@ -420,7 +420,7 @@ def test_corrupt_image_is_reported_with_its_row(folder_with_corrupt_image, caplo
 
     with caplog.at_level(logging.WARNING, logger="hf_vision_distill.data"):
         cleaned = drop_undecodable_images(data, on_bad_image="skip")
-    assert "Dropped 1 undecodable image(s) from split 'train'" in caplog.text
+    assert "Dropped 1 undecodable image(s): split 'train' rows" in caplog.text
     assert len(cleaned.dataset["train"]) == len(data.dataset["train"]) - 1 == 4
     assert find_undecodable_images(cleaned.dataset["train"]) == []
     assert all(image.size == (12, 10) for image in cleaned.dataset["train"]["image"])

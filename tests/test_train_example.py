@@ -136,11 +136,14 @@ def test_recipe_on_undecodable_images(tmp_path):
     (folder / "blue" / "broken.png").write_bytes(b"not an image at all")
     recipe = load_recipe()
     arguments = tiny_run_arguments(tmp_path / "run", "--dataset_name", str(folder), "--validation_size", "0.25")
-    expected = r"image at row \d+ of source split 'train', file '.*broken.png'.*skip"
+    # Carved into the validation split by this seed: found by the scan of the evaluation splits, before training.
+    expected = (
+        r"split 'validation' rows \[\d+\] of source split 'train' \(files '.*broken.png'\).*skip.*--check_images"
+    )
     with pytest.raises(ValueError, match=expected) as error:
         recipe.main(arguments)
     # The row is the file's position in the source split, before the validation split was carved out of it.
-    row = int(re.search(r"row (\d+)", str(error.value)).group(1))
+    row = int(re.search(r"rows \[(\d+)\]", str(error.value)).group(1))
     source = load_image_classification_dataset(str(folder), validation_size=0).dataset["train"]
     assert source.cast_column("image", datasets.Image(decode=False))[row]["image"]["path"].endswith("broken.png")
     metrics = recipe.main(arguments + ["--on_bad_image", "skip", "--output_dir", str(tmp_path / "skipped")])
@@ -241,3 +244,20 @@ def test_the_help_lists_every_preset():
 
     help_text = ModelArguments.__dataclass_fields__["model_name_or_path"].metadata["help"]
     assert describe_model_presets() in help_text and all(name in help_text for name in MODEL_PRESETS)
+
+
+def test_a_bad_validation_image_stops_the_run_before_training(tmp_path, monkeypatch):
+    """Found after a whole epoch of training before: the evaluation splits are scanned up front."""
+    for split in ("train", "validation"):
+        for label, color in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            (tmp_path / "images" / split / label).mkdir(parents=True)
+            for index in range(4):
+                Image.new("RGB", (20, 20), color).save(tmp_path / "images" / split / label / f"{index}.png")
+    (tmp_path / "images" / "validation" / "red" / "9.png").write_bytes(b"cut off")
+    recipe = load_recipe()
+    monkeypatch.setattr(recipe.ImageClassificationTrainer, "train", lambda *args, **kwargs: pytest.fail("trained"))
+    arguments = tiny_run_arguments(tmp_path / "run", "--dataset_name", str(tmp_path / "images"))
+    with pytest.raises(
+        ValueError, match=r"rows \[\d\] of source split 'validation' \(files '.*9.png'\).*--check_images"
+    ):
+        recipe.main(arguments)
