@@ -14,7 +14,14 @@ from hf_vision_distill import (
     VisionTransformerForImageClassification,
 )
 from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer, TeacherView, check_label_spaces
-from hf_vision_distill.losses import soft_distillation_loss
+from hf_vision_distill.losses import (
+    decoupled_distillation_loss,
+    decoupled_distillation_terms,
+    generalized_jsd_loss,
+    reverse_distillation_loss,
+    soft_distillation_loss,
+    standardize_logits,
+)
 from hf_vision_distill.training import classification_loss
 
 LABELS = {0: "cat", 1: "dog", 2: "ship"}
@@ -106,12 +113,24 @@ def test_loss_is_the_weighted_sum_of_the_pure_losses(tmp_path):
     torch.testing.assert_close(loss, expected)
 
 
-def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path):
+# The soft losses beside classic KD: (name, DistillationConfig fields).
+SOFT_LOSSES = {
+    "kd": {},
+    "kd_standardized": {"logit_standardization": True},
+    "dkd": {"soft_loss_type": "dkd"},
+    "dkd_standardized": {"soft_loss_type": "dkd", "logit_standardization": True, "dkd_alpha": 0.5, "dkd_beta": 2.0},
+    "reverse_kl": {"soft_loss_type": "reverse_kl"},
+    "jsd": {"soft_loss_type": "jsd", "jsd_beta": 0.3},
+}
+
+
+@pytest.mark.parametrize("soft_loss", list(SOFT_LOSSES))
+def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path, soft_loss):
     def one_update(batch_size: int, accumulation: int) -> torch.nn.Module:
         student = student_vit()
         args = config(tmp_path / f"{batch_size}", per_device_train_batch_size=batch_size, max_steps=1,
                       gradient_accumulation_steps=accumulation, optim="sgd", lr_scheduler_type="constant",
-                      max_grad_norm=0.0, weight_decay=0.0, logging_steps=1)  # fmt: skip
+                      max_grad_norm=0.0, weight_decay=0.0, logging_steps=1, **SOFT_LOSSES[soft_loss])  # fmt: skip
         DistillationTrainer(model=student, teacher_model=teacher_vit(), args=args, train_dataset=rows(),
                             data_collator=stack).train()  # fmt: skip
         return student
@@ -388,3 +407,159 @@ def test_a_transformers_vit_teacher_switches_to_eager_attention(tmp_path):
     assert trainer.teacher_model.config._attn_implementation == "eager"
     trainer.train()
     assert any("loss_attention" in entry for entry in trainer.state.log_history)
+
+
+# ---- soft loss types, logit standardisation, teacher-student agreement ----
+
+
+def expected_soft_loss(fields: dict, student_logits, teacher_logits, labels, temperature: float) -> torch.Tensor:
+    """The soft term written with the pure losses, from the fields alone."""
+    if fields.get("logit_standardization"):
+        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
+    loss_type = fields.get("soft_loss_type", "kd")
+    if loss_type == "dkd":
+        alpha, beta = fields.get("dkd_alpha", 1.0), fields.get("dkd_beta", 8.0)
+        return decoupled_distillation_loss(student_logits, teacher_logits, labels, alpha, beta, temperature)
+    if loss_type == "reverse_kl":
+        return reverse_distillation_loss(student_logits, teacher_logits, temperature)
+    if loss_type == "jsd":
+        return generalized_jsd_loss(student_logits, teacher_logits, fields["jsd_beta"], temperature)
+    return soft_distillation_loss(student_logits, teacher_logits, temperature)
+
+
+@pytest.mark.parametrize("soft_loss", list(SOFT_LOSSES))
+def test_each_soft_loss_type_is_its_pure_loss_in_the_total(tmp_path, soft_loss):
+    fields = SOFT_LOSSES[soft_loss]
+    teacher, student = teacher_vit(), student_vit()
+    args = config(tmp_path, temperature=2.0, label_loss_weight=0.3, soft_loss_weight=0.7, **fields)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, data_collator=stack)
+    batch = stack(rows(4))
+    student.eval()
+    loss = trainer.compute_loss(student, batch)
+    with torch.no_grad():
+        student_logits, teacher_logits = student(batch["pixel_values"]).logits, teacher(batch["pixel_values"]).logits
+    soft = expected_soft_loss(fields, student_logits, teacher_logits, batch["labels"], 2.0)
+    torch.testing.assert_close(loss, 0.3 * classification_loss(student_logits, batch["labels"]) + 0.7 * soft)
+    logged = trainer.logged_terms["eval"]
+    torch.testing.assert_close(logged["loss_soft"][-1], soft)
+    if fields.get("soft_loss_type") == "dkd":
+        if fields.get("logit_standardization"):
+            student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
+        target_class_kl, non_target_class_kl = decoupled_distillation_terms(
+            student_logits, teacher_logits, batch["labels"], 2.0
+        )
+        torch.testing.assert_close(logged["loss_soft_tckd"][-1], target_class_kl)
+        torch.testing.assert_close(logged["loss_soft_nckd"][-1], non_target_class_kl)
+    else:
+        assert "loss_soft_tckd" not in logged
+
+
+def test_dkd_takes_the_dominant_class_of_mixed_labels_and_needs_labels(tmp_path):
+    teacher, student = teacher_vit(), student_vit()
+    args = config(tmp_path, soft_loss_type="dkd", label_loss_weight=0.0, soft_loss_weight=1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, data_collator=stack)
+    batch = stack(rows(4))
+    mixed = 0.7 * torch.nn.functional.one_hot(batch["labels"], 3).float() + 0.1
+    student.eval()
+    torch.testing.assert_close(
+        trainer.compute_loss(student, {**batch, "labels": mixed}), trainer.compute_loss(student, batch)
+    )
+    with pytest.raises(ValueError, match="soft_loss_type='dkd' needs 'labels'"):
+        trainer.compute_loss(student, {"pixel_values": batch["pixel_values"]})
+
+
+@pytest.mark.parametrize("soft_loss", ["kd_standardized", "dkd", "dkd_standardized", "reverse_kl", "jsd"])
+def test_each_soft_loss_trains_the_student_towards_the_teacher(tmp_path, soft_loss):
+    """End to end: the term is logged and finite at every step, and training on it alone lowers it on the data."""
+    args = config(tmp_path, max_steps=8, label_loss_weight=0.0, soft_loss_weight=1.0, learning_rate=0.01,
+                  **SOFT_LOSSES[soft_loss])  # fmt: skip
+    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args, train_dataset=rows(8),
+                                  eval_dataset=rows(8), data_collator=stack)  # fmt: skip
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(train_logs) == 8 and all(math.isfinite(entry["loss_soft"]) for entry in train_logs)
+    if SOFT_LOSSES[soft_loss].get("soft_loss_type") == "dkd":
+        assert all({"loss_soft_tckd", "loss_soft_nckd"} <= set(entry) for entry in train_logs)
+        assert {"eval_loss_soft_tckd", "eval_loss_soft_nckd"} <= set(after)
+    assert after["eval_loss_soft"] < before["eval_loss_soft"]
+    assert after["eval_agreement"] > before["eval_agreement"]  # the student now predicts the teacher's classes
+
+
+def test_dkd_warm_up_is_a_soft_loss_weight_schedule(tmp_path):
+    """The paper ramps the DKD term in over its first 20 epochs; here over the first 2 (2 steps per epoch)."""
+    args = config(tmp_path, soft_loss_type="dkd", max_steps=4, schedules=["soft_loss_weight=0-2:0.0->1.0"])
+    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args, train_dataset=rows(8),
+                                  data_collator=stack)  # fmt: skip
+    trainer.train()
+    weights = [entry["soft_loss_weight"] for entry in trainer.state.log_history if "soft_loss_weight" in entry]
+    assert weights == pytest.approx([0.0, 0.25, 0.5, 0.75])
+
+
+def test_evaluation_reports_agreement_and_kl_over_the_whole_split(tmp_path):
+    teacher, student = teacher_vit(), student_vit()
+    args = config(tmp_path, per_device_eval_batch_size=3)  # batches of 3 and 2: a mean of batch means would differ
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, eval_dataset=rows(5),
+                                  data_collator=stack)  # fmt: skip
+    metrics = trainer.evaluate()
+    batch = stack(rows(5))
+    with torch.no_grad():
+        student_logits, teacher_logits = student(batch["pixel_values"]).logits, teacher(batch["pixel_values"]).logits
+    agreement = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean().item()
+    kl = soft_distillation_loss(student_logits, teacher_logits, 1.0).item()
+    assert metrics["eval_agreement"] == pytest.approx(agreement)
+    assert metrics["eval_teacher_student_kl"] == pytest.approx(kl, rel=1e-5)
+    assert trainer.state.log_history[-1]["eval_teacher_student_kl"] == metrics["eval_teacher_student_kl"]
+    # Other splits carry their prefix; a predict() in between does not leak into the next evaluation.
+    test_metrics = trainer.evaluate(rows(5)[:4], metric_key_prefix="test")
+    assert {"test_agreement", "test_teacher_student_kl"} <= set(test_metrics)
+    assert test_metrics["test_teacher_student_kl"] != pytest.approx(kl)
+    trainer.predict(rows(2))
+    assert trainer.evaluate()["eval_teacher_student_kl"] == pytest.approx(kl, rel=1e-5)
+
+
+def test_agreement_with_a_teacher_no_term_uses_with_cached_logits_and_without_teacher(tmp_path):
+    teacher = teacher_vit()
+    labels_only = config(tmp_path, soft_loss_weight=0.0, label_loss_weight=1.0)
+    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher, args=labels_only, eval_dataset=rows(4),
+                                  data_collator=stack)  # fmt: skip
+    live = trainer.evaluate()
+    assert 0.0 <= live["eval_agreement"] <= 1.0 and live["eval_teacher_student_kl"] > 0
+    no_teacher = DistillationTrainer(model=student_vit(), args=labels_only, eval_dataset=rows(4), data_collator=stack)
+    assert "eval_agreement" not in no_teacher.evaluate()
+
+    # Offline: the teacher's cached logits in the batches give the same numbers as the live teacher.
+    with torch.no_grad():
+        cached = teacher(stack(rows(4))["pixel_values"]).logits
+
+    def with_cached_logits(batch: list[dict]) -> dict[str, torch.Tensor]:
+        return {**stack(batch), "teacher_logits": torch.stack([row["teacher_logits"] for row in batch])}
+
+    offline_rows = [{**row, "teacher_logits": logits} for row, logits in zip(rows(4), cached)]
+    offline = DistillationTrainer(model=student_vit(), args=config(tmp_path, offline_teacher=True),
+                                  eval_dataset=offline_rows, data_collator=with_cached_logits)  # fmt: skip
+    offline_metrics = offline.evaluate()
+    assert offline_metrics["eval_agreement"] == pytest.approx(live["eval_agreement"])
+    assert offline_metrics["eval_teacher_student_kl"] == pytest.approx(live["eval_teacher_student_kl"], rel=1e-5)
+
+
+def test_soft_loss_flags_are_validated(tmp_path):
+    with pytest.raises(ValueError, match=r"soft_loss_type='dkl' is not one of \['kd', 'dkd', 'reverse_kl', 'jsd'\]"):
+        config(tmp_path, soft_loss_type="dkl")
+    with pytest.raises(ValueError, match="dkd_alpha=-1.0 and dkd_beta=8.0 must be >= 0"):
+        config(tmp_path, soft_loss_type="dkd", dkd_alpha=-1.0)
+    with pytest.raises(ValueError, match="both 0"):
+        config(tmp_path, soft_loss_type="dkd", dkd_alpha=0.0, dkd_beta=0.0)
+    with pytest.raises(ValueError, match=r"jsd_beta=1.5 must be in \[0, 1\]"):
+        config(tmp_path, soft_loss_type="jsd", jsd_beta=1.5)
+    with pytest.raises(ValueError, match=r"ignores dkd_alpha=1.0, dkd_beta=4.0 \(used with soft_loss_type='dkd'\)"):
+        config(tmp_path, dkd_beta=4.0)
+    with pytest.raises(ValueError, match=r"soft_loss_type='dkd' ignores jsd_beta=0.2"):
+        config(tmp_path, soft_loss_type="dkd", jsd_beta=0.2)
+    with pytest.raises(ValueError, match="has no effect: soft_loss_weight is 0"):
+        config(tmp_path, logit_standardization=True, soft_loss_weight=0.0)
+    # A scheduled soft weight counts as used; the defaults stay classic KD.
+    config(tmp_path, soft_loss_type="reverse_kl", soft_loss_weight=0.0, schedules=["soft_loss_weight=linear:0->1"])
+    defaults = config(tmp_path)
+    assert (defaults.soft_loss_type, defaults.logit_standardization) == ("kd", False)

@@ -8,6 +8,8 @@ from transformers import TrainingArguments
 
 from .schedules import Schedule
 
+SOFT_LOSS_TYPES = ("kd", "dkd", "reverse_kl", "jsd")
+
 LOSS_WEIGHT_NAMES = (
     "label_loss_weight",
     "soft_loss_weight",
@@ -25,7 +27,7 @@ class DistillationConfig(TrainingArguments):
     The training loss is
 
         label_loss_weight * CE(student, labels)
-        + soft_loss_weight * KL(teacher / T || student / T) * T^2
+        + soft_loss_weight * soft(student, teacher, T)
         + hard_loss_weight * CE(student, argmax teacher)
         + feature_loss_weight * mean over feature_layers of distance(adapter(student feature), teacher feature)
         + attention_loss_weight * sum over teacher layers l of w_l * MSE(student map, teacher [CLS] attention map l)
@@ -33,6 +35,19 @@ class DistillationConfig(TrainingArguments):
     with w_l = softmax(-entropy_l / layer_weighting_temperature) (or uniform), and each term logged on its own
     (`loss_label`, `loss_soft`, `loss_hard`, `loss_feature`, `loss_attention`), with the layer weights
     (`attention_layer_weight_<l>`) and any scheduled value.
+
+    The soft term is chosen by `soft_loss_type`, each at temperature T and times T^2:
+
+    - `"kd"` (default): KL(teacher || student), Hinton et al. (2015).
+    - `"dkd"`: decoupled KD, dkd_alpha * TCKD + dkd_beta * NCKD (Zhao et al., 2022); also logs `loss_soft_tckd` and
+      `loss_soft_nckd` (unweighted). Needs the labels (their argmax for mixed soft labels).
+    - `"reverse_kl"`: KL(student || teacher).
+    - `"jsd"`: the generalised Jensen-Shannon divergence of TRL's GKD with `jsd_beta` (0: forward KL, 1: reverse KL).
+
+    `logit_standardization` z-scores teacher and student logits before any of them (Sun et al., 2024). Every
+    evaluation with a teacher (live, or cached logits in the batches) also logs the student's top-1 agreement with the
+    teacher (`eval_agreement`) and KL(teacher || student) at T = 1 on raw logits (`eval_teacher_student_kl`), over the
+    whole evaluated split.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -57,7 +72,48 @@ class DistillationConfig(TrainingArguments):
         default=0.5, metadata={"help": "Weight of the cross-entropy against the dataset's labels."}
     )
     soft_loss_weight: float = field(
-        default=0.5, metadata={"help": "Weight of the soft distillation loss, KL(teacher || student) at T, times T^2."}
+        default=0.5,
+        metadata={
+            "help": "Weight of the soft distillation loss (soft_loss_type; by default KL(teacher || student) at "
+            "T, times T^2)."
+        },
+    )
+    soft_loss_type: str = field(
+        default="kd",
+        metadata={
+            "help": "The soft loss: 'kd' (KL(teacher || student), Hinton), 'dkd' (decoupled KD: dkd_alpha * target-"
+            "class + dkd_beta * non-target-class KL; needs labels), 'reverse_kl' (KL(student || teacher)) or 'jsd' "
+            "(generalised Jensen-Shannon with jsd_beta, as TRL's GKD). Each at temperature T, times T^2."
+        },
+    )
+    dkd_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "DKD's weight of the target-class term (TCKD), with soft_loss_type='dkd' (paper: 1.0). The "
+            "paper's warm-up is a schedule: --schedules 'soft_loss_weight=0-20:0.0->1.0'."
+        },
+    )
+    dkd_beta: float = field(
+        default=8.0,
+        metadata={
+            "help": "DKD's weight of the non-target-class term (NCKD), with soft_loss_type='dkd' (paper: 8.0 on "
+            "CIFAR-100 at temperature 4)."
+        },
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "With soft_loss_type='jsd': the teacher's share of the mixture M = beta * teacher + (1 - beta) "
+            "* student, in [0, 1]; 0 is forward KL, 1 reverse KL (TRL's GKD convention). Between them the loss is "
+            "small (at most log 2 before T^2): raise soft_loss_weight."
+        },
+    )
+    logit_standardization: bool = field(
+        default=False,
+        metadata={
+            "help": "Z-score each teacher and student logit vector before the soft loss's temperature softmax "
+            "(Sun et al., CVPR 2024), with any soft_loss_type. The paper's recipe uses temperature 2 with it."
+        },
     )
     hard_loss_weight: float = field(
         default=0.0, metadata={"help": "Weight of DeiT's hard distillation: cross-entropy on the teacher's argmax."}
@@ -140,6 +196,7 @@ class DistillationConfig(TrainingArguments):
         scheduled_weights = {name for name in self.parsed_schedules if name in LOSS_WEIGHT_NAMES}
         if not any(weights.values()) and not scheduled_weights:
             raise ValueError(f"every loss weight is 0 ({weights}); give at least one a positive weight.")
+        self._check_soft_loss()
         if self.feature_distance not in ("mse", "cosine"):
             raise ValueError(f"feature_distance={self.feature_distance!r}; use 'mse' or 'cosine'.")
         if self.layer_weighting not in ("entropy", "uniform"):
@@ -161,6 +218,41 @@ class DistillationConfig(TrainingArguments):
                 "activations. Set feature_loss_weight and attention_loss_weight to 0, or use a live teacher."
             )
         super().__post_init__()
+
+    def _check_soft_loss(self) -> None:
+        if self.soft_loss_type not in SOFT_LOSS_TYPES:
+            raise ValueError(
+                f"soft_loss_type={self.soft_loss_type!r} is not one of {list(SOFT_LOSS_TYPES)}: use 'kd' (classic), "
+                "'dkd' (decoupled KD), 'reverse_kl' or 'jsd' (generalised Jensen-Shannon, with jsd_beta)."
+            )
+        if self.dkd_alpha < 0 or self.dkd_beta < 0:
+            raise ValueError(
+                f"dkd_alpha={self.dkd_alpha} and dkd_beta={self.dkd_beta} must be >= 0 (the paper's: 1.0 and 8.0)."
+            )
+        if self.soft_loss_type == "dkd" and self.dkd_alpha == 0 and self.dkd_beta == 0:
+            raise ValueError("dkd_alpha and dkd_beta are both 0, so the DKD term is 0; give one a positive weight.")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ValueError(
+                f"jsd_beta={self.jsd_beta} must be in [0, 1]: 0 is forward KL, 1 reverse KL, 0.5 the symmetric "
+                "Jensen-Shannon divergence."
+            )
+        # Flags that would do nothing are refused: a --dkd_beta without --soft_loss_type dkd is a forgotten flag.
+        ignored = []
+        if self.soft_loss_type != "dkd" and (self.dkd_alpha != 1.0 or self.dkd_beta != 8.0):
+            ignored.append(f"dkd_alpha={self.dkd_alpha}, dkd_beta={self.dkd_beta} (used with soft_loss_type='dkd')")
+        if self.soft_loss_type != "jsd" and self.jsd_beta != 0.5:
+            ignored.append(f"jsd_beta={self.jsd_beta} (used with soft_loss_type='jsd')")
+        if ignored:
+            raise ValueError(
+                f"soft_loss_type={self.soft_loss_type!r} ignores {'; '.join(ignored)}: set soft_loss_type to the loss "
+                "they belong to, or drop them."
+            )
+        if (self.soft_loss_type != "kd" or self.logit_standardization) and not self.uses("soft_loss_weight"):
+            raise ValueError(
+                f"soft_loss_type={self.soft_loss_type!r} with logit_standardization={self.logit_standardization} "
+                "has no effect: soft_loss_weight is 0 and not scheduled. Give soft_loss_weight a positive value, or "
+                "drop these flags."
+            )
 
     def _parse_schedules(self) -> dict[str, Schedule]:
         schedules = {}
@@ -201,4 +293,4 @@ class DistillationConfig(TrainingArguments):
         return any(self.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
 
 
-__all__ = ["LOSS_WEIGHT_NAMES", "DistillationConfig"]
+__all__ = ["LOSS_WEIGHT_NAMES", "SOFT_LOSS_TYPES", "DistillationConfig"]

@@ -23,12 +23,16 @@ from ..losses import (
     attention_alignment_loss,
     attention_entropy,
     cls_attention_map,
+    decoupled_distillation_terms,
     entropy_layer_weights,
     feature_distillation_loss,
     feature_energy_map,
+    generalized_jsd_loss,
     hard_distillation_loss,
     resize_distribution,
+    reverse_distillation_loss,
     soft_distillation_loss,
+    standardize_logits,
     uniform_entropy,
 )
 from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss, on_device
@@ -137,6 +141,10 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     at each log (a fp16 overflow would otherwise make the GradScaler skip every step in silence). It is an attribute
     of the trainer, not of the model, so it is never saved into the student's checkpoints.
 
+    The soft term is `args.soft_loss_type`'s (KD, DKD, reverse KL or generalised JSD, after logit standardisation
+    when asked). Every evaluation with a teacher (live or cached logits) also logs the student's top-1 agreement with
+    it and KL(teacher || student) at T = 1 over the whole split (`eval_agreement`, `eval_teacher_student_kl`).
+
     Feature distillation and a CNN student's learned attention projection need adapters. They are built from one
     probe batch before training, attached to the student as `distillation_adapters` so the optimizer, DDP and the
     checkpoints (hence resumption and `load_best_model_at_end`) handle them with the student, and removed from what
@@ -193,6 +201,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         self._teacher_name = _model_name(teacher_model) if teacher_model is not None else None
         # Non-finite teacher logits counted on the device since the last log (no host sync per step).
         self._teacher_nonfinite_logits: torch.Tensor | None = None
+        # Teacher-student agreement of the current evaluation: (agreeing, summed KL, examples) on the device.
+        self._agreement_totals: torch.Tensor | None = None
         self._gradients_checked = False
         # Set by _build_adapters when attention distillation is on.
         self._attention_layers: list[int] = []
@@ -317,13 +327,20 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         adapters = getattr(self.accelerator.unwrap_model(model), ADAPTERS_ATTRIBUTE, None)
 
         components: dict[str, torch.Tensor] = {}
+        # Logged beside the components, not added to the loss (e.g. DKD's two parts of the soft term).
+        details: dict[str, torch.Tensor] = {}
         if args.uses("label_loss_weight"):
             if labels is None:
                 raise ValueError("label_loss_weight > 0 needs 'labels' in every batch.")
             label_smoothing = args.label_smoothing_factor if model.training else 0.0
             components["label"] = classification_loss(student_logits, labels, label_smoothing)
-        if any(args.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight"):
-            if args.offline_teacher:
+        uses_teacher_terms = any(args.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
+        # Evaluation measures the student's agreement with whatever teacher there is, even one no loss term uses.
+        evaluating_with_teacher = not model.training and (
+            self.teacher_model is not None or TEACHER_LOGITS_COLUMN in inputs
+        )
+        if uses_teacher_terms or evaluating_with_teacher:
+            if args.offline_teacher or self.teacher_model is None:
                 if TEACHER_LOGITS_COLUMN not in inputs:
                     raise ValueError(
                         "offline_teacher is on but the batch has no 'teacher_logits'; prepare the splits with "
@@ -338,17 +355,20 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 teacher_logits = teacher_outputs.logits
                 self._count_nonfinite_teacher_logits(teacher_logits)
             if args.uses("soft_loss_weight"):
-                components["soft"] = soft_distillation_loss(student_logits, teacher_logits, temperature)
+                components["soft"], soft_details = self._soft_loss(student_logits, teacher_logits, labels, temperature)
+                details.update(soft_details)
             if args.uses("hard_loss_weight"):
                 components["hard"] = hard_distillation_loss(student_logits, teacher_logits)
             if use_features:
                 components["feature"] = self._feature_loss(student_outputs, teacher_outputs, adapters)
             if use_attention:
                 components["attention"] = self._attention_loss(student_outputs, teacher_outputs, adapters)
+            if not model.training:
+                self._record_agreement(student_logits, teacher_logits)
         loss = sum(weights[f"{name}_loss_weight"] * value for name, value in components.items())
 
         mode = "train" if model.training else "eval"
-        for name, value in components.items():
+        for name, value in {**components, **details}.items():
             # Detached tensors, averaged and reduced across processes at log time: no device sync per step.
             self.logged_terms[mode][f"loss_{name}"].append(value.detach().float())
         if mode == "train":
@@ -358,6 +378,60 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 )
         # Only the logits go back to evaluation: hidden states and attention maps of a whole eval set would pile up.
         return (loss, ImageClassifierOutput(logits=student_logits)) if return_outputs else loss
+
+    def _soft_loss(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        temperature: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The soft term chosen by `soft_loss_type` (after logit standardisation if asked), and its parts to log."""
+        args: DistillationConfig = self.args
+        if args.logit_standardization:
+            student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
+        if args.soft_loss_type == "dkd":
+            if labels is None:
+                raise ValueError(
+                    "soft_loss_type='dkd' needs 'labels' in every batch: its target-class term is about the true "
+                    "class. Keep the label column, or use soft_loss_type='kd'."
+                )
+            # Mixed (mixup/cutmix) soft labels: the dominant class is the target.
+            target = labels.argmax(dim=-1) if labels.is_floating_point() and labels.ndim == 2 else labels
+            target_class_kl, non_target_class_kl = decoupled_distillation_terms(
+                student_logits, teacher_logits, target, temperature
+            )
+            soft = args.dkd_alpha * target_class_kl + args.dkd_beta * non_target_class_kl
+            return soft, {"soft_tckd": target_class_kl, "soft_nckd": non_target_class_kl}
+        if args.soft_loss_type == "reverse_kl":
+            return reverse_distillation_loss(student_logits, teacher_logits, temperature), {}
+        if args.soft_loss_type == "jsd":
+            return generalized_jsd_loss(student_logits, teacher_logits, args.jsd_beta, temperature), {}
+        return soft_distillation_loss(student_logits, teacher_logits, temperature), {}
+
+    @torch.no_grad()
+    def _record_agreement(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+        """Adds this evaluation batch's agreeing predictions, summed KL(teacher || student) at T = 1 on the raw
+        logits and its example count to per-split totals on the device (no host sync); `log` turns them into means
+        over the whole split, not means of batch means."""
+        student_logits = student_logits.detach().float()
+        teacher_logits = teacher_logits.float().to(student_logits.device)
+        agreeing = (student_logits.argmax(dim=-1) == teacher_logits.argmax(dim=-1)).sum().float()
+        student_log_probabilities = F.log_softmax(student_logits, dim=-1)
+        teacher_log_probabilities = F.log_softmax(teacher_logits, dim=-1)
+        kl_sum = F.kl_div(student_log_probabilities, teacher_log_probabilities, reduction="sum", log_target=True)
+        count = torch.full((), float(student_logits.shape[0]), device=student_logits.device)
+        totals = torch.stack([agreeing, kl_sum, count])
+        self._agreement_totals = totals if self._agreement_totals is None else self._agreement_totals + totals
+
+    def _agreement_metrics(self) -> dict[str, float]:
+        """`agreement` and `teacher_student_kl` over the examples evaluated since the last log, summed across
+        processes (a distributed evaluation's padding repeats a few examples of its last batch)."""
+        totals, self._agreement_totals = self._agreement_totals, None
+        if totals is None:
+            return {}
+        agreeing, kl_sum, count = self.accelerator.reduce(totals, reduction="sum").tolist()
+        return {"agreement": agreeing / count, "teacher_student_kl": kl_sum / count}
 
     def _teacher_outputs(self, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool) -> TeacherOutputs:
         """One teacher forward on the teacher's view of the batch, reduced to what the losses use."""
@@ -414,8 +488,16 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             f"running {running}; every loss that uses them is NaN. {fix}"
         )
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        self._agreement_totals = None  # a predict() in between leaves its batches' totals
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self._check_teacher_logits()
+        # The model is in eval mode exactly while evaluate() logs its metrics (as in LoggedTermsMixin).
+        if not self.model.training:
+            prefix = getattr(self, "_metric_key_prefix", "eval")
+            logs.update({f"{prefix}_{name}": value for name, value in self._agreement_metrics().items()})
         super().log(logs, start_time)
 
     def training_step(
