@@ -28,7 +28,6 @@ import dataclasses
 import difflib
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,7 @@ from hf_vision_distill.recipes import (
     evaluation_settings_for,
     is_convolutional,
     load_data,
+    optimizer_steps,
     parse_arguments,
     run_recipe,
     setup_run,
@@ -285,15 +285,6 @@ def load_model_at_size(model_name: str, id2label: dict[int, str], comparison_arg
         processor = build_image_processor(size, loaded.image_mean, loaded.image_std, loaded.interpolation)
         loaded = dataclasses.replace(loaded, image_size=size, image_processor=processor)
     return loaded
-
-
-def optimizer_steps(train_images: int, args: TrainingArguments) -> int:
-    """Optimizer steps of the run (the Trainer's count: batches per process per epoch, accumulated, times epochs)."""
-    if args.max_steps > 0:
-        return args.max_steps
-    batches = math.ceil(train_images / (args.per_device_train_batch_size * args.world_size))
-    per_epoch = max(1, batches // args.gradient_accumulation_steps)
-    return math.ceil(per_epoch * args.num_train_epochs)
 
 
 def compare_one(

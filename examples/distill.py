@@ -63,10 +63,12 @@ from hf_vision_distill.recipes import (
     evaluation_settings_for,
     load_data,
     load_model,
+    log_often_enough,
     parse_arguments,
     prepare_output_dir,
     push_output,
     random_augmentations,
+    reported_split,
     run_recipe,
     setup_run,
     user_gave,
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
                           interpolation=student.interpolation, row_outputs=row_outputs)  # fmt: skip
     train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
+    args = log_often_enough(args, len(train_dataset), argv)
 
     # ---- distillation ----
     trainer = DistillationTrainer(
@@ -226,8 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
         weight_keys = sorted({key for entry in history for key in entry if key.startswith("attention_layer_weight_")})
         plot_log_history(history, weight_keys, str(output_dir / "layer_weights.png"),
                          "teacher layer weights (entropy)", x_key="epoch")  # fmt: skip
-        if args.uses("attention_loss_weight") and "test" in eval_datasets and comparison_args.num_overlay_images:
-            write_attention_overlays(trainer, eval_datasets["test"], eval_collator, data, student,
+        overlay_split = reported_split(eval_datasets)
+        if args.uses("attention_loss_weight") and overlay_split and comparison_args.num_overlay_images:
+            write_attention_overlays(trainer, eval_datasets[overlay_split[0]], eval_collator, data, student,
                                      comparison_args.num_overlay_images,
                                      str(output_dir / "attention_overlays.png"))  # fmt: skip
 
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
                      **evaluate_on(baseline, eval_datasets, prefixes), "parameters": student_parameters,
                      "train_runtime": baseline_result.metrics["train_runtime"]})  # fmt: skip
 
-    summary = write_summary(rows, args, output_dir)
+    summary = write_summary(rows, args, output_dir, reported_split(eval_datasets))
     write_model_card(trainer, student, recipe="examples/distill.py", argv=argv, model_args=model_args,
                      data_args=data_args, metrics=rows[1], teacher_name=args.teacher_model_name_or_path,
                      teacher_parameters=rows[0]["parameters"], distillation_settings=distillation_settings(args),
@@ -315,7 +319,9 @@ def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_
 
 @torch.no_grad()
 def write_attention_overlays(trainer, test_dataset, eval_collator, data, student, count: int, path: str) -> None:
-    batch = eval_collator([test_dataset[index] for index in range(min(count, len(test_dataset)))])
+    # Spread over the split: folder datasets list their classes one after the other.
+    indices = np.linspace(0, len(test_dataset) - 1, num=min(count, len(test_dataset))).round().astype(int)
+    batch = eval_collator([test_dataset[int(index)] for index in indices])
     batch = on_device(eval_collator, batch)
     pixel_values = batch["pixel_values"].float().cpu()
     teacher_maps, student_maps = trainer.attention_maps(pixel_values)
@@ -327,26 +333,45 @@ def write_attention_overlays(trainer, test_dataset, eval_collator, data, student
 
 
 def distillation_settings(args: DistillationConfig) -> dict:
-    return {name: getattr(args, name) for name in (
-        "temperature", "label_loss_weight", "soft_loss_weight", "hard_loss_weight", "feature_loss_weight",
-        "attention_loss_weight", "layer_weighting", "student_attention", "schedules")}  # fmt: skip
+    names = ["temperature", "label_loss_weight", "soft_loss_weight", "soft_loss_type", "logit_standardization",
+             "hard_loss_weight", "feature_loss_weight", "attention_loss_weight", "layer_weighting",
+             "student_attention", "schedules"]  # fmt: skip
+    # The divergence's own parameters, only for the divergence that uses them.
+    names += {"dkd": ["dkd_alpha", "dkd_beta"], "jsd": ["jsd_beta"]}.get(args.soft_loss_type, [])
+    return {name: getattr(args, name) for name in names}
 
 
-def write_summary(rows: list[dict], args: DistillationConfig, output_dir: Path) -> dict:
-    columns = [("model", "model"), ("parameters", "parameters"), ("test_accuracy", "test accuracy"),
-               ("test_f1_macro", "test macro-F1"), ("eval_accuracy", "validation accuracy"),
-               ("train_runtime", "training time (s)")]  # fmt: skip
+def write_summary(rows: list[dict], args: DistillationConfig, output_dir: Path, split: tuple[str, str] | None) -> dict:
+    """summary.json and summary.md: the models' figures on the test split, or on the validation split (said so) when
+    the dataset has none, their validation accuracy and training time, and the settings."""
+    columns = [("model", "model"), ("parameters", "parameters")]
+    note = ""
+    if split is not None:
+        name, prefix = split
+        columns += [(f"{prefix}_accuracy", f"{name} accuracy"), (f"{prefix}_f1_macro", f"{name} macro-F1"),
+                    (f"{prefix}_agreement", "top-1 agreement with the teacher"),
+                    (f"{prefix}_teacher_student_kl", "KL(teacher || student)")]  # fmt: skip
+        if prefix != "eval":
+            columns.append(("eval_accuracy", "validation accuracy"))
+        else:
+            note = "The dataset has no test split: the figures are the validation split's.\n"
+    else:
+        note = "The dataset has neither a test nor a validation split: no accuracy to report.\n"
+    columns.append(("train_runtime", "training time (s)"))
+    columns = [(key, header) for key, header in columns if key in ("model", "parameters")
+               or any(row.get(key) is not None for row in rows)]  # fmt: skip
     settings = {**distillation_settings(args), **{name: getattr(args, name) for name in (
         "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed")}}  # fmt: skip
-    summary = {"models": rows, "settings": settings}
+    summary = {"models": rows, "settings": settings, "reported_split": split[0] if split else None}
     if args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         settings_lines = "".join(f"- {name}: {value}\n" for name, value in settings.items())
+        table = markdown_table(rows, columns) + (f"\n{note}" if note else "")
         (output_dir / "summary.md").write_text(
-            "# Distillation summary\n\n" + markdown_table(rows, columns) + "\n## Settings\n\n" + settings_lines
+            "# Distillation summary\n\n" + table + "\n## Settings\n\n" + settings_lines
         )
-        logger.info("Summary:\n%s", markdown_table(rows, columns))
+        logger.info("Summary:\n%s", table)
     return summary
 
 

@@ -52,6 +52,7 @@ from hf_vision_distill.recipes import (
     evaluation_settings_for,
     load_data,
     load_model,
+    log_often_enough,
     parse_arguments,
     prepare_output_dir,
     push_output,
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
                           interpolation=loaded.interpolation)  # fmt: skip
     train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
+    training_args = log_often_enough(training_args, len(train_dataset), argv)
     if sanity_args.overfit_batches:  # augmentation is off, so the training images double as the evaluation set
         eval_datasets = {"validation": train_dataset}
     callbacks = [GradualUnfreezing(model, finetuning_args.unfreeze_every_epochs)]

@@ -49,6 +49,7 @@ from hf_vision_distill.recipes import (
     evaluation_settings_for,
     load_data,
     load_model,
+    log_often_enough,
     parse_arguments,
     prepare_output_dir,
     push_output,
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
                           interpolation=loaded.interpolation)  # fmt: skip
     train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
+    training_args = log_often_enough(training_args, len(train_dataset), argv)
     train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
 
     def evaluate(model_trainer, prefix: str, frozen_model=None) -> dict[str, float]:

@@ -83,7 +83,8 @@ def build_model_card(
         base_model (`str`, *optional*): the checkpoint it was fine-tuned from (`None`: from scratch).
         teacher_name, teacher_parameters, distillation_settings: the teacher and the distillation settings.
         comparison (`list[dict]`, *optional*): rows of the run's side-by-side table (teacher, distilled, baseline),
-            each with `model`, `parameters`, `test_accuracy`, `test_f1_macro`.
+            each with `model`, `parameters`, `test_accuracy`, `test_f1_macro` (or `eval_...`, from the validation
+            split, when the dataset has no test split).
         description (`str`, *optional*): the card's opening paragraph; a default one is written from the rest.
         limitations, license, tags: as named.
     """
@@ -140,12 +141,16 @@ def build_model_card(
     ]
     result_columns = [("split", "split")] + [(name, name) for name in METRIC_NAMES.values()]
     comparison_table = None
-    if comparison:
+    prefix = "test" if any("test_accuracy" in row for row in comparison or []) else "eval"
+    if comparison and any(f"{prefix}_accuracy" in row for row in comparison):  # never an empty table
+        split = SPLIT_NAMES[prefix]
         comparison_table = markdown_table(
             comparison,
-            [("model", "model"), ("parameters", "parameters"), ("test_accuracy", "test accuracy"),
-             ("test_f1_macro", "test macro-F1")],
+            [("model", "model"), ("parameters", "parameters"), (f"{prefix}_accuracy", f"{split} accuracy"),
+             (f"{prefix}_f1_macro", f"{split} macro-F1")],
         )  # fmt: skip
+        if prefix == "eval":
+            comparison_table += "\nThe dataset has no test split: these are the validation split's figures.\n"
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path()),

@@ -7,11 +7,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from .data import (
     with_image_transform,
 )
 from .device_decode import DeviceJpegTransform, EncodedImageDataset, describe_first_image, split_is_jpeg
+from .evaluation import logging_steps_for_curves
 from .hub import build_model_card, pin_card_revision, results_from_metrics
 from .models.loading import LoadedClassifier, describe_model_presets, load_image_classifier
 from .tensor_data import (
@@ -412,6 +414,39 @@ def load_data(data_args: DataArguments, training_args: TrainingArguments) -> Ima
                                            splits=evaluation_splits)  # fmt: skip
     logger.info("Dataset %s: %s; %d classes", data_args.dataset_name, data.dataset, data.num_labels)
     return data
+
+
+def optimizer_steps(train_images: int, training_args: TrainingArguments) -> int:
+    """A run's optimizer steps as the Trainer counts them: batches per process per epoch, accumulated, times epochs
+    (or `--max_steps`)."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    batches = math.ceil(train_images / (training_args.per_device_train_batch_size * training_args.world_size))
+    per_epoch = max(1, batches // training_args.gradient_accumulation_steps)
+    return math.ceil(per_epoch * training_args.num_train_epochs)
+
+
+def log_often_enough(
+    training_args: TrainingArguments, train_images: int, argv: list[str] | None, points: int = 20
+) -> TrainingArguments:
+    """`--logging_steps` lowered so that a run's loss curves get about `points` points (every step for short runs;
+    `evaluation.logging_steps_for_curves`), unless the user set it."""
+    if user_gave(argv, "logging_steps"):
+        return training_args
+    steps = optimizer_steps(train_images, training_args)
+    logging_steps = logging_steps_for_curves(steps, points, at_most=int(training_args.logging_steps))
+    return dataclasses.replace(training_args, logging_steps=logging_steps)
+
+
+def reported_split(eval_splits: Iterable[str]) -> tuple[str, str] | None:
+    """The split a run's results are reported on, and its metric prefix: the test split, else the validation split
+    (a dataset without a test split), else `None`."""
+    splits = set(eval_splits)
+    if "test" in splits:
+        return "test", "test"
+    if "validation" in splits:
+        return "validation", "eval"
+    return None
 
 
 def _scan_processes(data: ImageClassificationData, splits: list[str]) -> int | None:
@@ -1023,6 +1058,9 @@ __all__ = [
     "hyperparameters_for_card",
     "load_data",
     "load_model",
+    "log_often_enough",
+    "optimizer_steps",
+    "reported_split",
     "parse_arguments",
     "push_output",
     "random_augmentations",

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from conftest import load_example, run_two_processes
@@ -212,3 +213,36 @@ def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypa
                      "--teacher_model_name_or_path", teacher, "--teacher_trust_remote_code",
                      "--teacher_revision", "v1"])  # fmt: skip
     assert calls[teacher] == {"trust_remote_code": True, "revision": "v1"}
+
+
+def test_a_dataset_without_a_test_split_reports_its_validation_split(tmp_path, teacher_dir):
+    """A newcomer's data: train and validation folders of full-size JPEGs. Summary, card and plots are complete and
+    say which split they report; no empty table."""
+    generator = np.random.default_rng(0)
+    for split, count in (("train", 6), ("validation", 3)):
+        for name in CIFAR_NAMES:
+            folder = tmp_path / "photos" / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                size = tuple(int(side) for side in generator.integers(120, 260, size=2))
+                pixels = generator.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
+    output_dir = tmp_path / "distill"
+    summary = load_recipe().main([
+        "--teacher_model_name_or_path", str(teacher_dir), "--output_dir", str(output_dir),
+        "--dataset_name", str(tmp_path / "photos"), "--config_overrides", TINY_STUDENT, "--num_train_epochs", "2",
+        "--per_device_train_batch_size", "16", "--report_to", "none", "--baseline", "--num_overlay_images", "3",
+    ])  # fmt: skip
+    assert summary["reported_split"] == "validation"
+    assert all(0 <= row["eval_accuracy"] <= 1 for row in summary["models"])
+    text = (output_dir / "summary.md").read_text()
+    assert "| validation accuracy | validation macro-F1 |" in text and "test accuracy" not in text
+    assert "no test split" in text
+    card = (output_dir / "README.md").read_text()
+    side_by_side = card[card.index("Side by side") :]
+    assert "| validation accuracy |" in side_by_side and "| baseline student" in side_by_side
+    for plot in ("loss_components.png", "validation_accuracy.png", "layer_weights.png", "attention_overlays.png"):
+        assert (output_dir / plot).is_file(), plot
+    # 8 optimizer steps: logged often enough to draw (the default interval, 10, logs none).
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert len([entry for entry in history if "loss" in entry]) >= 4

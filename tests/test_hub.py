@@ -99,7 +99,7 @@ def test_train_on_a_hub_dataset_push_and_load_anywhere(hub, hub_env, tmp_path):
     assert "model.safetensors" in hub.lfs_files("user/tiny-vit")
     card = ModelCard(files["README.md"].decode())
     assert card.data.datasets == ["user/cifar10-sample"] and card.data.eval_results[0].dataset_split == "test"
-    assert 'from_pretrained("user/tiny-vit", trust_remote_code=True)' in card.text
+    assert re.search(r'from_pretrained\("user/tiny-vit", trust_remote_code=True, revision="[0-9a-f]{40}"\)', card.text)
 
     # Plain transformers, no hf_vision_distill: the code stored with the weights runs, with the same logits.
     expected = local_logits(output_dir)
