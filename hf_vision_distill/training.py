@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from accelerate.utils import convert_to_fp32
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
 from .data import TEACHER_COLUMN_PREFIX
+from .profiling import training_flops_per_image
 
 logger = logging.getLogger(__name__)
 
@@ -153,41 +153,34 @@ class ImageClassificationTrainer(Trainer):
             torch._dynamo.maybe_mark_dynamic(pixel_values, 0)
 
     def floating_point_ops(self, inputs: dict[str, torch.Tensor | Any]) -> int:
-        """A training step's FLOPs (`total_flos`): 3 x the model's forward FLOPs (a forward and a backward pass of
-        about twice its cost) per image, times the batch. transformers' estimate, 6 x parameters x "tokens", counts
-        every pixel value as a token (off by orders of magnitude for images) and walks the parameters every step.
-        The forward is counted once per image size, by torch's FlopCounterMode on one image."""
+        """A training step's FLOPs (`total_flos`): the model's forward and backward FLOPs per image
+        (`profiling.training_flops_per_image`: about 3 forward passes when everything trains, about 1 for a linear
+        probe, whose backward pass reaches only the head), times the batch. transformers' estimate, 6 x parameters x
+        "tokens", counts every pixel value as a token (off by orders of magnitude for images). Counted once per image
+        size and set of trained parameters (gradual unfreezing changes it), by torch's FlopCounterMode on one image."""
         pixel_values = inputs.get("pixel_values")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
-            size, batch_size = tuple(pixel_values.shape[1:]), pixel_values.shape[0]
+            size, batch_size = tuple(pixel_values.shape[-2:]), pixel_values.shape[0]
         elif isinstance(inputs.get("labels"), torch.Tensor) and hasattr(self.data_collator, "image_size"):
             # Images that become pixels only on the device (decode_on_device): the collator's output size.
-            size, batch_size = (3, *self.data_collator.image_size), inputs["labels"].shape[0]
+            size, batch_size = tuple(self.data_collator.image_size), inputs["labels"].shape[0]
         else:
             return 0
-        counted = getattr(self, "_forward_flops_per_image", {})
-        if size not in counted:
-            counted[size] = self._count_forward_flops(size)
-            self._forward_flops_per_image = counted
-        return 3 * counted[size] * batch_size
-
-    @torch.no_grad()
-    def _count_forward_flops(self, size: tuple[int, ...]) -> int:
         model = self.accelerator.unwrap_model(self.model)
-        # A float image of the batch's size on the model's device: the batch itself may still be uint8 on the host
-        # (the worker pipeline's), normalised and moved only later.
-        one_image = torch.zeros(1, *size, device=next(model.parameters()).device)
-        was_training = model.training
-        model.eval()  # no BatchNorm statistics updated by the count
+        key = (size, tuple(parameter.requires_grad for parameter in model.parameters()))
+        counted = self.__dict__.setdefault("_training_flops_per_image", {})
+        if key not in counted:
+            counted[key] = self._count_training_flops(model, size)
+        return counted[key] * batch_size
+
+    def _count_training_flops(self, model: nn.Module, size: tuple[int, int]) -> int:
+        # On the model's device, in its dtype: the batch itself may still be uint8 on the host (the worker
+        # pipeline's), normalised and moved only later.
         try:
-            with FlopCounterMode(display=False) as counter, self.accelerator.autocast():
-                model(pixel_values=one_image)
-            return int(counter.get_total_flops())
+            return training_flops_per_image(model, size)
         except Exception as err:  # a sharded or otherwise unusual model: the FLOP count is a statistic, not needed
             logger.warning("Could not count the model's FLOPs (%r); total_flos stays 0.", err)
             return 0
-        finally:
-            model.train(was_training)
 
     def create_model_card(self, *args, **kwargs) -> None:
         # The recipes render a fuller card into output_dir/README.md (hf_vision_distill.hub) before pushing; the

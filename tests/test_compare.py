@@ -167,12 +167,6 @@ def test_compare_reports_training_flops(tmp_path, cifar10_path):
     assert "training_gflops_per_image" in header and "latency_p90_ms" in header
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ImageClassificationTrainer.floating_point_ops (training.py) counts every step as 3 forward passes, also "
-    "for a frozen backbone, whose backward pass reaches only the head: total_flos of a linear probe is 3x too high. "
-    "Counting a step with profiling.training_flops_per_image would fix it.",
-)
 def test_total_flos_of_a_linear_probe(tmp_path, cifar10_path):
     from transformers import TrainingArguments
 
