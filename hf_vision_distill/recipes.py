@@ -412,7 +412,10 @@ def load_data(data_args: DataArguments, training_args: TrainingArguments) -> Ima
             evaluation_splits = [split for split in data.dataset if split != "train"]
             data = drop_undecodable_images(data, num_proc=_scan_processes(data, evaluation_splits),
                                            splits=evaluation_splits)  # fmt: skip
-    logger.info("Dataset %s: %s; %d classes", data_args.dataset_name, data.dataset, data.num_labels)
+    names = [data.id2label[index] for index in sorted(data.id2label)]
+    logger.info("Dataset %s: %s images; %d classes (%s%s)", data_args.dataset_name,
+                ", ".join(f"{split} {len(rows)}" for split, rows in data.dataset.items()), data.num_labels,
+                ", ".join(names[:8]), ", ..." if len(names) > 8 else "")  # fmt: skip
     return data
 
 
@@ -1008,8 +1011,8 @@ def prepare_output_dir(
     step, last_step = state.get("global_step", 0), state.get("max_steps", 0)
     if budget:
         described = ", ".join(f"--{name} {old} -> {new}" for name, (old, new) in budget.items())
-        logger.warning("Continuing the run in %s from %s (step %d) with a longer budget: %s.",
-                       output_dir, checkpoint, step, described)  # fmt: skip
+        logger.warning("Continuing the run in %s from %s (epoch %.2f, step %d) with a longer budget: %s.",
+                       output_dir, checkpoint, state.get("epoch") or 0.0, step, described)  # fmt: skip
         return folder(checkpoint=checkpoint)
     results_path = output_dir / results_name
     if last_step and step >= last_step and results_path.is_file():
@@ -1020,8 +1023,8 @@ def prepare_output_dir(
         )  # fmt: skip
         return folder(checkpoint=checkpoint, finished=True,
                       results=json.loads(results_path.read_text(encoding="utf-8")))  # fmt: skip
-    logger.info("Resuming from %s (step %d of %d); pass --overwrite_output_dir to start afresh.",
-                checkpoint, step, last_step)  # fmt: skip
+    logger.info("Resuming from %s at epoch %.2f (step %d of %d); pass --overwrite_output_dir to start afresh.",
+                checkpoint, state.get("epoch") or 0.0, step, last_step)  # fmt: skip
     return folder(checkpoint=checkpoint)
 
 

@@ -5,6 +5,8 @@ values by type, prefixes of flags, runs that train nothing, single-class data)."
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -180,3 +182,21 @@ def test_a_teacher_of_another_label_space_is_refused_before_it_runs(tmp_path, mo
     monkeypatch.setattr(recipe, "build_inputs", lambda *args, **kwargs: pytest.fail("the images were prepared"))
     with pytest.raises(ValueError, match="the teacher predicts 5 classes but the student 10"):
         recipe.main(arguments(tmp_path / "run", "--teacher_model_name_or_path", str(tmp_path / "teacher")))
+
+
+def test_a_run_says_what_it_does_at_the_default_log_level(tmp_path):
+    """Model, data, input pipeline and resumption, as the script prints them without --log_level."""
+    script = Path(__file__).resolve().parents[1] / "examples" / "train.py"
+
+    def run(*extra: str) -> str:
+        result = subprocess.run([sys.executable, str(script), *arguments(tmp_path / "run", *extra)],
+                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
+
+    printed = run()
+    for line in ("Dataset ", "images; 10 classes (airplane, automobile", "Model compact-cnn: CompactCNN",
+                 "Input pipeline: tensors"):  # fmt: skip
+        assert line in printed, line
+    printed = run("--max_steps", "3")
+    assert re.search(r"Continuing the run in .* from .*checkpoint-2 \(epoch 1.00, step 2\)", printed)
