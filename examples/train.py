@@ -29,6 +29,7 @@ from hf_vision_distill.recipes import (
     build_inputs,
     check_hub_access,
     evaluation_settings_for,
+    export_output,
     load_data,
     load_model,
     log_often_enough,
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     write_model_card(trainer, loaded, recipe="examples/train.py", argv=argv, model_args=model_args,
                      data_args=data_args, metrics=metrics)  # fmt: skip
+    export_output(training_args, run_args, model_args.trust_remote_code)
     if training_args.push_to_hub:
         push_output(trainer)  # the model, its image processor and the card above
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -255,6 +256,45 @@ class RunArguments:
         default=False,
         metadata={"help": "Start afresh even if --output_dir holds checkpoints (by default the run resumes)."},
     )
+    export: str | None = field(
+        default=None,
+        metadata={"help": "onnx: also export the trained model to <output_dir>/onnx/model.onnx (its ONNX Runtime "
+                  "logits checked against PyTorch's; pushed with the model). Needs the export extra."},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if self.export is None:
+            return
+        if self.export != "onnx":
+            raise ValueError(f"--export {self.export!r} is not supported; pass --export onnx, or leave it out.")
+        missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing:  # said now, not after training
+            raise ValueError(
+                f"--export onnx needs {missing}: pip install 'hf_vision_distill[export]' (or leave --export out)."
+            )
+
+
+ONNX_FOLDER = "onnx"
+
+
+def export_output(training_args: TrainingArguments, run_args: RunArguments, trust_remote_code: bool = False) -> None:
+    """`--export onnx`: the saved model in the output folder exported to `onnx/` beside it (`export.export_classifier`,
+    the folder layout of the Hub's ONNX repos), and a line in the output folder's model card; main process only."""
+    if run_args.export is None or not training_args.should_save:
+        return
+    from .export import ONNX_FILE_NAME, export_classifier, write_card_line
+
+    output_dir = Path(training_args.output_dir)
+    exported = export_classifier(output_dir, output_dir / ONNX_FOLDER, trust_remote_code=trust_remote_code)
+    height, width = exported.specification.image_size
+    write_card_line(
+        output_dir,
+        f"`{ONNX_FOLDER}/{ONNX_FILE_NAME}`: this model at {height}x{width} in ONNX (opset {exported.opset}, dynamic "
+        f"batch; input `pixel_values`, output `logits`); ONNX Runtime's float32 logits match PyTorch's to "
+        f"{exported.max_abs_difference:.1e}. Quantise it with `examples/export.py --quantize int8`.",
+    )
+    logger.info("Exported to %s (ONNX Runtime matches PyTorch to %.1e).", exported.onnx_path,
+                exported.max_abs_difference)  # fmt: skip
 
 
 def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any], argv: list[str] | None) -> tuple:
@@ -889,7 +929,7 @@ FREE_TO_CHANGE = (
     "run_name", "project", "trackio_", "push_to_hub", "hub_", "dataloader_", "per_device_eval_batch_size",
     "max_eval_samples", "eval_accumulation_steps", "eval_use_gather_object", "eval_do_concat_batches", "eval_on_start",
     "eval_delay", "batch_eval_metrics", "disable_tqdm", "save_", "input_pipeline", "num_overlay_images",
-    "check_images",
+    "check_images", "export",
     "use_cpu", "bf16", "bf16_", "fp16", "fp16_", "tf32", "torch_compile", "torch_compile_", "torch_empty_cache_steps",
     "ddp_", "local_rank", "include_", "skip_memory_metrics", "debug", "do_train", "do_eval", "do_predict",
     "trust_remote_code", "enable_jit_checkpoint", "restore_callback_states_from_checkpoint", "ignore_data_skip",
@@ -1058,6 +1098,7 @@ __all__ = [
     "check_hub_access",
     "checkpoint_to_resume",
     "evaluation_settings_for",
+    "export_output",
     "hyperparameters_for_card",
     "load_data",
     "load_model",

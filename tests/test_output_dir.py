@@ -200,3 +200,16 @@ def test_a_run_says_what_it_does_at_the_default_log_level(tmp_path):
         assert line in printed, line
     printed = run("--max_steps", "3")
     assert re.search(r"Continuing the run in .* from .*checkpoint-2 \(epoch 1.00, step 2\)", printed)
+
+
+def test_the_recipe_exports_to_onnx_beside_the_model(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    recipe = load_example("train")
+    run = tmp_path / "run"
+    recipe.main(arguments(run, "--export", "onnx"))
+    assert (run / "onnx" / "model.onnx").is_file() and (run / "onnx" / "preprocessor_config.json").is_file()
+    card = (run / "README.md").read_text()
+    assert re.search(r"`onnx/model.onnx`: this model at 32x32 in ONNX .* match PyTorch's to \d", card)
+    monkeypatch.setattr(recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
+    with pytest.raises(ValueError, match="--export 'tflite' is not supported; pass --export onnx"):
+        recipe.main(arguments(tmp_path / "other", "--export", "tflite"))
