@@ -713,6 +713,33 @@ def build_inputs(
     return _tensor_inputs(decoded, data, data_args, training_args, image_size, mean, std, interpolation, row_outputs)
 
 
+def _device_collators(
+    collator_class: type[DeviceImageTransform],
+    data: ImageClassificationData,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    image_size: tuple[int, int],
+    mean: list[float],
+    std: list[float],
+    interpolation: str,
+    train_only: dict[str, Any] | None = None,
+    **extra: Any,
+) -> tuple[DeviceImageTransform, DeviceImageTransform, TrainingArguments]:
+    """The training and evaluation collators of a pipeline that augments on the device (`extra` arguments for both,
+    `train_only` for the training one), and the training arguments with label smoothing moved into the collator
+    (`smoothing_in_the_collator`)."""
+    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
+    common = {"mean": mean, "std": std, "interpolation": interpolation, "device": training_args.device,
+              "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+              **extra}  # fmt: skip
+    train_collator = collator_class(
+        image_size, train=True, crop=data_args.crop, horizontal_flip=data_args.horizontal_flip,
+        num_labels=data.num_labels, mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
+        label_smoothing=label_smoothing, **common, **(train_only or {}),
+    )  # fmt: skip
+    return train_collator, collator_class(image_size, train=False, **common), training_args
+
+
 def _tensor_inputs(
     decoded: dict[str, DecodedImages],
     data: ImageClassificationData,
@@ -724,21 +751,10 @@ def _tensor_inputs(
     interpolation: str,
     row_outputs: dict[str, dict] | None,
 ) -> RecipeInputs:
-    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
     device = training_args.device
-    common = {
-        "mean": mean,
-        "std": std,
-        "interpolation": interpolation,
-        "device": device,
-        "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-    }
-    train_collator = DeviceImageTransform(
-        image_size, train=True, crop=data_args.crop, horizontal_flip=data_args.horizontal_flip,
-        num_labels=data.num_labels, mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
-        label_smoothing=label_smoothing, **common,
-    )  # fmt: skip
-    eval_collator = DeviceImageTransform(image_size, train=False, **common)
+    train_collator, eval_collator, training_args = _device_collators(
+        DeviceImageTransform, data, data_args, training_args, image_size, mean, std, interpolation
+    )
     # Batches are one indexing operation in the main process and come out on the device: workers would only add
     # processes, and pinning applies to host memory. The collator takes whole batches, which the Trainer's column
     # remover (for datasets that are not a datasets.Dataset) would take for lists of examples.
@@ -768,21 +784,10 @@ def _decode_on_device_inputs(
     interpolation: str,
     row_outputs: dict[str, dict] | None,
 ) -> RecipeInputs:
-    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
-    common = {
-        "mean": mean,
-        "std": std,
-        "interpolation": interpolation,
-        "device": training_args.device,
-        "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-        "on_bad_image": data_args.on_bad_image,
-    }
-    train_collator = DeviceJpegTransform(
-        image_size, train=True, crop=data_args.crop, horizontal_flip=data_args.horizontal_flip,
-        num_labels=data.num_labels, mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
-        label_smoothing=label_smoothing, source_split=data.source_splits.get("train"), **common,
+    train_collator, eval_collator, training_args = _device_collators(
+        DeviceJpegTransform, data, data_args, training_args, image_size, mean, std, interpolation,
+        train_only={"source_split": data.source_splits.get("train")}, on_bad_image=data_args.on_bad_image,
     )  # fmt: skip
-    eval_collator = DeviceJpegTransform(image_size, train=False, **common)
     datasets_by_split = {split: EncodedImageDataset(images, (row_outputs or {}).get(split))
                          for split, images in data.dataset.items()}  # fmt: skip
     # Workers read files and EXIF headers only; the batch holds encoded bytes, which the Trainer's column remover
