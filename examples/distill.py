@@ -11,6 +11,9 @@
     # logits-only distillation from an offline teacher (computed once, no teacher forward per step):
     python examples/distill.py --teacher_model_name_or_path outputs/teacher --offline_teacher \
         --attention_loss_weight 0 --crop none --horizontal_flip false
+    # ... with augmentation: the teacher's top-10 logits on 10 cached crops and flips of every image (FKD)
+    python examples/distill.py --teacher_model_name_or_path outputs/teacher --offline_teacher \
+        --offline_teacher_views 10 --offline_teacher_top_k 10 --attention_loss_weight 0 --input_pipeline tensors
 
 Teacher and student may take different inputs (sizes, normalisation): the trainer gives the teacher its own view of
 each augmented batch. The run writes the student (its image processor and model card, README.md) to --output_dir,
@@ -39,7 +42,10 @@ from hf_vision_distill.distillation import (
     DistillationConfig,
     DistillationTrainer,
     TeacherView,
+    TeacherViewDataset,
+    TeacherViewEpochCallback,
     cache_teacher_logits,
+    cache_teacher_views,
     check_label_spaces,
     gives_attention_maps,
     teacher_outputs_by_row,
@@ -60,6 +66,7 @@ from hf_vision_distill.recipes import (
     build_inputs,
     check_hub_access,
     checkpoint_to_resume,
+    choose_input_pipeline,
     evaluation_settings_for,
     load_data,
     load_model,
@@ -108,6 +115,18 @@ class TeacherArguments:
     teacher_revision: str | None = field(
         default=None, metadata={"help": "Branch, tag or commit of a Hub teacher: pin the commit whose code you trust."}
     )
+    offline_teacher_views: int = field(
+        default=0,
+        metadata={"help": "With --offline_teacher: cache the teacher's logits on this many augmented views of every "
+                  "training image (crop box and flip, as FKD) and replay one of them per epoch, so offline "
+                  "distillation trains with --crop and --horizontal_flip; 0 caches one unaugmented view. Needs "
+                  "--input_pipeline tensors, and no mixup or cutmix."},
+    )  # fmt: skip
+    offline_teacher_top_k: int = field(
+        default=10,
+        metadata={"help": "With --offline_teacher_views: the teacher logits kept per view (at most the number of "
+                  "labels); the other classes share the rest of the teacher's probability evenly."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -152,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
             "trained with examples/train.py)."
         )
     data = load_data(data_args, args)
+    check_offline_teacher_views(teacher_args, data_args, data, args, argv)
     args = evaluation_settings_for(data, args)
     output_dir = Path(args.output_dir)
     prefixes = {"validation": "eval", "test": "test"}
@@ -177,12 +197,18 @@ def main(argv: list[str] | None = None) -> dict:
     # Before the teacher is run on anything: a teacher of other labels ends in an index error deep in the loss.
     check_label_spaces(student.model.config, teacher.model.config)
     row_outputs = None
+    views = teacher_args.offline_teacher_views
     if args.offline_teacher:
-        row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir)
+        row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir,
+                                    training_split=not views)  # fmt: skip
     inputs = build_inputs(data, data_args, args, student.image_size, student.image_mean, student.image_std,
                           interpolation=student.interpolation, row_outputs=row_outputs)  # fmt: skip
     train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
+    callbacks = []
+    if views:
+        train_dataset, train_collator = replay_teacher_views(teacher, inputs, teacher_args, teacher_view, args)
+        callbacks.append(TeacherViewEpochCallback(train_dataset))
     args = log_often_enough(args, len(train_dataset), argv)
 
     # ---- distillation ----
@@ -197,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_data_collator=eval_collator,
         compute_metrics=build_compute_metrics(),
         processing_class=student.image_processor,
+        callbacks=callbacks,
     )
     # The teacher is evaluated as the distillation runs it: placed by the trainer (float32 or --teacher_dtype, on
     # its device), run under the same autocast, on its view of the student's test batches (its own size and
@@ -243,12 +270,13 @@ def main(argv: list[str] | None = None) -> dict:
         baseline_args = plain_training_arguments(
             args, output_dir=str(output_dir / "_baseline"), resume_from_checkpoint=None, push_to_hub=False
         )
+        # Fresh augmentation, as any run without a cache: cached views would only narrow what it sees.
         baseline = ImageClassificationTrainer(
             model=baseline_student.model,
             args=evaluation_settings_for(data, baseline_args),
-            train_dataset=train_dataset,
+            train_dataset=inputs.train_dataset,
             eval_dataset=eval_datasets.get("validation"),
-            data_collator=train_collator,
+            data_collator=inputs.train_collator,
             eval_data_collator=eval_collator,
             compute_metrics=build_compute_metrics(),
             processing_class=baseline_student.image_processor,
@@ -288,22 +316,28 @@ def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] 
     return dataclasses.replace(args, attention_loss_weight=0.0)
 
 
-def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir: Path) -> dict[str, dict]:
-    """The offline teacher: its logits for every split, computed once on the student's deterministic view and saved
-    to output_dir/_teacher_cache/<split> (a datasets dataset keyed by source row). Under several processes the one
-    that saves computes them while the others wait, then they read its files."""
+def cache_teacher(
+    teacher, data, data_args, student, teacher_view, args, output_dir: Path, training_split: bool = True
+) -> dict[str, dict]:
+    """The offline teacher: its logits for every split (the evaluation splits only without `training_split`, whose
+    augmented views `replay_teacher_views` caches), computed once on the student's deterministic view and saved to
+    output_dir/_teacher_cache/<split> (a datasets dataset keyed by source row). Under several processes the one that
+    saves computes them while the others wait, then they read its files."""
     random_flags = random_augmentations(data_args)
-    if random_flags:
+    if random_flags and training_split:
         raise ValueError(
             f"--offline_teacher needs the same image for a row in every epoch, but {random_flags} make training "
-            "batches random; pass --crop none --horizontal_flip false and leave the other augmentations off, or "
-            "distill from the live teacher."
+            "batches random; cache augmented views with --offline_teacher_views K (crops and flips, on "
+            "--input_pipeline tensors), or pass --crop none --horizontal_flip false and leave the other augmentations "
+            "off, or distill from the live teacher."
         )
     transform = build_transforms(student.image_size, train=False, mean=student.image_mean, std=student.image_std)
     row_outputs = {}
     # The saving process (one per node with --save_on_each_node) goes first; the rest load what it saved.
     with args.main_process_first(local=args.save_on_each_node, desc="caching the teacher's logits"):
         for split in data.dataset:
+            if split == "train" and not training_split:
+                continue
             path = str(output_dir / "_teacher_cache" / split)
             if args.should_save:
                 cache = cache_teacher_logits(
@@ -315,6 +349,62 @@ def cache_teacher(teacher, data, data_args, student, teacher_view, args, output_
                 cache = datasets.load_from_disk(path)
             row_outputs[split] = teacher_outputs_by_row(cache)
     return row_outputs
+
+
+def check_offline_teacher_views(
+    teacher_args, data_args, data, args: DistillationConfig, argv: list[str] | None
+) -> None:
+    """Refuses, before the teacher runs on anything, an --offline_teacher_views request that cannot work."""
+    views, top_k = teacher_args.offline_teacher_views, teacher_args.offline_teacher_top_k
+    if views < 0 or top_k < 1:
+        raise ValueError(
+            f"--offline_teacher_views {views} --offline_teacher_top_k {top_k}: pass a number of views >= 1 (0 caches "
+            "one unaugmented view) and a top-k >= 1."
+        )
+    if views == 0:
+        if user_gave(argv, "offline_teacher_top_k"):
+            raise ValueError("--offline_teacher_top_k keeps the top logits of cached views; pass "
+                             "--offline_teacher_views K with it, or leave it out.")  # fmt: skip
+        return
+    if not args.offline_teacher:
+        raise ValueError(
+            f"--offline_teacher_views {views} caches the offline teacher's outputs on augmented views; pass "
+            "--offline_teacher with it, or leave it out to distill from the live teacher."
+        )
+    mixing = [flag for flag, alpha in (("--mixup_alpha", data_args.mixup_alpha),
+                                       ("--cutmix_alpha", data_args.cutmix_alpha)) if alpha > 0]  # fmt: skip
+    if mixing:
+        raise ValueError(
+            f"--offline_teacher_views caches the teacher on views of one image, and {mixing} blend two images into "
+            "one the teacher never saw; pass --mixup_alpha 0 --cutmix_alpha 0, or distill from the live teacher."
+        )
+    pipeline = choose_input_pipeline(data, data_args)
+    if pipeline != "tensors":
+        raise ValueError(
+            f"--offline_teacher_views replays each cached view on the tensor input pipeline, and this run would use "
+            f"'{pipeline}'; pass --input_pipeline tensors (images of one size that fit in memory; no --auto_augment, "
+            "--color_jitter or --random_erasing)."
+        )
+
+
+def replay_teacher_views(teacher, inputs, teacher_args, teacher_view, args: DistillationConfig):
+    """The training dataset and collator of the offline teacher with augmentation: the teacher's top-k logits on
+    --offline_teacher_views views of every training image drawn by the training collator (cached on disk under a key
+    of the teacher, the images and the view settings, so a rerun loads them), each row replaying one view per epoch.
+    The process that saves computes the cache first; the others then find its file."""
+    if inputs.pipeline != "tensors":
+        raise ValueError(
+            f"--offline_teacher_views replays each cached view on the tensor input pipeline, and this run uses "
+            f"'{inputs.pipeline}'; pass --input_pipeline tensors (images of one size that fit in memory)."
+        )
+    collator = inputs.train_collator
+    with args.main_process_first(desc="caching the teacher's views"):
+        cache = cache_teacher_views(
+            teacher.model, inputs.train_dataset.decoded, collator, num_views=teacher_args.offline_teacher_views,
+            top_k=teacher_args.offline_teacher_top_k, teacher_view=teacher_view,
+            batch_size=args.per_device_eval_batch_size,
+        )  # fmt: skip
+    return TeacherViewDataset(inputs.train_dataset.decoded, cache, seed=collator.seed), collator.with_replayed_views()
 
 
 @torch.no_grad()

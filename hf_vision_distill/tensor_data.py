@@ -18,6 +18,7 @@ on the worker pipeline (`WORKER_ONLY_AUGMENTATIONS`), which the recipes choose w
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -58,6 +59,11 @@ WORKER_ONLY_AUGMENTATIONS = ("color_jitter", "auto_augment", "random_erasing")
 
 # The batch's dataset indices, which key its augmentation draws (see DeviceImageTransform); the collator removes them.
 SAMPLE_INDICES_KEY = "sample_indices"
+# Views given with a batch instead of drawn (cached teacher views, `DeviceImageTransform(replay_views=True)`): each
+# image's box, float `(batch, 4)` (top, left, height, width; see `DeviceImageTransform.draw_views`), and flip, bool
+# `(batch,)`. The collator removes them.
+VIEW_BOXES_KEY = "view_boxes"
+VIEW_FLIPS_KEY = "view_flips"
 
 
 class MixedImageSizesError(ValueError):
@@ -238,6 +244,10 @@ class DeviceImageTransform:
     the uninterrupted run did (the Trainer restores the global generators only after fetching the first batch), and
     the model's own randomness (dropout) is the same on either input pipeline.
 
+    A view is drawn (`draw_views`) then applied (`apply_views`), so it can also be given: with `replay_views=True`
+    every training batch brings each image's view (`VIEW_BOXES_KEY`, `VIEW_FLIPS_KEY`), drawn earlier with
+    `draw_views`, and gets exactly those pixels back (cached teacher views, `distillation.cache_teacher_views`).
+
     Args:
         image_size (`int` or `tuple[int, int]`): the model's input size.
         train (`bool`): augment (training) or only resize and normalise (evaluation).
@@ -247,6 +257,8 @@ class DeviceImageTransform:
         horizontal_flip (`bool`): random horizontal flips in training.
         device (`str` or `torch.device`): where batches are augmented (the training device).
         seed (`int`): the run's seed, the key of every batch's draws with the batch's indices.
+        replay_views (`bool`): apply the views each training batch brings instead of drawing them; mixup and
+            cutmix are refused (they blend two images into one that no cached view shows).
         kwargs: mixing and label smoothing, as for [`ImageClassificationCollator`] (`num_labels`, `mixup_alpha`,
             `cutmix_alpha`, `mix_prob`, `label_smoothing`).
     """
@@ -263,6 +275,7 @@ class DeviceImageTransform:
         horizontal_flip: bool = True,
         device: str | torch.device = "cpu",
         seed: int = 42,
+        replay_views: bool = False,
         **kwargs,
     ):
         self.image_size = _image_size_pair(image_size)
@@ -283,6 +296,31 @@ class DeviceImageTransform:
         self.generator = torch.Generator(device=self.device)
         self.scale, self.shift = uint8_normalisation(mean, std, self.device)  # built once, on the device
         self.labels_collator = ImageClassificationCollator(**kwargs)
+        self.replay_views = False
+        if replay_views:
+            self._check_replayable()
+            self.replay_views = True
+
+    def with_replayed_views(self) -> DeviceImageTransform:
+        """This transform (same geometry, normalisation, labels and device), applying the views each batch brings
+        instead of drawing them."""
+        self._check_replayable()
+        replaying = copy.copy(self)
+        replaying.replay_views = True
+        return replaying
+
+    def _check_replayable(self) -> None:
+        if not self.train:
+            raise ValueError(
+                "replay_views=True replays training views, and an evaluation transform (train=False) has none."
+            )
+        if self.labels_collator.mix is not None:
+            raise ValueError(
+                f"replay_views=True with mixup_alpha={self.labels_collator.mixup_alpha} and cutmix_alpha="
+                f"{self.labels_collator.cutmix_alpha}: a replayed view comes with the teacher's outputs on that one "
+                "image, and mixing blends two images into one the teacher never saw. Pass mixup_alpha=0 and "
+                "cutmix_alpha=0 (--mixup_alpha 0 --cutmix_alpha 0), or distill from a live teacher."
+            )
 
     def __call__(self, batch: dict[str, torch.Tensor] | list[dict]) -> dict[str, torch.Tensor]:
         if isinstance(batch, list):  # examples fetched one by one (dataset[i]) rather than by __getitems__
@@ -316,18 +354,22 @@ class DeviceImageTransform:
         normalised, then mixed with the rest of `batch` (labels, teacher columns, on the device)."""
         batch_seed = self.batch_seed(indices)
         generator = None if batch_seed is None else self.generator.manual_seed(batch_seed)
-        if cropped_and_flipped:
-            pass
-        elif self.crop == "random_resized":
-            images = self._random_resized_crop(images, generator)
-        else:
-            images = self._resize(images)
-            if self.crop == "pad":
-                images = self._pad_and_crop(images, generator)
-            if self.horizontal_flip:
-                flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        batch["pixel_values"] = images * self.scale - self.shift
+        boxes, flips = batch.pop(VIEW_BOXES_KEY, None), batch.pop(VIEW_FLIPS_KEY, None)
+        if self.replay_views and not cropped_and_flipped and (boxes is None or flips is None):
+            raise ValueError(
+                f"replay_views=True but the batch has no '{VIEW_BOXES_KEY}' and '{VIEW_FLIPS_KEY}' (keys: "
+                f"{sorted(batch)}); batch a dataset that brings each row's view (distillation.TeacherViewDataset)."
+            )
+        if boxes is not None and not self.replay_views:
+            raise ValueError(
+                f"the batch brings views ('{VIEW_BOXES_KEY}') but this transform draws its own; build it with "
+                "replay_views=True to apply them."
+            )
+        if not cropped_and_flipped:
+            if boxes is None:
+                boxes, flips = self.draw_views(images.shape[0], tuple(images.shape[-2:]), generator)
+            images = self.apply_views(images, boxes, flips)
+        batch["pixel_values"] = self.normalise(images)
         if batch_seed is None or self.labels_collator.mix is None:
             return self.labels_collator.finish(batch)
         # torchvision's MixUp/CutMix draw from the global CPU generator: keyed the same way, then put back.
@@ -345,40 +387,103 @@ class DeviceImageTransform:
                                 antialias=downsampling and mode != "nearest")  # fmt: skip
         return resized.clamp_(0, 255) if mode == "bicubic" else resized
 
-    def _pad_and_crop(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def draw_views(
+        self,
+        batch_size: int,
+        stored_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        device: str | torch.device | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every image's own crop and flip, drawn as training draws them (`augment` calls it).
+
+        Args:
+            batch_size (`int`): how many views.
+            stored_size (`tuple[int, int]`): the (height, width) of the stored images.
+            generator (`torch.Generator`, *optional*): the draws' generator (else the global one of `device`).
+            device (`str` or `torch.device`, *optional*): where to draw; defaults to the generator's device, else
+                the transform's.
+
+        Returns:
+            `boxes`, float `(batch, 4)` of whole numbers, and `flips`, bool `(batch,)` (`None` without flips). A box
+            is (top, left, height, width): for `crop="random_resized"` the crop of the stored image; for `"pad"` the
+            crop of the image resized to `image_size` and reflect-padded (offsets in [0, 2 * padding]); for
+            `"none"` the whole resized image.
+        """
+        if device is None:
+            device = generator.device if generator is not None else self.device
+        height, width = self.image_size
+        if self.crop == "random_resized":
+            sizes = torch.tensor([stored_size], device=device, dtype=torch.float32).expand(batch_size, 2)
+            top, left, crop_height, crop_width = random_resized_crop_boxes(sizes, generator)
+        else:
+            top = left = torch.zeros(batch_size, device=device)
+            if self.crop == "pad":
+                # Every image its own offset in [0, 2 * padding], as RandomCrop draws it.
+                padding = self._padding()
+                top = torch.randint(0, 2 * padding + 1, (batch_size, 1), device=device, generator=generator)[:, 0]
+                left = torch.randint(0, 2 * padding + 1, (batch_size, 1), device=device, generator=generator)[:, 0]
+            crop_height = torch.full((batch_size,), float(height), device=device)
+            crop_width = torch.full((batch_size,), float(width), device=device)
+        boxes = torch.stack([top.float(), left.float(), crop_height, crop_width], dim=1)
+        flips = None
+        if self.horizontal_flip:
+            flips = torch.rand(batch_size, device=device, generator=generator) < 0.5
+        return boxes, flips
+
+    def apply_views(self, images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+        """Float images in the 0-255 range `(batch, 3, height, width)` seen through the views of `draw_views`, at
+        `image_size` (not normalised): the same pixels for the same views, whether drawn now or replayed."""
+        boxes = boxes.to(images.device, torch.float32)
+        flips = None if flips is None else flips.to(images.device, torch.bool)
+        if self.crop == "random_resized":
+            return self._resample_boxes(images, boxes, flips)
+        images = self._resize(images)
+        if self.crop == "pad":
+            images = self._pad_and_crop(images, boxes[:, 0:1].long(), boxes[:, 1:2].long())
+        if flips is not None:
+            images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+        return images
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in the 0-255 range, normalised as the model takes them."""
+        return images * self.scale - self.shift
+
+    def _padding(self) -> int:
+        return max(min(self.image_size) // 8, 1)
+
+    def _pad_and_crop(self, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """Each image reflect-padded by `_padding()` and cropped back to its size at its own `(batch, 1)` offsets;
+        one gather for the whole batch."""
         batch_size, _, height, width = images.shape
-        padding = max(min(height, width) // 8, 1)
+        padding = self._padding()
         padded = F.pad(images, (padding, padding, padding, padding), mode="reflect")
-        # Every image its own offset in [0, 2 * padding], as RandomCrop draws it; one gather for the whole batch.
-        top = torch.randint(0, 2 * padding + 1, (batch_size, 1), device=images.device, generator=generator)
-        left = torch.randint(0, 2 * padding + 1, (batch_size, 1), device=images.device, generator=generator)
         rows = (top + torch.arange(height, device=images.device))[:, :, None]
         columns = (left + torch.arange(width, device=images.device))[:, None, :]
         samples = torch.arange(batch_size, device=images.device)[:, None, None]
         # Advanced indices around a slice put their dimensions first: (batch, height, width, channels).
         return padded[samples, :, rows, columns].permute(0, 3, 1, 2)
 
-    def _random_resized_crop(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Every image its own random-resized-crop box (`random_resized_crop_boxes`), resampled to `image_size` by one
-        `grid_sample` (with the flip folded into the grid)."""
-        batch_size, _, height, width = images.shape
+    def _resample_boxes(self, images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+        """Every image's box of the stored image (`random_resized_crop_boxes`) resampled to `image_size` by one
+        `grid_sample`, with the flip folded into the grid."""
+        _, _, height, width = images.shape
         device = images.device
-        sizes = torch.tensor([[height, width]], device=device, dtype=torch.float32).expand(batch_size, 2)
-        top, left, crop_height, crop_width = random_resized_crop_boxes(sizes, generator)
+        top, left, crop_height, crop_width = boxes.unbind(dim=1)
         # The affine map from output coordinates in [-1, 1] to the box, in grid_sample's align_corners=False frame.
         scale_x = crop_width / width
         scale_y = crop_height / height
         centre_x = (left + crop_width / 2) / width * 2 - 1
         centre_y = (top + crop_height / 2) / height * 2 - 1
-        if self.horizontal_flip:
-            flip = torch.rand(batch_size, device=device, generator=generator) < 0.5
-            scale_x = torch.where(flip, -scale_x, scale_x)
-        theta = torch.zeros(batch_size, 2, 3, device=device)
-        theta[:, 0, 0] = scale_x
-        theta[:, 0, 2] = centre_x
-        theta[:, 1, 1] = scale_y
-        theta[:, 1, 2] = centre_y
-        grid = F.affine_grid(theta, [batch_size, 3, *self.image_size], align_corners=False)
+        if flips is not None:
+            scale_x = torch.where(flips, -scale_x, scale_x)
+        # Written out per axis, not through F.affine_grid's batched matrix product: each image's grid, hence its
+        # pixels, is then the same whatever else is in its batch, so a replayed view equals the cached one exactly.
+        out_height, out_width = self.image_size
+        xs = (torch.arange(out_width, device=device) * 2 + 1) / out_width - 1
+        ys = (torch.arange(out_height, device=device) * 2 + 1) / out_height - 1
+        grid_x = (scale_x[:, None] * xs + centre_x[:, None])[:, None, :].expand(-1, out_height, -1)
+        grid_y = (scale_y[:, None] * ys + centre_y[:, None])[:, :, None].expand(-1, -1, out_width)
+        grid = torch.stack([grid_x, grid_y], dim=-1)
         cropped = F.grid_sample(images, grid, mode=self.interpolation, padding_mode="border", align_corners=False)
         return cropped.clamp_(0, 255) if self.interpolation == "bicubic" else cropped
 
@@ -432,6 +537,8 @@ __all__ = [
     "DecodedImages",
     "DeviceImageTransform",
     "MixedImageSizesError",
+    "VIEW_BOXES_KEY",
+    "VIEW_FLIPS_KEY",
     "TensorImageDataset",
     "decode_images",
     "decoded_cache_path",

@@ -3,7 +3,16 @@
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer, TeacherView, check_label_spaces, gives_attention_maps
 from .layerwise import LayerwiseDistillationTrainer, block_names, transformer_blocks
-from .teacher_cache import TEACHER_LOGITS_COLUMN, cache_teacher_logits, teacher_outputs_by_row
+from .teacher_cache import (
+    TEACHER_LOGITS_COLUMN,
+    TeacherViewCache,
+    TeacherViewDataset,
+    TeacherViewEpochCallback,
+    cache_teacher_logits,
+    cache_teacher_views,
+    dense_teacher_logits,
+    teacher_outputs_by_row,
+)
 
 __all__ = [
     "TEACHER_LOGITS_COLUMN",
@@ -11,9 +20,14 @@ __all__ = [
     "DistillationTrainer",
     "LayerwiseDistillationTrainer",
     "TeacherView",
+    "TeacherViewCache",
+    "TeacherViewDataset",
+    "TeacherViewEpochCallback",
     "block_names",
     "cache_teacher_logits",
+    "cache_teacher_views",
     "check_label_spaces",
+    "dense_teacher_logits",
     "gives_attention_maps",
     "teacher_outputs_by_row",
     "transformer_blocks",
