@@ -68,6 +68,7 @@ from hf_vision_distill.recipes import (
     checkpoint_to_resume,
     choose_input_pipeline,
     evaluation_settings_for,
+    export_output,
     load_data,
     load_model,
     log_often_enough,
@@ -292,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
                      data_args=data_args, metrics=rows[1], teacher_name=args.teacher_model_name_or_path,
                      teacher_parameters=rows[0]["parameters"], distillation_settings=distillation_settings(args),
                      comparison=rows)  # fmt: skip
+    export_output(args, run_args, model_args.trust_remote_code)
     if args.push_to_hub:
         push_output(trainer)  # the student, its image processor, the card, summary and plots
     return summary

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .data import ROW_INDEX_COLUMN, _describe_image, convert_image_to_rgb
-from .tensor_data import DeviceImageTransform, random_resized_crop_boxes
+from .tensor_data import DeviceImageTransform, outputs_of_rows, random_resized_crop_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -160,16 +160,7 @@ class EncodedImageDataset(Dataset):
         self.images = split.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
         self.labels = torch.as_tensor(split["label"], dtype=torch.long)
         self.row_index = torch.as_tensor(split[ROW_INDEX_COLUMN], dtype=torch.long)
-        self.row_outputs = {}
-        for name, table in (row_outputs or {}).items():
-            table = torch.as_tensor(np.asarray(table, dtype=np.float32))
-            rows = self.row_index
-            if len(rows) and (rows.max() >= len(table) or torch.isnan(table[rows.clamp(max=len(table) - 1)]).any()):
-                raise ValueError(
-                    f"no precomputed '{name}' for some rows of this split; compute the cache for this split (with "
-                    "cache_teacher_logits) before training from it."
-                )
-            self.row_outputs[name] = table[rows]
+        self.row_outputs = outputs_of_rows(row_outputs, self.row_index)
 
     def __len__(self) -> int:
         return len(self.labels)

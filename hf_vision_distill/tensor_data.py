@@ -189,6 +189,22 @@ def _save_atomically(decoded: DecodedImages, path: Path) -> None:
     os.replace(partial, path)
 
 
+def outputs_of_rows(row_outputs: dict[str, np.ndarray] | None, row_index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-row arrays indexed by source row (cached teacher logits, `teacher_*`) taken for a split's rows, in its
+    order; refused when a row has no value (a cache computed for another subset of the split)."""
+    outputs = {}
+    for name, table in (row_outputs or {}).items():
+        table = torch.as_tensor(np.asarray(table, dtype=np.float32))
+        rows = row_index
+        if len(rows) and (rows.max() >= len(table) or torch.isnan(table[rows.clamp(max=len(table) - 1)]).any()):
+            raise ValueError(
+                f"no precomputed '{name}' for some rows of this split; compute the cache for this split (with "
+                "cache_teacher_logits) before training from it."
+            )
+        outputs[name] = table[rows]
+    return outputs
+
+
 class TensorImageDataset(Dataset):
     """A decoded split as a map-style dataset whose batches are slices of one tensor.
 
@@ -203,16 +219,7 @@ class TensorImageDataset(Dataset):
 
     def __init__(self, decoded: DecodedImages, row_outputs: dict[str, np.ndarray] | None = None):
         self.decoded = decoded
-        self.row_outputs = {}
-        for name, table in (row_outputs or {}).items():
-            table = torch.as_tensor(np.asarray(table, dtype=np.float32))
-            rows = decoded.row_index
-            if len(rows) and (rows.max() >= len(table) or torch.isnan(table[rows.clamp(max=len(table) - 1)]).any()):
-                raise ValueError(
-                    f"no precomputed '{name}' for some rows of this split; compute the cache for this split (with "
-                    "cache_teacher_logits) before training from it."
-                )
-            self.row_outputs[name] = table[rows]
+        self.row_outputs = outputs_of_rows(row_outputs, decoded.row_index)
 
     def __len__(self) -> int:
         return len(self.decoded)

@@ -171,7 +171,8 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "Batches carry precomputed 'teacher_logits' (distillation.teacher_cache): the logit losses read "
-            "them instead of running a teacher. Feature and attention losses need a live teacher."
+            "them instead of running a teacher (examples/distill.py: of each image, or with --offline_teacher_views "
+            "of K augmented views). Feature and attention losses need a live teacher."
         },
     )
     # Adapters run outside the student's forward: DDP's unused-parameter search would reject them, and every
