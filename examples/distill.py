@@ -59,6 +59,7 @@ from hf_vision_distill.evaluation import (
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     SHIPPED_SAMPLE,
+    SHIPPED_TEACHER,
     TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
@@ -86,14 +87,11 @@ from hf_vision_distill.training import ImageClassificationTrainer, on_device
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-# Our CIFAR ViT trained on the full CIFAR-10 training split (pretrained/vit-cifar-teacher/README.md says how).
-SHIPPED_TEACHER = str(REPO / "pretrained" / "vit-cifar-teacher")
 
 DEFAULTS = {
     **TRAINING_DEFAULTS,
     "model_name_or_path": "compact-cnn",
-    "teacher_model_name_or_path": SHIPPED_TEACHER,
+    "teacher_model_name_or_path": SHIPPED_TEACHER,  # our CIFAR ViT, trained on the full CIFAR-10 training split
     "dataset_name": SHIPPED_SAMPLE,
     "output_dir": "outputs/distill",
     # The ViT -> CNN recipe: the true labels, the teacher's soft labels and its attention. On the shipped sample with

@@ -1,4 +1,5 @@
-"""Model cards for what the recipes train, rendered from the templates in `model_cards/`.
+"""Model cards for what the recipes train, rendered from the templates in `hf_vision_distill/model_cards/`, and the
+one way a trained classifier's folder goes to the Hub (`upload_classifier_folder`).
 
 A card carries the Hub metadata (license, tags, datasets, base model, `model-index` results that the Hub renders as
 an evaluation widget) and a readable page: what the model is, its results, the teacher and distillation settings
@@ -9,8 +10,9 @@ its limitations. `huggingface_hub.ModelCard` does the YAML and Jinja2 work.
 from __future__ import annotations
 
 import tempfile
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedModel
@@ -18,9 +20,14 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .evaluation import markdown_table
 
-# The templates live in model_cards/ at the top of the repository: the package runs from a checkout
-# (`pip install -e .`), as the README sets it up.
-_TEMPLATE_FOLDERS = [Path(__file__).resolve().parents[1] / "model_cards"]
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+    from huggingface_hub import CommitInfo
+
+# Package data (pyproject.toml), as huggingface_hub ships its own card template: found from a checkout and from a
+# wheel alike.
+TEMPLATE_FOLDER = "model_cards"
 IMAGE_CLASSIFIER_TEMPLATE = "image_classifier.md"
 
 METRIC_NAMES = {"accuracy": "Accuracy", "f1_macro": "Macro-F1"}
@@ -33,11 +40,15 @@ DEFAULT_LIMITATIONS = (
 )
 
 
-def template_path(name: str = IMAGE_CLASSIFIER_TEMPLATE) -> Path:
-    for folder in _TEMPLATE_FOLDERS:
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(f"model card template {name!r} not found in {[str(f) for f in _TEMPLATE_FOLDERS]}.")
+def template_path(name: str = IMAGE_CLASSIFIER_TEMPLATE) -> Traversable:
+    """The packaged model-card template `name` (read it with `.read_text()`)."""
+    template = resources.files(__package__) / TEMPLATE_FOLDER / name
+    if not template.is_file():
+        available = sorted(item.name for item in (resources.files(__package__) / TEMPLATE_FOLDER).iterdir())
+        raise FileNotFoundError(
+            f"model card template {name!r} not found in hf_vision_distill/{TEMPLATE_FOLDER}; it has {available}."
+        )
+    return template
 
 
 def count_parameters(model: PreTrainedModel) -> int:
@@ -153,7 +164,7 @@ def build_model_card(
             comparison_table += "\nThe dataset has no test split: these are the validation split's figures.\n"
     return ModelCard.from_template(
         card_data,
-        template_path=str(template_path()),
+        template_str=template_path().read_text(encoding="utf-8"),
         model_name=model_name,  # card_data keeps it inside model-index only
         description=description,
         architecture=architecture,
@@ -189,22 +200,50 @@ def push_classifier(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str = "Upload image classifier",
-) -> str:
+) -> CommitInfo:
     """Pushes a classifier with everything a loader needs, in one commit: the weights, the config with its `auto_map`
-    and modeling code (for `trust_remote_code`), the image processor (for `pipeline`) and the model card. The recipes
-    do this with `--push_to_hub`; this is the same from Python. Returns the commit URL."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    and modeling code (for `trust_remote_code`), the image processor (for `pipeline`) and the model card. The recipes'
+    `--push_to_hub` uploads their output folder the same way (`upload_classifier_folder`). Returns the commit (a
+    `str`, its URL; `.oid` is its hash)."""
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         if image_processor is not None:
             image_processor.save_pretrained(folder)
         if card is not None:
             card.save(Path(folder) / "README.md")
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
-    if card is not None:
-        pin_card_revision(api, repo_id, card.content, commit.oid)
-    return str(commit)
+        return upload_classifier_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def upload_classifier_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload image classifier",
+    ignore_patterns: list[str] | None = None,
+) -> CommitInfo:
+    """Uploads a saved classifier's folder (model, modeling code, image processor, card in `README.md`) as one commit
+    of the model repo `repo_id`, created when missing, then pins the card's `trust_remote_code` snippet to that commit
+    (`pin_card_revision`) and writes the pinned card back into `folder`, so the folder's card says what the Hub's
+    says. The one push path: `push_classifier` and the recipes' `--push_to_hub` (`recipes.push_output`) both end
+    here. Returns the commit of the upload (the card's pin is a second one)."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        revision=revision,
+        ignore_patterns=ignore_patterns,
+    )
+    readme = Path(folder) / "README.md"
+    if readme.is_file():
+        pinned = pin_card_revision(api, repo_id, readme.read_text(encoding="utf-8"), commit.oid, branch=revision)
+        if pinned is not None:
+            readme.write_text(pinned, encoding="utf-8")
+    return commit
 
 
 REMOTE_CODE_CALL = "trust_remote_code=True)"
@@ -217,15 +256,17 @@ def pin_revision(card_text: str, revision: str) -> str:
     return card_text.replace(REMOTE_CODE_CALL, f'trust_remote_code=True, revision="{revision}")')
 
 
-def pin_card_revision(api: HfApi, repo_id: str, card_text: str, revision: str) -> str | None:
+def pin_card_revision(
+    api: HfApi, repo_id: str, card_text: str, revision: str, *, branch: str | None = None
+) -> str | None:
     """Uploads the card pinned to `revision` (`pin_revision`), the commit that holds the model and its code, as a
-    second commit (a card cannot name the commit it is part of). Returns the pinned text, `None` when the card has no
-    remote-code snippet."""
+    second commit on `branch` (default: `main`; a card cannot name the commit it is part of). Returns the pinned text,
+    `None` when the card has no remote-code snippet."""
     if REMOTE_CODE_CALL not in card_text:
         return None
     pinned = pin_revision(card_text, revision)
     api.upload_file(path_or_fileobj=pinned.encode("utf-8"), path_in_repo="README.md", repo_id=repo_id,
-                    commit_message=f"Model card: load the code of {revision[:10]}")  # fmt: skip
+                    revision=branch, commit_message=f"Model card: load the code of {revision[:10]}")  # fmt: skip
     return pinned
 
 
@@ -272,4 +313,5 @@ __all__ = [
     "push_classifier",
     "results_from_metrics",
     "template_path",
+    "upload_classifier_folder",
 ]

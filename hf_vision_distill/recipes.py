@@ -38,7 +38,7 @@ from .data import (
 )
 from .device_decode import DeviceJpegTransform, EncodedImageDataset, describe_first_image, split_is_jpeg
 from .evaluation import logging_steps_for_curves
-from .hub import build_model_card, pin_card_revision, results_from_metrics
+from .hub import build_model_card, results_from_metrics, upload_classifier_folder
 from .models.loading import LoadedClassifier, describe_model_presets, load_image_classifier
 from .tensor_data import (
     DEFAULT_MEMORY_BUDGET_BYTES,
@@ -53,8 +53,17 @@ from .training import checkpoint_problem, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
-# The CIFAR-10 sample that ships in data/: every recipe's default dataset, so each runs with no download.
-SHIPPED_SAMPLE = str(Path(__file__).resolve().parents[1] / "data" / "cifar10-sample")
+# What a clone of the project's repository holds beside the package and a wheel does not (too large to ship): the
+# CIFAR-10 sample in data/, every recipe's default dataset so each runs with no download, and the ViT teacher in
+# pretrained/ that examples/distill.py distils by default (its README.md says how it was made). A recipe whose
+# argument is still one of these and finds it missing stops before any work (`check_shipped_defaults`).
+REPOSITORY = Path(__file__).resolve().parents[1]
+SHIPPED_SAMPLE = str(REPOSITORY / "data" / "cifar10-sample")
+SHIPPED_TEACHER = str(REPOSITORY / "pretrained" / "vit-cifar-teacher")
+SHIPPED_DEFAULTS = {
+    SHIPPED_SAMPLE: ("the CIFAR-10 sample", "data/cifar10-sample", "a Hub dataset id or a local dataset folder"),
+    SHIPPED_TEACHER: ("the CIFAR ViT teacher", "pretrained/vit-cifar-teacher", "a Hub model id or a model folder"),
+}
 
 
 # A default resolved when the arguments are parsed (`resolve_precision_defaults`), not at import.
@@ -334,7 +343,27 @@ def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any],
     for group in parsed:
         if isinstance(group, TrainingArguments):
             _check_training_budget(group, source)
+    check_shipped_defaults(parsed)
     return parsed
+
+
+def check_shipped_defaults(groups: Iterable[Any]) -> None:
+    """Refuses an argument that is still a default from the project's repository (`SHIPPED_SAMPLE`,
+    `SHIPPED_TEACHER`) when that folder is missing, as it is under a wheel install: the error names the flag to pass
+    and where the default lives."""
+    for group in groups:
+        if not dataclasses.is_dataclass(group):
+            continue
+        for item in dataclasses.fields(group):
+            value = getattr(group, item.name, None)
+            if not isinstance(value, str) or value not in SHIPPED_DEFAULTS or Path(value).exists():
+                continue
+            what, where, instead = SHIPPED_DEFAULTS[value]
+            raise FileNotFoundError(
+                f"--{item.name} defaults to {what} that lives in the project's repository ({where}), and {value} "
+                f"does not exist: an installed package (a wheel) does not include {where.split('/')[0]}/. Pass "
+                f"--{item.name} ({instead}), or run the recipe from a clone of the project's repository."
+            )
 
 
 def _file_arguments(path: str) -> list[str]:
@@ -840,7 +869,8 @@ def write_model_card(
     **card_fields: Any,
 ) -> None:
     """Renders the run's model card (`hub.build_model_card`) into the output folder's README.md, on the main
-    process; `card_fields` adds the teacher, distillation settings and comparison of a distillation run."""
+    process, and makes it the trainer's `model_card`; `card_fields` adds the teacher, distillation settings and
+    comparison of a distillation run."""
     args = trainer.args
     if not args.should_save:
         return
@@ -858,6 +888,7 @@ def write_model_card(
         base_model=None if loaded.from_scratch else model_args.model_name_or_path,
         **card_fields,
     )
+    trainer.model_card = card  # the card the Trainer writes in place of its own (ImageClassificationTrainer)
     card.save(Path(args.output_dir) / "README.md")
 
 
@@ -896,21 +927,30 @@ def check_hub_access(training_args: TrainingArguments) -> None:
 
 
 def push_output(trainer: Trainer) -> None:
-    """`trainer.push_to_hub()`, with an error that says the trained model is safe on disk and how to push it again."""
+    """Uploads the run's output folder (the model, its image processor, the card `write_model_card` rendered) to
+    `--hub_model_id` the way `hub.push_classifier` uploads a model (`hub.upload_classifier_folder`: one commit, then
+    the card pinned to it), from the main process, after any checkpoint upload still in flight. A failure says the
+    trained model is safe on disk and how to push it again."""
+    if not trainer.is_world_process_zero():
+        return
+    args = trainer.args
     try:
-        commit = trainer.push_to_hub()
-        readme = Path(trainer.args.output_dir) / "README.md"
-        if getattr(commit, "oid", None) and readme.is_file():
-            pinned = pin_card_revision(HfApi(token=trainer.args.hub_token), trainer.hub_model_id,
-                                       readme.read_text(encoding="utf-8"), commit.oid)  # fmt: skip
-            if pinned is not None:
-                readme.write_text(pinned, encoding="utf-8")  # the folder's card says what the Hub's says
+        if getattr(trainer, "push_in_progress", None) is not None:
+            trainer.push_in_progress.wait_until_done()  # the Trainer's checkpoint pushes (hub_strategy)
+        upload_classifier_folder(
+            args.output_dir,
+            trainer.hub_model_id,
+            private=args.hub_private_repo,
+            token=args.hub_token,
+            revision=args.hub_revision,
+            commit_message="End of training",
+            ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*"],  # no checkpoints, no recipe-private files
+        )
     except Exception as err:
-        output_dir = trainer.args.output_dir
         raise RuntimeError(
-            f"pushing {output_dir} to the Hub repo {trainer.hub_model_id} failed: {err}\nThe trained model is saved "
-            f"in {output_dir}; push it again with: hf upload {trainer.hub_model_id} {output_dir} --exclude '_*' "
-            "--exclude 'checkpoint-*'"
+            f"pushing {args.output_dir} to the Hub repo {trainer.hub_model_id} failed: {err}\nThe trained model is "
+            f"saved in {args.output_dir}; push it again with: hf upload {trainer.hub_model_id} {args.output_dir} "
+            "--exclude '_*' --exclude 'checkpoint-*'"
         ) from err
 
 
@@ -1089,6 +1129,7 @@ def checkpoint_to_resume(training_args: TrainingArguments, run_args: RunArgument
 
 __all__ = [
     "SHIPPED_SAMPLE",
+    "SHIPPED_TEACHER",
     "TRAINING_DEFAULTS",
     "DataArguments",
     "ModelArguments",
@@ -1101,6 +1142,7 @@ __all__ = [
     "choose_input_pipeline",
     "build_datasets",
     "check_hub_access",
+    "check_shipped_defaults",
     "checkpoint_to_resume",
     "evaluation_settings_for",
     "export_output",

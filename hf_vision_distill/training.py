@@ -19,6 +19,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 from accelerate.utils import convert_to_fp32
+from huggingface_hub import ModelCard
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer
@@ -182,13 +183,17 @@ class ImageClassificationTrainer(Trainer):
             logger.warning("Could not count the model's FLOPs (%r); total_flos stays 0.", err)
             return 0
 
+    # The run's own card (`hub.build_model_card`), set by `recipes.write_model_card`; `None`: the Trainer's draft.
+    model_card: ModelCard | None = None
+
     def create_model_card(self, *args, **kwargs) -> None:
-        # The recipes render a fuller card into output_dir/README.md (hf_vision_distill.hub) before pushing; the
-        # Trainer's generic one would replace it on push_to_hub.
-        readme = Path(self.args.output_dir) / "README.md"
-        if readme.is_file() and "hf_vision_distill" in readme.read_text(encoding="utf-8"):
-            return
-        super().create_model_card(*args, **kwargs)
+        """Writes `model_card` into output_dir/README.md when the run has one, else the Trainer's generic card: so
+        `push_to_hub` (and `save_model` with `push_to_hub` set) publishes the recipes' card, not the draft that would
+        replace it."""
+        if self.model_card is None:
+            super().create_model_card(*args, **kwargs)
+        elif self.args.should_save:
+            self.model_card.save(Path(self.args.output_dir) / "README.md")
 
     def compute_loss(
         self,
