@@ -234,3 +234,23 @@ def test_push_a_classifier_from_python(hub, hub_env, tmp_path):
     remote = last_json(run_hub_client(WITHOUT_THE_PACKAGE + LOGITS_AND_PIPELINE.format(
         repo="user/cnn", remote="trust_remote_code=True", imported="not"), hub_env, cwd=tmp_path))  # fmt: skip
     torch.testing.assert_close(torch.tensor(remote["logits"]), torch.tensor(last_json(stdout)), atol=1e-5, rtol=1e-4)
+
+
+def test_a_push_to_a_branch_pins_the_card_there(hub, hub_env, tmp_path):
+    """--hub_revision: the model and its pinned card land on that branch, and `main` is left as it was."""
+    hub.add_files("user/branched", {".gitattributes": b""})
+    run_hub_client('from huggingface_hub import HfApi\nHfApi().create_branch("user/branched", branch="v1")\n',
+                   hub_env, cwd=tmp_path)  # fmt: skip
+    output_dir = tmp_path / "run"
+    result = run_recipe("train", [
+        *tiny_budget(output_dir), "--model_name_or_path", "compact-cnn", "--config_overrides", TINY_CNN,
+        "--push_to_hub", "--hub_model_id", "user/branched", "--hub_revision", "v1", "--hub_strategy", "end",
+        "--save_strategy", "no", "--load_best_model_at_end", "false",
+    ], hub_env, tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    branch = hub.repo_files("user/branched", revision="v1")
+    assert "model.safetensors" in branch
+    [pinned_to] = re.findall(r'trust_remote_code=True, revision="([0-9a-f]{40})"\)', branch["README.md"].decode())
+    assert "model.safetensors" in hub.repo_files("user/branched", revision=pinned_to)
+    assert set(hub.repo_files("user/branched")) == {".gitattributes"}  # main untouched
+    assert (output_dir / "README.md").read_text(encoding="utf-8") == branch["README.md"].decode()
