@@ -2,9 +2,11 @@
 layer-wise learning-rate decay and a separate head learning rate.
 
 Every strategy works on the model's parameters in depth order: the stem (patch embedding, or a CNN's first
-convolution), one group per block, then the head (the classifier and whatever follows the last block). The groups
-come from timm's `group_matcher` for timm models and from the matchers below for ours and transformers'; both use
-timm's `group_parameters`, so a final norm is merged into the last block as timm does.
+convolution), one group per block, then the head (the classifier and whatever follows the last block). The model says
+what its groups are, in timm's `group_matcher` format: our models and timm's declare `group_matcher` (a timm model
+inside transformers' `TimmWrapper` is asked directly); transformers' models declare none, so a small table below
+stands in for theirs. timm's `group_parameters` turns a matcher into groups, so a final norm is merged into the last
+block as timm does. Likewise the parameters exempt from weight decay come from the model's `no_weight_decay`.
 """
 
 from __future__ import annotations
@@ -16,30 +18,24 @@ from dataclasses import dataclass, field
 import torch
 from timm.models import group_parameters
 from torch import nn
-from transformers import PreTrainedModel, TrainerCallback
+from transformers import PreTrainedModel, TimmWrapperPreTrainedModel, TrainerCallback
 
 from .training import ImageClassificationTrainer
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("linear_probe", "last_n", "gradual", "full")
-_LAST_GROUP = (99999,)  # timm's MATCH_PREV_GROUP: the final norm goes with the last block
 
-# Group matchers (timm's format: regexes over parameter names, numbered groups give the order) for models that do
-# not carry their own. Anything unmatched is the head.
-_VIT_MATCHER = {
+# Transformers' vision models declare no `group_matcher`; these stand in for theirs (keyed by transformers'
+# `model_type`, for foreign models only: ours and timm's declare their own). Anything unmatched is the head.
+_TRANSFORMERS_VIT_MATCHER = {
     "stem": r"^\w+\.embeddings\.",
-    "blocks": [(r"^\w+\.(?:encoder\.)?layers?\.(\d+)\.", None), (r"^\w+\.layernorm\.", _LAST_GROUP)],
+    # transformers 5 names the blocks `vit.layers.N` in memory (`vit.encoder.layer.N` in checkpoints)
+    "blocks": [(r"^\w+\.(?:encoder\.)?layers?\.(\d+)\.", None), (r"^\w+\.layernorm\.", (99999,))],
 }
-_MATCHERS = {
-    # ours
-    "hvd-vit": _VIT_MATCHER,
-    "hvd-compact-cnn": {"blocks": r"^compact_cnn\.stages\.(\d+)\."},
-    "hvd-simple-cnn": {"blocks": r"^simple_cnn\.blocks\.(\d+)\."},
-    "hvd-hybrid-resnet": {"stem": r"^hybrid_resnet\.embedder\.", "blocks": r"^hybrid_resnet\.stages\.(\d+)\.(\d+)\."},
-    # transformers
-    "vit": _VIT_MATCHER,
-    "deit": _VIT_MATCHER,
+_TRANSFORMERS_MATCHERS = {
+    "vit": _TRANSFORMERS_VIT_MATCHER,
+    "deit": _TRANSFORMERS_VIT_MATCHER,
     "resnet": {"stem": r"^resnet\.embedder\.", "blocks": r"^resnet\.encoder\.stages\.(\d+)\.layers\.(\d+)\."},
 }
 
@@ -82,21 +78,38 @@ class FineTuningArguments:
             raise ValueError(f"head_dropout={self.head_dropout} must be in [0, 1).")
 
 
+def _declaring_module(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module that declares the model's contract (`group_matcher`, `no_weight_decay`) and the prefix of its
+    parameter names within `model`: the timm model inside transformers' `TimmWrapper`, else the model itself."""
+    if isinstance(model, TimmWrapperPreTrainedModel):
+        return model.timm_model, "timm_model."
+    return model, ""
+
+
+def group_matcher(model: nn.Module) -> tuple[nn.Module, str, dict]:
+    """`(module, prefix, matcher)`: the model's own `group_matcher(coarse=False)` in timm's format, the module it
+    applies to and the prefix of that module's parameter names within `model`."""
+    module, prefix = _declaring_module(model)
+    declared = getattr(module, "group_matcher", None)
+    if callable(declared):
+        return module, prefix, declared(coarse=False)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in _TRANSFORMERS_MATCHERS:
+        return model, "", _TRANSFORMERS_MATCHERS[model_type]
+    raise ValueError(
+        f"fine-tuning strategies need the blocks of {type(model).__name__} (model_type {model_type!r}), and it "
+        "declares no group_matcher (timm's format: regexes over parameter names giving the stem and numbered blocks); "
+        f"transformers models known without one: {sorted(_TRANSFORMERS_MATCHERS)}. Give the model a group_matcher, "
+        "or use --strategy full with --layer_decay 1.0."
+    )
+
+
 def parameter_groups(model: nn.Module) -> list[list[str]]:
     """The model's parameter names in depth order: `[stem, block 1, ..., block n, head]` (the stem group is absent
-    for models without one). Raises for architectures whose blocks are not known."""
-    timm_model = getattr(model, "timm_model", None)
-    if timm_model is not None and hasattr(timm_model, "group_matcher"):
-        groups = group_parameters(timm_model, timm_model.group_matcher(coarse=False))
-        return [[f"timm_model.{name}" for name in groups[index]] for index in sorted(groups)]
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _MATCHERS:
-        raise ValueError(
-            f"fine-tuning strategies do not know the blocks of {type(model).__name__} (model_type {model_type!r}); "
-            f"known: {sorted(_MATCHERS)} and timm models. Use --strategy full with --layer_decay 1.0."
-        )
-    groups = group_parameters(model, _MATCHERS[model_type])
-    ordered = [groups[index] for index in sorted(groups)]
+    for models without one), from the model's `group_matcher`. Raises for models that declare none."""
+    module, prefix, matcher = group_matcher(model)
+    groups = group_parameters(module, matcher)
+    ordered = [[prefix + name for name in groups[index]] for index in sorted(groups)]
     if len(ordered) < 2:
         raise ValueError(f"{type(model).__name__}: found no head after the blocks; cannot tell them apart.")
     return ordered
@@ -105,17 +118,18 @@ def parameter_groups(model: nn.Module) -> list[list[str]]:
 def block_groups(model: nn.Module) -> tuple[list[str], list[list[str]], list[str]]:
     """`(stem, blocks, head)` parameter names; `stem` is empty for models without one."""
     groups = parameter_groups(model)
-    has_stem = _has_stem(model)
+    has_stem = "stem" in group_matcher(model)[2]
     stem = groups[0] if has_stem else []
     blocks = groups[1:-1] if has_stem else groups[:-1]
     return stem, blocks, groups[-1]
 
 
-def _has_stem(model: nn.Module) -> bool:
-    timm_model = getattr(model, "timm_model", None)
-    if timm_model is not None:
-        return "stem" in timm_model.group_matcher(coarse=False)
-    return "stem" in _MATCHERS[model.config.model_type]
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters the model exempts from weight decay (its `no_weight_decay`, timm's: e.g. a ViT's
+    [CLS] token and position embeddings); empty for models that declare none (transformers')."""
+    module, prefix = _declaring_module(model)
+    declared = getattr(module, "no_weight_decay", None)
+    return {prefix + name for name in declared()} if callable(declared) else set()
 
 
 def set_trainable_blocks(model: nn.Module, num_blocks: int | None) -> None:
@@ -260,6 +274,11 @@ class FineTuningTrainer(ImageClassificationTrainer):
             self._frozen_cache = (flags, frozen_modules(self.model))
         return self._frozen_cache[1]
 
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        # Besides biases and norms (the Trainer's rule), what the model itself exempts (`no_weight_decay`).
+        exempt = no_weight_decay(model)
+        return [name for name in super().get_decay_parameter_names(model) if name not in exempt]
+
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is not None:
             return self.optimizer
@@ -302,7 +321,9 @@ __all__ = [
     "count_trainable",
     "describe_trainable",
     "frozen_modules",
+    "group_matcher",
     "layer_decay_groups",
+    "no_weight_decay",
     "parameter_groups",
     "set_trainable_blocks",
 ]

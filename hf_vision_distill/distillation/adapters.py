@@ -16,18 +16,29 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import TimmWrapperPreTrainedModel
 
 ADAPTERS_ATTRIBUTE = "distillation_adapters"
 # Checkpoints keep the adapters in their own file beside the student's weights.
 ADAPTERS_WEIGHTS_NAME = "distillation_adapters.safetensors"
 
 
-def count_prefix_tokens(model: nn.Module) -> int:
-    """Tokens before the patch tokens in a ViT's hidden states: timm models say so, ours and transformers' have one."""
-    timm_model = getattr(model, "timm_model", None)
-    if timm_model is not None:
-        return int(getattr(timm_model, "num_prefix_tokens", 0))
-    return int(getattr(getattr(model, "config", None), "num_prefix_tokens", 1) or 0)
+# Transformers' ViTs declare no prefix-token count; these stand in (keyed by `model_type`, foreign models only: ours
+# and timm's declare `num_prefix_tokens`). Others have the one [CLS] token of transformers' ViT; its CNNs return maps,
+# where the count is never used.
+_TRANSFORMERS_PREFIX_TOKENS = {"vit": 1, "deit": 2}  # deit: [CLS] and the distillation token
+
+
+def num_prefix_tokens(model: nn.Module) -> int:
+    """Tokens before the patch tokens in the model's hidden states ([CLS], distillation and register tokens), as the
+    model declares them in timm's `num_prefix_tokens`: ours and timm's (inside transformers' `TimmWrapper`; timm's
+    CNNs, which return maps, declare none and have none)."""
+    if isinstance(model, TimmWrapperPreTrainedModel):
+        return int(getattr(model.timm_model, "num_prefix_tokens", 0))
+    declared = getattr(model, "num_prefix_tokens", None)
+    if declared is not None:
+        return int(declared)
+    return _TRANSFORMERS_PREFIX_TOKENS.get(getattr(getattr(model, "config", None), "model_type", None), 1)
 
 
 def as_feature_map(hidden_state: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -132,6 +143,6 @@ __all__ = [
     "AttentionProjection",
     "FeatureAdapter",
     "as_feature_map",
-    "count_prefix_tokens",
+    "num_prefix_tokens",
     "resize_feature_map",
 ]

@@ -42,7 +42,7 @@ from .adapters import (
     AttentionProjection,
     FeatureAdapter,
     as_feature_map,
-    count_prefix_tokens,
+    num_prefix_tokens,
     resize_feature_map,
 )
 from .distillation_config import LOSS_WEIGHT_NAMES, DistillationConfig
@@ -209,8 +209,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         self._attention_grid: tuple[int, int] | None = None
         # A CNN student's spatial map comes from its features; a ViT student's from its own attention.
         self._student_map_from_features = True
-        self._student_prefix_tokens = count_prefix_tokens(model)
-        self._teacher_prefix_tokens = count_prefix_tokens(teacher_model) if teacher_model is not None else 0
+        self._student_prefix_tokens = num_prefix_tokens(model)
+        self._teacher_prefix_tokens = num_prefix_tokens(teacher_model) if teacher_model is not None else 0
         if args.uses("feature_loss_weight") or args.uses("attention_loss_weight"):
             set_seed(args.seed)  # the adapters' initialisation follows the run's seed
             collator = kwargs.get("eval_data_collator") or kwargs.get("data_collator")
@@ -708,7 +708,7 @@ def gives_attention_maps(teacher: nn.Module, image_size: tuple[int, int]) -> boo
     was_training = teacher.training
     try:
         outputs = teacher.eval()(pixel_values=image, **_teacher_kwargs(teacher, hidden_states=False, attentions=True))
-        _attention_grid(_require_attentions(outputs)[0], count_prefix_tokens(teacher))
+        _attention_grid(_require_attentions(outputs)[0], num_prefix_tokens(teacher))
         return True
     except (ValueError, TypeError):
         return False

@@ -14,7 +14,6 @@ from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ..models.hybrid_resnet.modeling_hybrid_resnet import TransformerConvBlock
 from ..training import ImageClassificationTrainer, LoggedTermsMixin
 
 
@@ -28,10 +27,9 @@ def block_names(model: PreTrainedModel) -> list[str]:
 
 
 def transformer_blocks(model: PreTrainedModel) -> list[int]:
-    """Indices (in `model.base_model.blocks` order) of the TransformerConv blocks."""
-    # by name: a model loaded with trust_remote_code has its own copy of the class
-    return [index for index, block in enumerate(model.base_model.blocks)
-            if type(block).__name__ == TransformerConvBlock.__name__]  # fmt: skip
+    """Indices (in `model.base_model.blocks` order) of the TransformerConv blocks, as the model declares its block
+    types (`block_types`)."""
+    return [index for index, kind in enumerate(model.base_model.block_types()) if kind == "transformer"]
 
 
 def relative_squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

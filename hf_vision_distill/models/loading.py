@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
     PreTrainedConfig,
     PreTrainedModel,
+    TimmWrapperPreTrainedModel,
     ViTImageProcessor,
 )
 from transformers.image_processing_utils import BaseImageProcessor
@@ -131,7 +133,7 @@ def _checkpoint_input_settings(
     model: PreTrainedModel, name_or_path: str, config: PreTrainedConfig, trust_remote_code: bool, hub_kwargs: dict
 ) -> tuple[tuple[int, int], list[float], list[float], str]:
     """The input size, mean, std and resize interpolation a loaded checkpoint was trained with."""
-    if hasattr(model, "timm_model"):  # TimmWrapper
+    if isinstance(model, TimmWrapperPreTrainedModel):
         import timm.data
 
         # A timm Hub checkpoint keeps its data settings in config.json's pretrained_cfg, which is what transformers'
@@ -343,26 +345,31 @@ def _load_checkpoint(
         model, name_or_path, checkpoint_config, trust_remote_code, hub_kwargs
     )
     if image_size is not None and (image_size, image_size) != size:
-        if hasattr(model, "resize_image_size"):  # our ViT: resample the position embeddings for good
-            model.resize_image_size(image_size)
-        elif isinstance(model.config, (SimpleCNNConfig, CompactCNNConfig, HybridResNetConfig)):  # any size works
-            model.config.image_size = image_size
-        elif hasattr(model, "timm_model") and not model.timm_model.pretrained_cfg.get("fixed_input_size", False):
-            # A timm CNN takes any size. A Hub checkpoint's data settings record the new one, since they, not the
-            # processor saved beside the model, are what transformers and this loader read back.
+        if isinstance(model, TimmWrapperPreTrainedModel):
+            # timm's own word on resizability: a model takes any size unless its pretrained config fixes it. A Hub
+            # checkpoint's data settings record the new size, since they, not the processor saved beside the
+            # model, are what transformers and this loader read back.
+            if model.timm_model.pretrained_cfg.get("fixed_input_size", False):
+                raise ValueError(_fixed_size_message(image_size, name_or_path, model, size))
             if pretrained_cfg := getattr(model.config, "pretrained_cfg", None):
                 channels = pretrained_cfg.get("input_size", (3,))[0]
                 model.config.pretrained_cfg = {**pretrained_cfg, "input_size": [channels, image_size, image_size]}
+        elif isinstance(model, PreTrainedModel) and model.config.model_type.startswith("hvd-"):
+            model.set_input_size(image_size)  # ours declare it (our ViT resamples its position embeddings for good)
         else:
-            raise ValueError(
-                f"image_size={image_size} is not supported for {name_or_path!r} ({type(model).__name__}), which "
-                f"takes {size[0]}x{size[1]} images; drop --image_size."
-            )
+            raise ValueError(_fixed_size_message(image_size, name_or_path, model, size))
         size = (image_size, image_size)
     # The processor saved beside the model mirrors the eval transform the recipes build from (size, mean, std), so
     # pipelines see exactly what evaluation saw.
     image_processor = build_image_processor(size, mean, std, interpolation)
     return LoadedClassifier(model, image_processor, size, mean, std, from_scratch=False, interpolation=interpolation)
+
+
+def _fixed_size_message(image_size: int, name_or_path: str, model: nn.Module, size: tuple[int, int]) -> str:
+    return (
+        f"image_size={image_size} is not supported for {name_or_path!r} ({type(model).__name__}), which "
+        f"takes {size[0]}x{size[1]} images; drop --image_size."
+    )
 
 
 __all__ = [

@@ -33,12 +33,75 @@ class CompactCNNStage(nn.Sequential):
         super().__init__(*layers)
 
 
+# Copied from hf_vision_distill.models.vit.modeling_vit.take_indices
+def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Block indices as timm's `feature_take_indices` reads them: every block (`None`), the last n (an int n), or
+    the listed ones (negative ones count from the end)."""
+    if indices is None:
+        return list(range(num_blocks))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"indices={indices}: the model has {num_blocks} blocks; take between 1 and {num_blocks}.")
+        return list(range(num_blocks - indices, num_blocks))
+    for index in indices:
+        if not -num_blocks <= index < num_blocks:
+            raise ValueError(f"block {index} does not exist: the model has {num_blocks} (0..{num_blocks - 1}).")
+    return [index % num_blocks for index in indices]
+
+
 class CompactCNNPreTrainedModel(PreTrainedModel):
     config: CompactCNNConfig
     config_class = CompactCNNConfig
     base_model_prefix = "compact_cnn"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # Hidden states are maps `(batch, channels, height, width)`: no tokens before the patches (timm's attribute).
+    num_prefix_tokens = 0
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The parameters in depth order, in timm's `group_matcher` format (regexes over this model's parameter
+        names; the numbers they capture give the order): one group per stage, no stem. Whatever matches nothing
+        (the classifier) is the head."""
+        prefix = "" if self.base_model is self else rf"{self.base_model_prefix}\."
+        return {"blocks": rf"^{prefix}stages\.(\d+)\."}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides biases and norms (timm's `no_weight_decay`): none."""
+        return set()
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        r"""Block outputs as feature maps, as timm's `forward_intermediates` returns them.
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images.
+            indices (`int` or `list[int]`, *optional*):
+                The blocks (as `group_matcher` numbers them) whose outputs to return: all of them (`None`), the last
+                n (an int n), or the listed ones (negative ones count from the end).
+            output_fmt (`str`, *optional*, defaults to `"NCHW"`):
+                Only `"NCHW"`: stage i gives `(batch, hidden_sizes[i], height / (stem_stride * 2^i), width / ...)`.
+            intermediates_only (`bool`, *optional*, defaults to `False`):
+                Return only the maps, not the final features before them.
+
+        Returns:
+            The list of maps in block order, or `(last_hidden_state, maps)`.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: this model's features are maps; use 'NCHW'.")
+        blocks = take_indices(len(self.base_model.stages), indices)
+        outputs = self.base_model(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        intermediates = [outputs.hidden_states[index] for index in blocks]
+        return intermediates if intermediates_only else (outputs.last_hidden_state, intermediates)
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """The model's input size (timm's `set_input_size`): any size works, so only `config.image_size` changes."""
+        self.config.image_size = img_size if isinstance(img_size, int) else list(img_size)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

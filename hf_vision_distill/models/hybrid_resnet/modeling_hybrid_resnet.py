@@ -214,12 +214,81 @@ class HybridResNetBlockOutput(ModelOutput):
     block_outputs: tuple[torch.Tensor | None, ...] | None = None
 
 
+# Copied from hf_vision_distill.models.vit.modeling_vit.take_indices
+def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Block indices as timm's `feature_take_indices` reads them: every block (`None`), the last n (an int n), or
+    the listed ones (negative ones count from the end)."""
+    if indices is None:
+        return list(range(num_blocks))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"indices={indices}: the model has {num_blocks} blocks; take between 1 and {num_blocks}.")
+        return list(range(num_blocks - indices, num_blocks))
+    for index in indices:
+        if not -num_blocks <= index < num_blocks:
+            raise ValueError(f"block {index} does not exist: the model has {num_blocks} (0..{num_blocks - 1}).")
+    return [index % num_blocks for index in indices]
+
+
 class HybridResNetPreTrainedModel(PreTrainedModel):
     config: HybridResNetConfig
     config_class = HybridResNetConfig
     base_model_prefix = "hybrid_resnet"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # Hidden states are maps `(batch, channels, height, width)`: no tokens before the patches (timm's attribute).
+    num_prefix_tokens = 0
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The parameters in depth order, in timm's `group_matcher` format (regexes over this model's parameter
+        names; the numbers they capture give the order): the stem, then one group per residual block (per stage if
+        `coarse`), as timm groups its ResNets. Whatever matches nothing (the classifier) is the head."""
+        prefix = "" if self.base_model is self else rf"{self.base_model_prefix}\."
+        blocks = rf"^{prefix}stages\.(\d+)\." if coarse else rf"^{prefix}stages\.(\d+)\.(\d+)\."
+        return {"stem": rf"^{prefix}embedder\.", "blocks": blocks}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides biases and norms (timm's `no_weight_decay`): none."""
+        return set()
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        r"""Block outputs as feature maps, as timm's `forward_intermediates` returns them.
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images.
+            indices (`int` or `list[int]`, *optional*):
+                The blocks (as `group_matcher` numbers them) whose outputs to return: all of them (`None`), the last
+                n (an int n), or the listed ones (negative ones count from the end).
+            output_fmt (`str`, *optional*, defaults to `"NCHW"`):
+                Only `"NCHW"`: block i of stage s gives `(batch, hidden_sizes[s], h_s, w_s)`, the stem's map halved
+                once per stage after the first.
+            intermediates_only (`bool`, *optional*, defaults to `False`):
+                Return only the maps, not the final features before them.
+
+        Returns:
+            The list of maps in block order, or `(last_hidden_state, maps)`.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: this model's features are maps; use 'NCHW'.")
+        blocks = take_indices(len(self.base_model.blocks), indices)
+        outputs = self.base_model(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        intermediates = [outputs.hidden_states[index + 1] for index in blocks]
+        return intermediates if intermediates_only else (outputs.last_hidden_state, intermediates)
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """The model's input size (timm's `set_input_size`): any size works, so only `config.image_size` changes."""
+        self.config.image_size = img_size if isinstance(img_size, int) else list(img_size)
+
+    def block_types(self) -> list[str]:
+        """The kind of every residual block in depth order (`"conv"` or `"transformer"`), as `blocks` lists them."""
+        return [kind for depth, kind in zip(self.config.depths, self.config.block_types) for _ in range(depth)]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
