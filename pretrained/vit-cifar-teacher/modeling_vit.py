@@ -203,6 +203,21 @@ class EncoderBlock(GradientCheckpointingLayer):
         return hidden_states, attention_probabilities
 
 
+def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """Block indices as timm's `feature_take_indices` reads them: every block (`None`), the last n (an int n), or
+    the listed ones (negative ones count from the end)."""
+    if indices is None:
+        return list(range(num_blocks))
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"indices={indices}: the model has {num_blocks} blocks; take between 1 and {num_blocks}.")
+        return list(range(num_blocks - indices, num_blocks))
+    for index in indices:
+        if not -num_blocks <= index < num_blocks:
+            raise ValueError(f"block {index} does not exist: the model has {num_blocks} (0..{num_blocks - 1}).")
+    return [index % num_blocks for index in indices]
+
+
 class VisionTransformerPreTrainedModel(PreTrainedModel):
     config: VisionTransformerConfig
     config_class = VisionTransformerConfig
@@ -212,6 +227,25 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["VisionTransformerEmbeddings", "EncoderBlock"]
     _supports_sdpa = True
+    # Tokens before the patch tokens in the hidden states: the [CLS] token (timm's `num_prefix_tokens`).
+    num_prefix_tokens = 1
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The parameters in depth order, in timm's `group_matcher` format (regexes over this model's parameter
+        names; the numbers they capture give the order): the embeddings are the stem, each encoder block is a group
+        and the final LayerNorm joins the last block, as in timm. Whatever matches nothing (the classifier) is the
+        head. `coarse` is accepted for timm's signature; a ViT's blocks are already its coarsest groups."""
+        prefix = "" if self.base_model is self else rf"{self.base_model_prefix}\."
+        return {
+            "stem": rf"^{prefix}embeddings\.",
+            "blocks": [(rf"^{prefix}layers\.(\d+)\.", None), (rf"^{prefix}layernorm\.", (99999,))],
+        }
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay besides biases and norms: the [CLS] token and the position
+        embeddings (timm's `no_weight_decay`), as full parameter names of this model."""
+        prefix = "" if self.base_model is self else f"{self.base_model_prefix}."
+        return {f"{prefix}embeddings.cls_token", f"{prefix}embeddings.position_embeddings"}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -226,6 +260,50 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VisionTransformerEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        r"""Block outputs as feature maps, as timm's `forward_intermediates` returns them.
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+                Normalised images.
+            indices (`int` or `list[int]`, *optional*):
+                The blocks (as `group_matcher` numbers them) whose outputs to return: all of them (`None`), the last
+                n (an int n), or the listed ones (negative ones count from the end).
+            output_fmt (`str`, *optional*, defaults to `"NCHW"`):
+                `"NCHW"`: `(batch, hidden_size, height / patch_height, width / patch_width)`, the patch tokens laid
+                on their grid (the `num_prefix_tokens` tokens before them dropped); `"NLC"`: the tokens as the blocks
+                return them, `(batch, num_prefix_tokens + patches, hidden_size)`.
+            intermediates_only (`bool`, *optional*, defaults to `False`):
+                Return only the maps, not the final features before them.
+
+        Returns:
+            The list of maps in block order, or `(last_hidden_state, maps)`.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is not one of ('NCHW', 'NLC').")
+        blocks = take_indices(self.config.num_hidden_layers, indices)
+        outputs = self.base_model(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        patch_height, patch_width = _as_pair(self.config.patch_size)
+        grid = (pixel_values.shape[-2] // patch_height, pixel_values.shape[-1] // patch_width)
+        intermediates = []
+        for index in blocks:
+            tokens = outputs.hidden_states[index + 1]  # hidden state 0 is the embeddings
+            if output_fmt == "NCHW":
+                patches = tokens[:, self.num_prefix_tokens :]
+                tokens = patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)
+            intermediates.append(tokens)
+        return intermediates if intermediates_only else (outputs.last_hidden_state, intermediates)
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """The model's input size for good (timm's `set_input_size`): see `resize_image_size`."""
+        self.resize_image_size(img_size)
 
     def resize_image_size(self, image_size: int | tuple[int, int]) -> None:
         """Permanently changes the input size: resamples the position embeddings and updates `config.image_size`.
