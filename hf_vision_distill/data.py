@@ -636,9 +636,8 @@ def drop_undecodable_images(
 
     def where(name: str, rows: list[int]) -> str:
         split = data.dataset[name]
-        source_rows = (
-            [split[ROW_INDEX_COLUMN][row] for row in rows] if ROW_INDEX_COLUMN in split.column_names else rows
-        )
+        # One read of the bad rows, not of the whole column per row.
+        source_rows = list(split.select(rows)[ROW_INDEX_COLUMN]) if ROW_INDEX_COLUMN in split.column_names else rows
         source = data.source_splits.get(name, name)
         return f"split '{name}' rows {source_rows} of source split '{source}'"
 

@@ -18,6 +18,7 @@ decoder, the image sizes and the CPU cores per GPU (`benchmarks/gpu_check.py` me
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import warnings
@@ -95,6 +96,7 @@ def apply_exif_orientation(image: torch.Tensor, orientation: int) -> torch.Tenso
     return image
 
 
+@functools.cache  # looked up once, not for every batch (a failed import searches sys.path again each time)
 def _jpeg_decoder() -> Callable[..., list[torch.Tensor]]:
     try:
         from torchcodec.decoders import decode_jpeg
