@@ -192,3 +192,14 @@ def test_the_training_recipe_decodes_on_the_device(tmp_path, caplog):
     assert "Input pipeline: decode_on_device" in caplog.text
     results = json.loads((run / "all_results.json").read_text())
     assert results["total_flos"] > 0 and 0 <= results["eval_accuracy"] <= 1
+
+
+def test_the_decoder_is_looked_up_once(monkeypatch):
+    """Looking the decoder up imports TorchCodec (or fails to): once per process, not once per batch."""
+    from hf_vision_distill import device_decode
+
+    device_decode._jpeg_decoder.cache_clear()
+    data = encode(photograph(16, 16))
+    for _ in range(3):
+        decode_on_device(EncodedImages([data], [1], [0], [0]), torch.device("cpu"))
+    assert device_decode._jpeg_decoder.cache_info().misses == 1
