@@ -58,6 +58,7 @@ from hf_vision_distill.recipes import (
     DataArguments,
     build_inputs,
     evaluation_settings_for,
+    initialize_from_data,
     is_convolutional,
     load_data,
     optimizer_steps,
@@ -311,6 +312,7 @@ def compare_one(
     inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
                           interpolation=loaded.interpolation)  # fmt: skip
     train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
+    initialize_from_data(loaded, inputs, args.device)
     steps = optimizer_steps(len(train_dataset), args)
     if logging_steps is None:
         logging_steps = logging_steps_for_curves(steps, CURVE_POINTS, at_most=int(args.logging_steps))

@@ -30,6 +30,7 @@ from hf_vision_distill.recipes import (
     check_hub_access,
     evaluation_settings_for,
     export_output,
+    initialize_from_data,
     load_data,
     load_model,
     log_often_enough,
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                           interpolation=loaded.interpolation)  # fmt: skip
     train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     training_args = log_often_enough(training_args, len(train_dataset), argv)
+    initialize_from_data(loaded, inputs, training_args.device)
     trainer = ImageClassificationTrainer(
         model=model,
         args=training_args,

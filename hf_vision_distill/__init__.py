@@ -6,6 +6,9 @@ Importing the package registers its models with transformers' `AutoConfig`, `Aut
 
 from .models import (
     MODEL_PRESETS,
+    AirbenchCNNConfig,
+    AirbenchCNNForImageClassification,
+    AirbenchCNNModel,
     CompactCNNConfig,
     CompactCNNForImageClassification,
     CompactCNNModel,
@@ -26,6 +29,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODEL_PRESETS",
+    "AirbenchCNNConfig",
+    "AirbenchCNNForImageClassification",
+    "AirbenchCNNModel",
     "CompactCNNConfig",
     "CompactCNNForImageClassification",
     "CompactCNNModel",

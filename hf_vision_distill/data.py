@@ -696,6 +696,19 @@ def _image_size_pair(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return size
 
 
+def pad_crop_padding(image_size: tuple[int, int], crop_padding: int | None = None) -> int:
+    """The reflect padding of the pad-and-crop augmentation: `crop_padding` pixels when given, else an eighth of the
+    shorter side (4 pixels at 32, the CIFAR convention)."""
+    if crop_padding is not None:
+        if crop_padding < 0 or crop_padding >= min(image_size):
+            raise ValueError(
+                f"crop_padding={crop_padding} for {image_size[0]}x{image_size[1]} images: pass 0 (no shift) up to "
+                f"{min(image_size) - 1}, or leave it out for an eighth of the shorter side."
+            )
+        return crop_padding
+    return max(min(image_size) // 8, 1)
+
+
 def build_transforms(
     image_size: int | tuple[int, int],
     *,
@@ -709,6 +722,7 @@ def build_transforms(
     auto_augment: str | None = None,
     random_erasing: float = 0.0,
     normalize: bool = True,
+    crop_padding: int | None = None,
 ) -> Callable[[PIL.Image.Image], torch.Tensor]:
     """Build the image transform of a split: PIL image in, normalised `(3, height, width)` float tensor out.
 
@@ -748,6 +762,8 @@ def build_transforms(
 
     Returns:
         `Callable[[PIL.Image.Image], torch.Tensor]`: a picklable `torchvision.transforms.v2.Compose`.
+        crop_padding (`int`, *optional*):
+            Reflect padding of `crop="pad"` in pixels (the largest shift); defaults to an eighth of the shorter side.
     """
     height, width = _image_size_pair(image_size)
     if interpolation not in INTERPOLATION_MODES:
@@ -784,8 +800,9 @@ def build_transforms(
             transforms.append(v2.Resize(size, interpolation=mode, antialias=True))
             if crop == "pad":
                 # Reflect padding rather than zeros: black borders are not part of natural images.
-                padding = max(min(height, width) // 8, 1)
-                transforms.append(v2.RandomCrop(size, padding=padding, padding_mode="reflect"))
+                padding = pad_crop_padding((height, width), crop_padding)
+                if padding:
+                    transforms.append(v2.RandomCrop(size, padding=padding, padding_mode="reflect"))
         if horizontal_flip:
             transforms.append(v2.RandomHorizontalFlip())
         if color_jitter > 0:

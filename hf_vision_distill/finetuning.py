@@ -20,7 +20,7 @@ from timm.models import group_parameters
 from torch import nn
 from transformers import PreTrainedModel, TimmWrapperPreTrainedModel, TrainerCallback
 
-from .training import ImageClassificationTrainer
+from .training import ImageClassificationTrainer, apply_learning_rate_scales
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class FineTuningTrainer(ImageClassificationTrainer):
             group["weight_decay"] = self.args.weight_decay if group.pop("decay") else 0.0
         optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
         optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_class(groups, **optimizer_kwargs)
+        self.optimizer = apply_learning_rate_scales(optimizer_class(groups, **optimizer_kwargs), target)
         return self.optimizer
 
 

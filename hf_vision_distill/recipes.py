@@ -21,6 +21,7 @@ from typing import Any
 import datasets
 import torch
 import transformers
+from accelerate.utils import send_to_device
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
 from huggingface_hub.utils import validate_repo_id
@@ -49,7 +50,7 @@ from .tensor_data import (
     decode_images,
     estimated_bytes,
 )
-from .training import checkpoint_problem, last_complete_checkpoint
+from .training import checkpoint_problem, last_complete_checkpoint, on_device
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +225,11 @@ class DataArguments:
         metadata={"help": "Decode every image once before training, to list (error) or drop (skip) all bad rows."},
     )
     crop: str = field(default="auto", metadata={"help": "Train crop: auto, random_resized, pad or none."})
+    crop_padding: int | None = field(
+        default=None,
+        metadata={"help": "Reflect padding of --crop pad in pixels, the largest shift (default: an eighth of the "
+                  "shorter side, 4 at 32 pixels)."},
+    )  # fmt: skip
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips in training."})
     color_jitter: float = field(default=0.0, metadata={"help": "Colour jitter strength (0 disables)."})
     auto_augment: str | None = field(
@@ -558,6 +564,7 @@ def build_datasets(
         mean=mean,
         std=std,
         crop=data_args.crop,
+        crop_padding=data_args.crop_padding,
         horizontal_flip=data_args.horizontal_flip,
         color_jitter=data_args.color_jitter,
         auto_augment=data_args.auto_augment,
@@ -742,6 +749,24 @@ def build_inputs(
     return _tensor_inputs(decoded, data, data_args, training_args, image_size, mean, std, interpolation, row_outputs)
 
 
+def initialize_from_data(loaded: LoadedClassifier, inputs: RecipeInputs, device: torch.device,
+                         num_images: int = 5000) -> None:  # fmt: skip
+    """Data-dependent initialisation of a model built from scratch that asks for it (`init_from_data(pixel_values)`,
+    e.g. AirbenchCNN's whitening filters): the first `num_images` training images through the evaluation transform.
+    Every process reads the same images, so every replica starts alike; a resumed run then loads its checkpoint."""
+    model = loaded.model
+    if not loaded.from_scratch or not callable(getattr(model, "init_from_data", None)):
+        return
+    dataset = inputs.train_dataset
+    subset = torch.utils.data.Subset(dataset, range(min(num_images, len(dataset))))
+    loader = torch.utils.data.DataLoader(subset, batch_size=500, collate_fn=inputs.eval_collator)
+    pixel_values = torch.cat(
+        [on_device(inputs.eval_collator, send_to_device(batch, device))["pixel_values"].float() for batch in loader]
+    )
+    model.init_from_data(pixel_values.to(model.device))
+    logger.info("Initialised %s from %d training images.", type(model).__name__, len(pixel_values))
+
+
 def _device_collators(
     collator_class: type[DeviceImageTransform],
     data: ImageClassificationData,
@@ -762,7 +787,8 @@ def _device_collators(
               "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
               **extra}  # fmt: skip
     train_collator = collator_class(
-        image_size, train=True, crop=data_args.crop, horizontal_flip=data_args.horizontal_flip,
+        image_size, train=True, crop=data_args.crop, crop_padding=data_args.crop_padding,
+        horizontal_flip=data_args.horizontal_flip,
         num_labels=data.num_labels, mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
         label_smoothing=label_smoothing, **common, **(train_only or {}),
     )  # fmt: skip

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -43,6 +44,7 @@ from .data import (
     ImageClassificationCollator,
     _image_size_pair,
     convert_image_to_rgb,
+    pad_crop_padding,
     uint8_normalisation,
     with_image_transform,
 )
@@ -148,24 +150,23 @@ def decode_images(
         cpus = os.cpu_count() or 1
         num_workers = 0 if cpus <= 1 else min(cpus, 8)
     prepared = with_image_transform(split, _to_uint8, on_bad_image=on_bad_image, source_split=source_split)
-    loader = DataLoader(prepared, batch_size=256, num_workers=num_workers, collate_fn=_keep_examples)
+    loader = DataLoader(prepared, batch_size=256, num_workers=num_workers, collate_fn=_stack_examples)
     images, labels, rows = [], [], []
     expected_size = None
-    for examples in loader:
-        for example in examples:
-            size = tuple(example["pixel_values"].shape[-2:])
+    for batch in loader:
+        for image, label, row in zip(batch["pixel_values"], batch["labels"], batch[ROW_INDEX_COLUMN]):
+            size = tuple(image.shape[-2:])
             if expected_size is None:
                 expected_size = size
             elif size != expected_size:
                 raise MixedImageSizesError(
-                    f"the images of split '{source_split or 'train'}' do not share one size (row "
-                    f"{example[ROW_INDEX_COLUMN]} is {size[0]}x{size[1]}, the first is "
-                    f"{expected_size[0]}x{expected_size[1]}), so they cannot be held as one tensor; use the worker "
-                    "pipeline (--input_pipeline workers)."
+                    f"the images of split '{source_split or 'train'}' do not share one size (row {row} is "
+                    f"{size[0]}x{size[1]}, the first is {expected_size[0]}x{expected_size[1]}), so they cannot be "
+                    "held as one tensor; use the worker pipeline (--input_pipeline workers)."
                 )
-            images.append(example["pixel_values"])
-            labels.append(example["labels"])
-            rows.append(example[ROW_INDEX_COLUMN])
+            images.append(image)
+            labels.append(label)
+            rows.append(row)
     decoded = DecodedImages(
         images=torch.stack(images) if images else torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
         labels=torch.tensor(labels, dtype=torch.int64),
@@ -176,8 +177,17 @@ def decode_images(
     return decoded
 
 
-def _keep_examples(examples: list[dict]) -> list[dict]:
-    return examples
+def _stack_examples(examples: list[dict]) -> dict[str, Any]:
+    """A decoding worker's batch: its images as one tensor when they share a size, else as a list. A tensor crosses
+    to the main process as one shared-memory file: one per image, all kept until the split is stacked, exhausted the
+    open-file limit (`ulimit -n`) on splits of some 20,000 images."""
+    images = [example["pixel_values"] for example in examples]
+    same_size = all(image.shape == images[0].shape for image in images)
+    return {
+        "pixel_values": torch.stack(images) if images and same_size else images,
+        "labels": [example["labels"] for example in examples],
+        ROW_INDEX_COLUMN: [example[ROW_INDEX_COLUMN] for example in examples],
+    }
 
 
 def _save_atomically(decoded: DecodedImages, path: Path) -> None:
@@ -241,10 +251,11 @@ class DeviceImageTransform:
     """The collator of the tensor pipeline: a uint8 batch in, the model's normalised float batch out, augmented on
     `device` with every image drawing its own crop and flip.
 
-    Training: resize to `image_size` then pad-and-crop (reflect padding of 1/8 of the shorter side, as
-    `data.build_transforms` does), or a random-resized crop (scale 0.08-1, ratio 3/4-4/3, torchvision's sampling)
-    read from the stored image straight at `image_size`; horizontal flip; normalisation; then mixing and label
-    smoothing through [`ImageClassificationCollator`]. Evaluation: resize and normalise.
+    Training: resize to `image_size` then pad-and-crop (reflect padding of `crop_padding` pixels, by default an
+    eighth of the shorter side, as `data.build_transforms` does), or a random-resized crop (scale 0.08-1, ratio
+    3/4-4/3, torchvision's sampling) read from the stored image straight at `image_size`; horizontal flip;
+    normalisation; then mixing and label smoothing through [`ImageClassificationCollator`]. Evaluation: resize and
+    normalise.
 
     The draws of a batch are keyed by `seed` and the batch's dataset indices (which the shuffling sampler orders
     afresh every epoch), not taken from the global generators: a run resumed from a checkpoint augments every batch as
@@ -283,6 +294,7 @@ class DeviceImageTransform:
         device: str | torch.device = "cpu",
         seed: int = 42,
         replay_views: bool = False,
+        crop_padding: int | None = None,
         **kwargs,
     ):
         self.image_size = _image_size_pair(image_size)
@@ -297,6 +309,7 @@ class DeviceImageTransform:
         self.train = train
         self.crop = crop if train else "none"
         self.horizontal_flip = horizontal_flip and train
+        self.padding = pad_crop_padding(self.image_size, crop_padding)
         self.interpolation = interpolation
         self.device = torch.device(device)
         self.seed = seed
@@ -456,7 +469,7 @@ class DeviceImageTransform:
         return images * self.scale - self.shift
 
     def _padding(self) -> int:
-        return max(min(self.image_size) // 8, 1)
+        return self.padding
 
     def _pad_and_crop(self, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
         """Each image reflect-padded by `_padding()` and cropped back to its size at its own `(batch, 1)` offsets;

@@ -32,6 +32,39 @@ from .profiling import training_flops_per_image
 logger = logging.getLogger(__name__)
 
 
+def learning_rate_scales(model: nn.Module) -> dict[nn.Parameter, float]:
+    """The parameters that models inside `model` (the model itself, or a student inside a training wrapper) declare
+    to train at a multiple of the learning rate (`learning_rate_scales()`: parameter name -> multiple)."""
+    scales = {}
+    for module in model.modules():
+        declared = getattr(module, "learning_rate_scales", None)
+        if callable(declared):
+            parameters = dict(module.named_parameters())
+            scales.update({parameters[name]: float(scale) for name, scale in declared().items()})
+    return scales
+
+
+def apply_learning_rate_scales(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+    """`optimizer` with each group split by the multiples the model declares (`learning_rate_scales`), each part at
+    its group's learning rate times its multiple (unchanged when nothing is declared). Called before the first step
+    and before the scheduler reads the learning rates."""
+    scales = learning_rate_scales(model)
+    if not scales or optimizer.state:
+        return optimizer
+    groups = []
+    for group in optimizer.param_groups:
+        by_scale = defaultdict(list)
+        for parameter in group["params"]:
+            by_scale[scales.get(parameter, 1.0)].append(parameter)
+        groups += [{**group, "params": params, "lr": group["lr"] * scale} for scale, params in by_scale.items()]
+    # Regrouped in place: rebuilding the optimizer from its defaults fails for classes whose defaults hold settings
+    # their constructor does not take (AdamW's decoupled_weight_decay).
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
+    return optimizer
+
+
 class ImageClassificationTrainer(Trainer):
     """A `Trainer` for image classifiers of any origin (ours, transformers', timm through `TimmWrapper`).
 
@@ -74,6 +107,12 @@ class ImageClassificationTrainer(Trainer):
     @property
     def evaluation_collator(self) -> Callable:
         return self.eval_data_collator if self.eval_data_collator is not None else self.data_collator
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            super().create_optimizer(model)
+            self.optimizer = apply_learning_rate_scales(self.optimizer, self.model if model is None else model)
+        return self.optimizer
 
     def modules_kept_in_eval(self) -> list[nn.Module]:
         """Submodules of the model to keep in eval mode during training; none here."""

@@ -17,6 +17,7 @@ from hf_vision_distill.finetuning import (
     layer_decay_groups,
     no_weight_decay,
 )
+from hf_vision_distill.models.airbench_cnn import AirbenchCNNConfig, AirbenchCNNForImageClassification
 from hf_vision_distill.models.compact_cnn import CompactCNNConfig, CompactCNNForImageClassification
 from hf_vision_distill.models.hybrid_resnet import HybridResNetConfig, HybridResNetForImageClassification
 from hf_vision_distill.models.simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification
@@ -36,6 +37,8 @@ def build(family: str) -> nn.Module:
     if family == "compact_cnn":
         config = CompactCNNConfig(num_labels=4, hidden_sizes=[8, 16, 32], depths=[1, 2, 1])
         return CompactCNNForImageClassification(config).eval()
+    if family == "airbench_cnn":
+        return AirbenchCNNForImageClassification(AirbenchCNNConfig(num_labels=4, hidden_sizes=[8, 16, 32])).eval()
     return HybridResNetForImageClassification(HybridResNetConfig(**TINY_HYBRID)).eval()
 
 
@@ -44,6 +47,7 @@ EXPECTED = {
     "vit": (True, 3, "classifier.weight"),
     "simple_cnn": (False, 3, "classifier.4.weight"),
     "compact_cnn": (False, 3, "classifier.weight"),
+    "airbench_cnn": (True, 3, "classifier.weight"),  # the whitening layer is the stem
     "hybrid_resnet": (True, 5, "classifier.weight"),
 }
 
@@ -189,6 +193,7 @@ MAP_SHAPES = {
     "vit": [(32, 4, 4)] * 3,  # hidden 32, 32 / patch 8
     "simple_cnn": [(8, 16, 16), (16, 8, 8), (32, 4, 4)],  # halved per block
     "compact_cnn": [(8, 32, 32), (16, 16, 16), (32, 8, 8)],  # stem stride 1, halved per stage after the first
+    "airbench_cnn": [(8, 15, 15), (16, 7, 7), (32, 3, 3)],  # 2x2 whitening (31x31), then halved per stage
     "hybrid_resnet": [(8, 32, 32), (16, 16, 16), (16, 16, 16), (16, 8, 8), (32, 4, 4)],  # CIFAR stem, per block
 }
 

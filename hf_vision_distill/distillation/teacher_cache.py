@@ -286,12 +286,14 @@ def teacher_views_key(
     teacher_view: Callable | None = None,
 ) -> str:
     """The cache key of `cache_teacher_views`: a digest of the teacher's class and weights, the decoded images and
-    their row indices, the view geometry (crop mode, flip, size, interpolation, normalisation), the teacher's view of
-    the batch, the number of views, `top_k` and the seed that draws the views. Any change computes a new cache."""
+    their row indices, the view geometry (crop mode and padding, flip, size, interpolation, normalisation), the
+    teacher's view of the batch, the number of views, `top_k` and the seed that draws the views. Any change computes a
+    new cache."""
     digest = hashlib.sha256()
     settings = {
         "teacher": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
         "crop": transform.crop,
+        "padding": transform.padding,
         "horizontal_flip": transform.horizontal_flip,
         "image_size": list(transform.image_size),
         "interpolation": transform.interpolation,

@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .airbench_cnn import AirbenchCNNConfig, AirbenchCNNForImageClassification, AirbenchCNNModel
 from .compact_cnn import CompactCNNConfig, CompactCNNForImageClassification, CompactCNNModel
 from .hybrid_resnet import HybridResNetConfig, HybridResNetForImageClassification, HybridResNetModel
 from .loading import (
@@ -21,6 +22,7 @@ _FAMILIES = (
     (SimpleCNNConfig, SimpleCNNModel, SimpleCNNForImageClassification),
     (CompactCNNConfig, CompactCNNModel, CompactCNNForImageClassification),
     (HybridResNetConfig, HybridResNetModel, HybridResNetForImageClassification),
+    (AirbenchCNNConfig, AirbenchCNNModel, AirbenchCNNForImageClassification),
 )
 
 for _config_class, _base_class, _classification_class in _FAMILIES:
@@ -35,6 +37,9 @@ for _config_class, _base_class, _classification_class in _FAMILIES:
     _classification_class.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
+    "AirbenchCNNConfig",
+    "AirbenchCNNForImageClassification",
+    "AirbenchCNNModel",
     "MODEL_PRESETS",
     "LoadedClassifier",
     "ModelPreset",

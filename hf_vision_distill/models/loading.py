@@ -25,6 +25,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
+from .airbench_cnn import AirbenchCNNConfig
 from .compact_cnn import CompactCNNConfig
 from .hybrid_resnet import HYBRID_RESNET_PRESETS, HybridResNetConfig
 from .simple_cnn import SimpleCNNConfig
@@ -49,6 +50,9 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "vit-base": ModelPreset(VisionTransformerConfig, VIT_PRESETS["vit-base"], "ViT-B/16 at 224"),
     "simple-cnn": ModelPreset(SimpleCNNConfig, {}, "3 conv blocks and a 2-layer head, any size"),
     "compact-cnn": ModelPreset(CompactCNNConfig, {}, "6 convolutions, global pooling, any size"),
+    "airbench-cnn": ModelPreset(
+        AirbenchCNNConfig, {}, "airbench94's whitened 7-convolution CIFAR-10 network: the library's CNN teacher"
+    ),
     "resnet18-cifar": ModelPreset(
         HybridResNetConfig,
         HYBRID_RESNET_PRESETS["resnet18-cifar"],
