@@ -53,6 +53,7 @@ from hf_vision_distill.distillation import (
 from hf_vision_distill.evaluation import (
     build_compute_metrics,
     markdown_table,
+    paired_accuracy_gain,
     plot_attention_overlays,
     plot_log_history,
 )
@@ -70,6 +71,7 @@ from hf_vision_distill.recipes import (
     choose_input_pipeline,
     evaluation_settings_for,
     export_output,
+    initialize_from_data,
     load_data,
     load_model,
     log_often_enough,
@@ -204,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
                           interpolation=student.interpolation, row_outputs=row_outputs)  # fmt: skip
     train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
     train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
+    initialize_from_data(student, inputs, args.device)
     callbacks = []
     if views:
         train_dataset, train_collator = replay_teacher_views(teacher, inputs, teacher_args, teacher_view, args)
@@ -265,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Side outputs live in folders starting with "_", which the Trainer's Hub uploads skip.
     if comparison_args.baseline:
         baseline_student = load_student()
+        initialize_from_data(baseline_student, inputs, args.device)
         # Its own folder and no --resume_from_checkpoint: that checkpoint is the distilled student's.
         baseline_args = plain_training_arguments(
             args, output_dir=str(output_dir / "_baseline"), resume_from_checkpoint=None, push_to_hub=False
@@ -286,7 +290,12 @@ def main(argv: list[str] | None = None) -> dict:
                      **evaluate_on(baseline, eval_datasets, prefixes), "parameters": student_parameters,
                      "train_runtime": baseline_result.metrics["train_runtime"]})  # fmt: skip
 
-    summary = write_summary(rows, args, output_dir, reported_split(eval_datasets))
+    gain = None
+    split = reported_split(eval_datasets)
+    if comparison_args.baseline and split is not None:
+        dataset = eval_datasets[split[0]]
+        gain = paired_accuracy_gain(correct_predictions(trainer, dataset), correct_predictions(baseline, dataset))
+    summary = write_summary(rows, args, output_dir, split, gain)
     write_model_card(trainer, student, recipe="examples/distill.py", argv=argv, model_args=model_args,
                      data_args=data_args, metrics=rows[1], teacher_name=args.teacher_model_name_or_path,
                      teacher_parameters=rows[0]["parameters"], distillation_settings=distillation_settings(args),
@@ -431,9 +440,35 @@ def distillation_settings(args: DistillationConfig) -> dict:
     return {name: getattr(args, name) for name in names}
 
 
-def write_summary(rows: list[dict], args: DistillationConfig, output_dir: Path, split: tuple[str, str] | None) -> dict:
+def correct_predictions(trainer, dataset) -> np.ndarray:
+    """Whether the trainer's model gets each image of `dataset` right, in the dataset's order."""
+    prediction = trainer.predict(dataset)
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return np.asarray(logits).argmax(-1) == np.asarray(prediction.label_ids)
+
+
+def describe_gain(gain: dict, split_name: str) -> str:
+    """The summary's sentence on the distilled student's gain and how much of it the choice of images explains."""
+    return (
+        f"Gain of the distilled student over the baseline on the {gain['images']:,} {split_name} images: "
+        f"{100 * gain['gain']:+.1f} points ({gain['only_model_right']} images right only when distilled, "
+        f"{gain['only_reference_right']} only in the baseline); {100 * gain['confidence']:.0f}% paired bootstrap "
+        f"interval over the images: {100 * gain['low']:+.1f} to {100 * gain['high']:+.1f} points. One seed: the "
+        "interval covers the choice of test images, not seed-to-seed variation (benchmarks/RESULTS.md gives means "
+        "and standard deviations over 3 seeds).\n"
+    )
+
+
+def write_summary(
+    rows: list[dict],
+    args: DistillationConfig,
+    output_dir: Path,
+    split: tuple[str, str] | None,
+    gain: dict | None = None,
+) -> dict:
     """summary.json and summary.md: the models' figures on the test split, or on the validation split (said so) when
-    the dataset has none, their validation accuracy and training time, and the settings."""
+    the dataset has none, their validation accuracy and training time, the distilled student's gain over the baseline
+    with its bootstrap interval (`gain`, from `paired_accuracy_gain`), and the settings."""
     columns = [("model", "model"), ("parameters", "parameters")]
     note = ""
     if split is not None:
@@ -453,6 +488,9 @@ def write_summary(rows: list[dict], args: DistillationConfig, output_dir: Path, 
     settings = {**distillation_settings(args), **{name: getattr(args, name) for name in (
         "num_train_epochs", "learning_rate", "per_device_train_batch_size", "seed")}}  # fmt: skip
     summary = {"models": rows, "settings": settings, "reported_split": split[0] if split else None}
+    if gain is not None:
+        summary["gain_over_baseline"] = gain
+        note += describe_gain(gain, split[0])
     if args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

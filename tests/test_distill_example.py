@@ -72,6 +72,12 @@ def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
     for name in ("summary.md", "summary.json", "loss_components.png", "layer_weights.png", "attention_overlays.png"):
         assert (output_dir / name).is_file(), name
     assert "| distilled student (compact-cnn) |" in (output_dir / "summary.md").read_text()
+    # The gain over the baseline, image by image on the 32 test images, with its interval.
+    gain = summary["gain_over_baseline"]
+    assert gain["images"] == 32 and gain["low"] <= gain["gain"] <= gain["high"]
+    assert gain["gain"] == pytest.approx(distilled_row["test_accuracy"] - baseline_row["test_accuracy"])
+    assert gain["gain"] == pytest.approx((gain["only_model_right"] - gain["only_reference_right"]) / 32)
+    assert "paired bootstrap interval" in (output_dir / "summary.md").read_text()
     card = ModelCard.load(output_dir / "README.md")
     assert {"knowledge-distillation", "image-classification"} <= set(card.data.tags)
     test_results = {result.metric_type: result.metric_value for result in card.data.eval_results}
