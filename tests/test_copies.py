@@ -43,7 +43,11 @@ def test_a_copy_equals_its_original(path, name, module, original):
     assert copy.strip() == expected.strip(), f"{path.name}:{name} differs from {module}.{original}; copy it again"
 
 
-def test_the_shipped_teachers_code_is_the_packages():
-    for name in ("modeling_vit.py", "configuration_vit.py"):
-        shipped = (REPO / "pretrained" / "vit-cifar-teacher" / name).read_text()
-        assert shipped == (REPO / "hf_vision_distill" / "models" / "vit" / name).read_text(), name
+SHIPPED_TEACHERS = [("vit-cifar-teacher", "vit"), ("cnn-cifar10-teacher", "airbench_cnn")]
+
+
+@pytest.mark.parametrize(("teacher", "family"), SHIPPED_TEACHERS)
+def test_the_shipped_teachers_code_is_the_packages(teacher, family):
+    for name in (f"modeling_{family}.py", f"configuration_{family}.py"):
+        shipped = (REPO / "pretrained" / teacher / name).read_text()
+        assert shipped == (REPO / "hf_vision_distill" / "models" / family / name).read_text(), name
