@@ -454,8 +454,8 @@ def describe_gain(gain: dict, split_name: str) -> str:
         f"{100 * gain['gain']:+.1f} points ({gain['only_model_right']} images right only when distilled, "
         f"{gain['only_reference_right']} only in the baseline); {100 * gain['confidence']:.0f}% paired bootstrap "
         f"interval over the images: {100 * gain['low']:+.1f} to {100 * gain['high']:+.1f} points. One seed: the "
-        "interval covers the choice of test images, not seed-to-seed variation (benchmarks/RESULTS.md gives means "
-        "and standard deviations over 3 seeds).\n"
+        f"interval covers the choice of {split_name} images, not seed-to-seed variation (rerun with other --seed "
+        "values to measure that).\n"
     )
 
 
