@@ -69,6 +69,8 @@ def test_dry_mode_runs_every_section(tmp_path, monkeypatch):
         assert figures["images_per_second"] > 0 and figures["batch_shape"][1:] == [3, 64, 64]
         assert figures["data_over_model"] > 0
     assert sections["fp16_teacher"]["losses_finite"] and sections["fp16_teacher"]["student_weights_finite"]
+    teacher = sections["cnn_teacher"]
+    assert teacher["epochs"] == 1 and 0 <= teacher["test_accuracy_flip_translate"] <= 1
     compile_figures = sections["torch_compile"]
     assert compile_figures["compiled_images_per_second"] > 0 and math.isfinite(compile_figures["recipe_train_loss"])
 
