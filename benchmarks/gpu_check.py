@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import math
@@ -542,13 +543,6 @@ def fp16_teacher(check: Check) -> dict:
     }
 
 
-# The CNN teacher's recipe (pretrained/make_teacher.py) but its epochs, output folder and device.
-CNN_TEACHER_ARGUMENTS = [
-    "--model_name_or_path", "airbench-cnn", "--config_overrides", '{"test_time_augmentation": "flip_translate"}',
-    "--validation_size", "0.04", "--crop_padding", "2", "--per_device_train_batch_size", "1024", "--optim", "sgd",
-    "--optim_args", "momentum=0.85,nesterov=True", "--learning_rate", "1.5", "--weight_decay", "0.00133",
-    "--lr_scheduler_type", "linear", "--warmup_steps", "0.23", "--label_smoothing_factor", "0.2",
-]  # fmt: skip
 CPU_TEACHER_ACCURACY = 0.9083  # benchmarks/RESULTS.md: 20 epochs in bf16 on 2 CPU cores, flip_translate
 
 
@@ -557,7 +551,11 @@ def cnn_teacher(check: Check) -> dict:
     the 2-core CPU stopped at 90.8% (airbench94's own loop there too)?"""
     dataset = str(DEVICE_DATA_CIFAR10) if DEVICE_DATA_CIFAR10.is_dir() else default_dataset()
     epochs = check.sizes.teacher_epochs
-    arguments = [*CNN_TEACHER_ARGUMENTS, "--dataset_name", dataset, "--num_train_epochs", str(epochs),
+    # pretrained/make_teacher.py's recipe, with this check's data, budget and device.
+    spec = importlib.util.spec_from_file_location("make_teacher", REPO / "pretrained" / "make_teacher.py")
+    make_teacher = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+    spec.loader.exec_module(make_teacher)
+    arguments = [*make_teacher.CNN_TEACHER_RECIPE, "--dataset_name", dataset, "--num_train_epochs", str(epochs),
                  "--output_dir", str(check.work_dir / "cnn_teacher"), "--overwrite_output_dir"]  # fmt: skip
     metrics = check.run_recipe("train", arguments)
     accuracy = metrics.get("test_accuracy", float("nan"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,18 +46,33 @@ class Teacher:
     test_time_augmentation: str | None = None
 
 
+# The CNN teacher's recipe: examples/train.py's arguments besides the data, output folder, budget and device
+# (benchmarks/gpu_check.py runs the same on a GPU).
+CNN_TEACHER_RECIPE = [
+    "--model_name_or_path", "airbench-cnn", "--config_overrides", '{"test_time_augmentation": "flip_translate"}',
+    "--validation_size", "0.04", "--crop_padding", "2", "--per_device_train_batch_size", "1024", "--optim", "sgd",
+    "--optim_args", "momentum=0.85,nesterov=True", "--learning_rate", "1.5", "--weight_decay", "0.00133",
+    "--lr_scheduler_type", "linear", "--warmup_steps", "0.23", "--label_smoothing_factor", "0.2",
+]  # fmt: skip
+
 TEACHERS = {
     "cnn-cifar10-teacher": Teacher(
         run="outputs/cnn-cifar10-teacher",
-        command=(
-            "python examples/train.py --model_name_or_path airbench-cnn "
-            '--config_overrides \'{"test_time_augmentation": "flip_translate"}\' '
-            "--dataset_name ../shared/datasets/cifar10 --validation_size 0.04 --crop_padding 2 "
-            "--output_dir outputs/cnn-cifar10-teacher --overwrite_output_dir --num_train_epochs 20 "
-            "--per_device_train_batch_size 1024 --optim sgd --optim_args 'momentum=0.85,nesterov=True' "
-            "--learning_rate 1.5 --weight_decay 0.00133 --lr_scheduler_type linear --warmup_steps 0.23 "
-            "--label_smoothing_factor 0.2 --bf16 --use_cpu"
-        ),
+        command="python examples/train.py "
+        + shlex.join(
+            [
+                *CNN_TEACHER_RECIPE,
+                "--dataset_name",
+                "../shared/datasets/cifar10",
+                "--output_dir",
+                "outputs/cnn-cifar10-teacher",
+                "--overwrite_output_dir",
+                "--num_train_epochs",
+                "20",
+                "--bf16",
+                "--use_cpu",
+            ]
+        ),  # fmt: skip
         test_time_augmentation="flip",
         hyperparameters={
             "optimizer": "SGD, Nesterov momentum 0.85, weight decay 0.00133 (not on biases and norm shifts)",
