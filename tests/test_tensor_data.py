@@ -2,9 +2,9 @@
 pipeline choice, and the recipes on it."""
 
 import json
-import os
-import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -108,20 +108,30 @@ def test_images_of_different_sizes_are_refused(tmp_path):
         decode_images(split, cache_dir=tmp_path, num_workers=0)
 
 
+# Decodes the split saved at argv[1] with 2 workers under an open-file limit 200 above what the process holds.
+DECODE_UNDER_A_FILE_LIMIT = """
+import os, resource, sys
+import datasets
+from hf_vision_distill.tensor_data import decode_images
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, len(os.listdir("/proc/self/fd")) + 200), hard))
+decoded = decode_images(datasets.load_from_disk(sys.argv[1]), cache_dir=sys.argv[2], num_workers=2)
+print(decoded.images[:, 0, 0, 0].tolist() == [index % 256 for index in range(600)],
+      decoded.row_index.tolist() == list(range(600)), decoded.labels.tolist() == [0, 1] * 300)
+"""
+
+
 def test_decoding_workers_do_not_hold_a_file_per_image(tmp_path):
     # Each tensor a worker sends is a shared-memory file in the main process; one per image, kept until the split was
-    # stacked, ran out of the open-file limit on CIFAR-10's 48,000 training images (limit 20,000 here).
+    # stacked, ran out of the open-file limit on CIFAR-10's 48,000 training images (limit 20,000 here). The old code
+    # then waited for the failed batch forever: a subprocess with a time limit turns that into a failure.
     images = [Image.new("RGB", (8, 8), (index % 256, 0, 0)) for index in range(600)]
     split = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 300, "row_index": list(range(600))})
-    split = split.cast_column("image", datasets.Image())
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, len(os.listdir("/proc/self/fd")) + 200), hard))
-    try:
-        decoded = decode_images(split, cache_dir=tmp_path, num_workers=2)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert len(decoded) == 600 and decoded.images[:, 0, 0, 0].tolist() == [index % 256 for index in range(600)]
-    assert decoded.row_index.tolist() == list(range(600)) and decoded.labels.tolist() == [0, 1] * 300
+    split.cast_column("image", datasets.Image()).save_to_disk(tmp_path / "split")
+    command = [sys.executable, "-c", DECODE_UNDER_A_FILE_LIMIT, str(tmp_path / "split"), str(tmp_path / "cache")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "True", "True"]
 
 
 def test_pad_and_crop_draws_a_crop_and_a_flip_for_every_image():
