@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 def models(device: str):
     torch.manual_seed(0)
     teacher = VisionTransformerForImageClassification(VisionTransformerConfig.from_preset("vit-cifar", num_labels=10))
+    teacher.set_attn_implementation("eager")  # attention maps: what the trainer switches the teacher to by itself
     student = CompactCNNForImageClassification(CompactCNNConfig(num_labels=10))
     return teacher.to(device).eval().requires_grad_(False), student.to(device)
 

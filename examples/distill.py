@@ -49,6 +49,7 @@ from hf_vision_distill.distillation import (
     check_label_spaces,
     gives_attention_maps,
     teacher_outputs_by_row,
+    use_eager_attention,
 )
 from hf_vision_distill.evaluation import (
     build_compute_metrics,
@@ -310,7 +311,10 @@ def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] 
     """Attention distillation needs a teacher with attention maps (a ViT). The recipe's default weight is turned off,
     with a line saying so, for a teacher without them (a CNN); a weight the user asked for fails here, before any
     expensive work, with the flag to change."""
-    if not args.uses("attention_loss_weight") or gives_attention_maps(teacher.model, tuple(teacher.image_size)):
+    if not args.uses("attention_loss_weight"):
+        return args
+    use_eager_attention(teacher.model, "teacher")
+    if gives_attention_maps(teacher.model, tuple(teacher.image_size)):
         return args
     if user_gave(argv, "attention_loss_weight"):
         raise ValueError(

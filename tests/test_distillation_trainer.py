@@ -409,6 +409,27 @@ def test_a_transformers_vit_teacher_switches_to_eager_attention(tmp_path):
     assert any("loss_attention" in entry for entry in trainer.state.log_history)
 
 
+def test_our_vit_teacher_and_vit_student_switch_to_eager_attention_for_attention_maps(tmp_path):
+    # Our ViT dispatches through transformers' attention interface, so the trainer treats it like transformers' ViT:
+    # SDPA computes no attention probabilities, and both models whose maps are supervised switch to eager.
+    teacher, student = teacher_vit(), student_vit()
+    assert teacher.config._attn_implementation == student.config._attn_implementation == "sdpa"
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, train_dataset=rows(),
+                                  args=config(tmp_path, attention_loss_weight=1.0), data_collator=stack)  # fmt: skip
+    assert trainer.teacher_model.config._attn_implementation == "eager"
+    assert student.config._attn_implementation == "eager"
+    trainer.train()
+    assert any("loss_attention" in entry for entry in trainer.state.log_history)
+    trainer.save_model(str(tmp_path / "student"))  # the implementation is the run's choice, not the checkpoint's
+    reloaded = VisionTransformerForImageClassification.from_pretrained(tmp_path / "student")
+    assert reloaded.config._attn_implementation == "sdpa"
+    # Without an attention term nothing switches.
+    plain_teacher, plain_student = teacher_vit(), student_vit()
+    DistillationTrainer(model=plain_student, teacher_model=plain_teacher, train_dataset=rows(),
+                        args=config(tmp_path / "plain"), data_collator=stack)  # fmt: skip
+    assert plain_teacher.config._attn_implementation == plain_student.config._attn_implementation == "sdpa"
+
+
 # ---- soft loss types, logit standardisation, teacher-student agreement ----
 
 

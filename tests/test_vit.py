@@ -1,5 +1,6 @@
 import pytest
 import torch
+from transformers import AttentionInterface
 
 from hf_vision_distill import (
     VisionTransformerConfig,
@@ -8,7 +9,7 @@ from hf_vision_distill import (
     vit_from_timm,
     vit_from_transformers,
 )
-from hf_vision_distill.models.vit.modeling_vit import eager_attention
+from hf_vision_distill.models.vit.modeling_vit import eager_attention_forward
 
 
 def tiny_config(**overrides) -> VisionTransformerConfig:
@@ -27,7 +28,7 @@ def tiny_model(**overrides) -> VisionTransformerForImageClassification:
 
 
 def test_shapes_hidden_states_and_attentions():
-    model = tiny_model()
+    model = tiny_model(attn_implementation="eager")
     pixel_values = torch.randn(3, 3, 32, 32)
     outputs = model(pixel_values, output_hidden_states=True, output_attentions=True)
     assert outputs.logits.shape == (3, 5)
@@ -52,24 +53,49 @@ def test_base_model_pooler_is_normed_cls_token():
 def test_sdpa_and_eager_paths_agree():
     sdpa_model = tiny_model()
     eager_model = tiny_model()
-    eager_model.config._attn_implementation = "eager"
+    eager_model.set_attn_implementation("eager")
     assert sdpa_model.config._attn_implementation == "sdpa"
     pixel_values = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         sdpa_logits = sdpa_model(pixel_values).logits
         eager_logits = eager_model(pixel_values).logits
-        maps_logits = sdpa_model(pixel_values, output_attentions=True).logits
+        maps_logits = eager_model(pixel_values, output_attentions=True).logits
     torch.testing.assert_close(sdpa_logits, eager_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(sdpa_logits, maps_logits, atol=1e-5, rtol=0)
+
+
+def test_attention_maps_need_the_eager_implementation():
+    # SDPA never materialises the probabilities: asking for them says how to get them instead of returning none.
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"attn_implementation='eager'.*set_attn_implementation\('eager'\)"):
+        model(torch.randn(1, 3, 32, 32), output_attentions=True)
+    model.set_attn_implementation("eager")  # switchable after loading, as transformers' own models are
+    assert len(model(torch.randn(1, 3, 32, 32), output_attentions=True).attentions) == 2
+
+
+def test_attention_goes_through_transformers_attention_interface(tmp_path):
+    # Any function registered with transformers' AttentionInterface is used by name, from loading on.
+    calls = []
+
+    def counting_attention(module, query, key, value, attention_mask, **kwargs):
+        calls.append(query.shape)
+        return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("hvd_test_counting", counting_attention)
+    tiny_model().save_pretrained(tmp_path)
+    model = VisionTransformerForImageClassification.from_pretrained(tmp_path, attn_implementation="hvd_test_counting")
+    expected = tiny_model()(torch.ones(2, 3, 32, 32)).logits
+    torch.testing.assert_close(model(torch.ones(2, 3, 32, 32)).logits, expected, atol=1e-5, rtol=0)
+    assert calls == [(2, 4, 17, 8)] * 2  # (batch, heads, tokens, head_dim), once per block
 
 
 def test_eager_attention_matches_closed_form():
     torch.manual_seed(0)
     query, key, value = torch.randn(3, 2, 1, 5, 4).unbind(0)
-    output, probabilities = eager_attention(query, key, value, scale=0.5)
+    output, probabilities = eager_attention_forward(None, query, key, value, None, scaling=0.5)
     expected_probabilities = torch.softmax(query @ key.transpose(-2, -1) * 0.5, dim=-1)
     torch.testing.assert_close(probabilities, expected_probabilities)
-    torch.testing.assert_close(output, expected_probabilities @ value)
+    torch.testing.assert_close(output, (expected_probabilities @ value).transpose(1, 2))
 
 
 def test_from_pretrained_with_eager_attention(tmp_path):

@@ -1,7 +1,13 @@
 """Teacher-student distillation: `DistillationConfig` (TrainingArguments) beside `DistillationTrainer` (Trainer)."""
 
 from .distillation_config import DistillationConfig
-from .distillation_trainer import DistillationTrainer, TeacherView, check_label_spaces, gives_attention_maps
+from .distillation_trainer import (
+    DistillationTrainer,
+    TeacherView,
+    check_label_spaces,
+    gives_attention_maps,
+    use_eager_attention,
+)
 from .layerwise import LayerwiseDistillationTrainer, block_names, transformer_blocks
 from .teacher_cache import (
     TEACHER_LOGITS_COLUMN,
@@ -31,4 +37,5 @@ __all__ = [
     "gives_attention_maps",
     "teacher_outputs_by_row",
     "transformer_blocks",
+    "use_eager_attention",
 ]

@@ -190,13 +190,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             if hasattr(teacher_model, "config") and hasattr(model, "config"):
                 check_label_spaces(model.config, teacher_model.config)
             teacher_model.eval().requires_grad_(False)
-            # Supervised attention maps need the eager path (SDPA never materialises them); only the teacher switches.
-            attention_implementation = getattr(getattr(teacher_model, "config", None), "_attn_implementation", None)
-            # Our ViT takes the eager path by itself whenever maps are asked for (and transformers declines to switch
-            # it); models written on transformers' AttentionInterface switch here.
-            if args.uses("attention_loss_weight") and attention_implementation not in (None, "eager"):
-                if getattr(teacher_model, "_can_set_attn_implementation", lambda: False)():
-                    teacher_model.set_attn_implementation("eager")
+            if args.uses("attention_loss_weight"):
+                use_eager_attention(teacher_model, "teacher")
         self.teacher_view = teacher_view
         self._teacher_name = _model_name(teacher_model) if teacher_model is not None else None
         # Non-finite teacher logits counted on the device since the last log (no host sync per step).
@@ -277,6 +272,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             if self._student_map_from_features:
                 student_hidden = _pick(student_outputs.hidden_states, args.attention_student_layer, "student stage")
             else:
+                use_eager_attention(student, "student")
                 with torch.no_grad():
                     student_attentions = student(
                         pixel_values=_on_device_of(probe, student), output_attentions=True
@@ -699,6 +695,17 @@ def _pick(sequence: tuple | list, index: int, what: str):
     return sequence[index]
 
 
+def use_eager_attention(model: nn.Module, role: str) -> None:
+    """Puts a transformers model on the eager attention implementation, the one that computes the attention
+    probabilities, when it runs another (SDPA by default): attention distillation supervises them. Models that cannot
+    switch (not written on transformers' attention interface) keep theirs; the probe then says what to do."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if implementation in (None, "eager") or not getattr(model, "_can_set_attn_implementation", lambda: False)():
+        return
+    logger.info("The %s's attention: %s -> eager (attention distillation needs its maps).", role, implementation)
+    model.set_attn_implementation("eager")
+
+
 @torch.no_grad()
 def gives_attention_maps(teacher: nn.Module, image_size: tuple[int, int]) -> bool:
     """Whether `teacher` returns attention maps over a square patch grid (a ViT), tried on one blank image of
@@ -745,8 +752,8 @@ _FSDP_MESSAGE = (
 
 _NO_ATTENTIONS_MESSAGE = (
     "attention distillation needs the teacher's attention maps, and the teacher gives none. The teacher must be a ViT "
-    "on the eager attention path: load it with attn_implementation='eager' (our ViT switches to it by itself when "
-    "maps are asked for)."
+    "on the eager attention path: load it with attn_implementation='eager' (the trainer switches models written on "
+    "transformers' attention interface by itself)."
 )
 
 
@@ -776,4 +783,4 @@ def _probe_batch(model: nn.Module, train_dataset, collator: Callable | None) -> 
     return torch.zeros(1, getattr(config, "num_channels", 3), height, width)
 
 
-__all__ = ["DistillationTrainer", "TeacherView", "check_label_spaces", "gives_attention_maps"]
+__all__ = ["DistillationTrainer", "TeacherView", "check_label_spaces", "gives_attention_maps", "use_eager_attention"]

@@ -2,14 +2,21 @@
 
 The parts, in the order data flows through them: `PatchEmbedding` (a strided convolution),
 `VisionTransformerEmbeddings` ([CLS] token + learned position embeddings, resampled on their 2-D grid for other
-image sizes), `MultiHeadSelfAttention` (one fused QKV projection; SDPA or an eager path that returns attention maps),
-`VisionTransformerMLP`, the pre-norm `EncoderBlock`, `VisionTransformerModel` and
-`VisionTransformerForImageClassification`. Parameter names and layouts follow timm's `VisionTransformer`, so its
-weights import one to one (see `convert_vit.py`).
+image sizes), `MultiHeadSelfAttention` (one fused QKV projection), `VisionTransformerMLP`, the pre-norm
+`EncoderBlock`, `VisionTransformerModel` and `VisionTransformerForImageClassification`. Parameter names and layouts
+follow timm's `VisionTransformer`, so its weights import one to one (see `convert_vit.py`).
 
-This file imports only torch, transformers and its sibling config: `save_pretrained` copies it next to the weights
-for `trust_remote_code=True` loading.
+Attention and outputs work as in transformers' own models: the attention function comes from transformers'
+`ALL_ATTENTION_FUNCTIONS` by `config._attn_implementation` ("sdpa" by default; "eager", the only one that returns
+the attention probabilities; "flash_attention_2" or "flex_attention" where installed; any function registered with
+`AttentionInterface.register`), and `output_hidden_states` / `output_attentions` are collected by transformers'
+output-capturing hooks (`_can_record_outputs`).
+
+This file imports only torch, transformers (5.2 or later) and its sibling config: `save_pretrained` copies it next to
+the weights for `trust_remote_code=True` loading.
 """
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +26,11 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.utils import logging
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_vit import VisionTransformerConfig, _as_pair
 
@@ -117,54 +128,75 @@ class VisionTransformerEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
-def eager_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, dropout_p: float = 0.0
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q K^T * scale) V, written out so the attention probabilities can be returned.
+    """softmax(Q K^T * scaling + mask) V written out: the "eager" entry of transformers' attention interface (same
+    signature as its other functions), and the one that returns the attention probabilities.
 
     Args:
         query, key, value: `(batch, heads, tokens, head_dim)`.
+        attention_mask: added to the scores (`None` for images: every patch sees every patch).
     Returns:
-        The output `(batch, heads, tokens, head_dim)` and the probabilities `(batch, heads, tokens, tokens)`
-        (before dropout).
+        The output `(batch, tokens, heads, head_dim)` and the probabilities `(batch, heads, tokens, tokens)` (before
+        dropout).
     """
     # Scaling the query first, as timm does, keeps the products small in half precision.
-    scores = torch.matmul(query * scale, key.transpose(-2, -1))
+    scores = torch.matmul(query * scaling, key.transpose(-2, -1))
+    if attention_mask is not None:
+        scores = scores + attention_mask
     probabilities = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    output = torch.matmul(F.dropout(probabilities, p=dropout_p, training=dropout_p > 0), value)
-    return output, probabilities
+    output = torch.matmul(F.dropout(probabilities, p=dropout, training=dropout > 0), value)
+    return output.transpose(1, 2).contiguous(), probabilities
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection (timm's layout: output rows are [q; k; v])."""
+    """Multi-head self-attention with one fused QKV projection (timm's layout: output rows are [q; k; v]); the
+    attention itself is the function `config._attn_implementation` names in transformers' `ALL_ATTENTION_FUNCTIONS`.
+
+    Returns the output and the attention probabilities (`None` unless the implementation gives them: only eager).
+    """
 
     def __init__(self, config: VisionTransformerConfig):
         super().__init__()
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scale = self.head_dim**-0.5
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # read by transformers' attention functions: every patch attends to every patch
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.projection = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_dropout = config.attention_probs_dropout_prob
         self.projection_dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, num_tokens, hidden_size = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        dropout_p = self.attention_dropout if self.training else 0.0
-        # SDPA never materialises the probabilities, so a call that asks for them takes the eager path.
-        if output_attentions or self.config._attn_implementation == "eager":
-            output, attention_probabilities = eager_attention(query, key, value, self.scale, dropout_p)
-        else:
-            output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, scale=self.scale)
-            attention_probabilities = None
-        output = output.transpose(1, 2).reshape(batch_size, num_tokens, hidden_size)
-        output = self.projection_dropout(self.projection(output))
-        return output, attention_probabilities if output_attentions else None
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, attention_probabilities = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(batch_size, num_tokens, hidden_size)
+        return self.projection_dropout(self.projection(output)), attention_probabilities
 
 
 class VisionTransformerMLP(nn.Module):
@@ -191,16 +223,11 @@ class EncoderBlock(GradientCheckpointingLayer):
         self.mlp = VisionTransformerMLP(config)
         self.drop_path_rate = drop_path_rate
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, attention_probabilities = self.attention(
-            self.layernorm_before(hidden_states), output_attentions=output_attentions
-        )
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
         hidden_states = hidden_states + drop_path(attention_output, self.drop_path_rate, self.training)
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        hidden_states = hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training)
-        return hidden_states, attention_probabilities
+        return hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training)
 
 
 def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
@@ -227,6 +254,12 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["VisionTransformerEmbeddings", "EncoderBlock"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # What `output_hidden_states` / `output_attentions` collect (transformers' output capturing): the embeddings and
+    # each block's output, and each attention's probabilities.
+    _can_record_outputs = {"hidden_states": EncoderBlock, "attentions": MultiHeadSelfAttention}
     # Tokens before the patch tokens in the hidden states: the [CLS] token (timm's `num_prefix_tokens`).
     num_prefix_tokens = 1
 
@@ -348,54 +381,48 @@ class VisionTransformerModel(VisionTransformerPreTrainedModel):
     def get_input_embeddings(self) -> PatchEmbedding:
         return self.embeddings.patch_embedding
 
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BaseModelOutputWithPooling | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
                 Normalised images.
-            output_attentions (`bool`, *optional*):
-                Return each block's attention probabilities `(batch, heads, tokens, tokens)`; computed on the eager
-                path for this call.
-            output_hidden_states (`bool`, *optional*):
-                Return the embeddings and each block's output, `num_hidden_layers + 1` tensors
-                `(batch, tokens, hidden_size)`.
             interpolate_pos_encoding (`bool`, *optional*):
                 Resample the position embeddings to the input's size instead of requiring `config.image_size`.
+            output_hidden_states (`bool`, *optional*):
+                Return the embeddings and each block's output, `num_hidden_layers + 1` tensors
+                `(batch, tokens, hidden_size)` (the last one before the final LayerNorm).
+            output_attentions (`bool`, *optional*):
+                Return each block's attention probabilities `(batch, heads, tokens, tokens)`. Only the eager
+                implementation computes them: load the model with `attn_implementation="eager"` or call
+                `model.set_attn_implementation("eager")` first.
             return_dict (`bool`, *optional*):
                 Return a `ModelOutput` (default) instead of a tuple.
         """
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_attentions = kwargs.get("output_attentions")
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True, but the model's attention implementation is "
+                f"{self.config._attn_implementation!r}, which does not compute the attention probabilities (only "
+                "'eager' does). Load the model with attn_implementation='eager' or call "
+                "model.set_attn_implementation('eager') first."
+            )
         expected_dtype = self.embeddings.patch_embedding.projection.weight.dtype
         hidden_states = self.embeddings(
             pixel_values.to(expected_dtype), interpolate_pos_encoding=bool(interpolate_pos_encoding)
         )
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
         for block in self.layers:
-            hidden_states, attention_probabilities = block(hidden_states, output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attention_probabilities,)
+            hidden_states = block(hidden_states, **kwargs)
         sequence_output = self.layernorm(hidden_states)
-        output = BaseModelOutputWithPooling(
-            last_hidden_state=sequence_output,
-            pooler_output=sequence_output[:, 0],
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output[:, 0])
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -420,35 +447,29 @@ class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> ImageClassifierOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> ImageClassifierOutput:
         r"""
         Args:
             labels (`torch.Tensor`, *optional*):
                 Class indices `(batch_size,)` or soft targets `(batch_size, num_labels)`; the loss is cross-entropy.
-            Other arguments: see [`VisionTransformerModel.forward`].
+            Other arguments (`output_hidden_states`, `output_attentions`, `return_dict`, ...): see
+            [`VisionTransformerModel.forward`].
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.vit(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
+        outputs: BaseModelOutputWithPooling = self.vit(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
         logits = self.classifier(outputs.pooler_output)
         loss = classification_loss(logits, labels) if labels is not None else None
-        output = ImageClassifierOutput(
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [
@@ -459,5 +480,5 @@ __all__ = [
     "VisionTransformerForImageClassification",
     "VisionTransformerModel",
     "VisionTransformerPreTrainedModel",
-    "eager_attention",
+    "eager_attention_forward",
 ]
