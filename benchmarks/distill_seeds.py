@@ -1,0 +1,128 @@
+"""Distillation against its same-budget baseline over several seeds: a row of the results tables in RESULTS.md.
+
+Runs `examples/distill.py --baseline` once per seed (a seed whose run finished, i.e. has summary.json, is not run
+again, so an interrupted table resumes), then scores both students on the test split twice, in float32: the
+best-validation checkpoint the recipe keeps (the run's model; summary.json has its figure under the run's precision)
+and the last epoch (the run's last checkpoint). It prints, and writes to `<output>/results.json` and `results.md`,
+the mean and standard deviation over the seeds of each, the gain (distilled - baseline, paired by seed) with the test
+of the issue's goal (gain > 2 x the combined standard deviation, sqrt(sd_distilled^2 + sd_baseline^2)), and the wall
+times. Arguments after `--` go to distill.py unchanged:
+
+    python benchmarks/distill_seeds.py --name kd --seeds 0 1 2 -- \\
+        --teacher_model_name_or_path pretrained/cnn-cifar10-teacher --dataset_name ../shared/datasets/cifar10 \\
+        --num_train_epochs 3 --bf16 --use_cpu
+
+Not a test: each seed is two full training runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hf_vision_distill.data import load_image_classification_dataset
+from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.tensor_data import DeviceImageTransform, decode_images, predict_decoded
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_seed(seed: int, output: Path, distill_args: list[str]) -> dict:
+    """One seed's distillation and baseline (skipped when its summary exists), and its summary."""
+    summary_path = output / "summary.json"
+    if not summary_path.is_file():
+        command = [sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *distill_args, "--baseline",
+                   "--seed", str(seed), "--output_dir", str(output), "--overwrite_output_dir",
+                   "--num_overlay_images", "0", "--report_to", "none"]  # fmt: skip
+        output.mkdir(parents=True, exist_ok=True)
+        print(f"seed {seed}: {' '.join(command)}  (log: {output / 'run.log'})", flush=True)
+        start = time.time()
+        with open(output / "run.log", "w") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO_ROOT)
+        print(f"seed {seed}: done in {time.time() - start:.0f} s", flush=True)
+    return json.loads(summary_path.read_text())
+
+
+def last_checkpoint(run: Path) -> Path:
+    checkpoints = sorted(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    if not checkpoints:
+        raise FileNotFoundError(f"{run} has no checkpoint: the last epoch cannot be scored.")
+    return checkpoints[-1]
+
+
+def test_accuracy(model_path: Path, test) -> float:
+    loaded = load_image_classifier(str(model_path), id2label=None)
+    loaded.model.float()
+    transform = DeviceImageTransform(loaded.image_size, train=False, mean=loaded.image_mean, std=loaded.image_std)
+    return (predict_decoded(loaded.model, test, transform) == test.labels).float().mean().item()
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="The row's name: runs go to outputs/seeds/<name>/seed<S>.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("distill_args", nargs=argparse.REMAINDER, help="After --: examples/distill.py's arguments.")
+    args = parser.parse_args()
+    distill_args = args.distill_args[1:] if args.distill_args[:1] == ["--"] else args.distill_args
+    if "--dataset_name" not in distill_args:
+        raise SystemExit("pass distill.py's --dataset_name after --: the table is scored on its test split.")
+    if len(args.seeds) < 2:
+        raise SystemExit("--seeds: at least two (three for a table), or there is no standard deviation.")
+    output = REPO_ROOT / "outputs" / "seeds" / args.name
+
+    summaries = {seed: run_seed(seed, output / f"seed{seed}", distill_args) for seed in args.seeds}
+    dataset_name = distill_args[distill_args.index("--dataset_name") + 1]
+    test = decode_images(load_image_classification_dataset(dataset_name).dataset["test"], source_split="test")
+    rows = []
+    for seed, summary in summaries.items():
+        teacher, distilled, baseline = summary["models"][:3]
+        run = output / f"seed{seed}"
+        with torch.inference_mode():
+            rows.append({
+                "seed": seed,
+                "teacher": teacher.get("test_accuracy"),
+                "distilled_best": test_accuracy(run, test),
+                "distilled_last": test_accuracy(last_checkpoint(run), test),
+                "baseline_best": test_accuracy(run / "_baseline", test),
+                "baseline_last": test_accuracy(last_checkpoint(run / "_baseline"), test),
+                "distilled_seconds": distilled["train_runtime"],
+                "baseline_seconds": baseline["train_runtime"],
+            })  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+
+    result = {"name": args.name, "distill_args": distill_args, "seeds": rows, "test_images": len(test)}
+    seeds = ", ".join(str(row["seed"]) for row in rows)
+    lines = [f"{args.name}: {len(rows)} seeds ({seeds}), test {len(test):,} images"]
+    for which in ("best", "last"):
+        distilled, baseline = [row[f"distilled_{which}"] for row in rows], [row[f"baseline_{which}"] for row in rows]
+        (d_mean, d_sd), (b_mean, b_sd) = mean_sd(distilled), mean_sd(baseline)
+        gain_mean, gain_sd = mean_sd([d - b for d, b in zip(distilled, baseline)])
+        combined = (d_sd**2 + b_sd**2) ** 0.5
+        result[which] = {"distilled": [d_mean, d_sd], "baseline": [b_mean, b_sd], "gain": [gain_mean, gain_sd],
+                         "combined_sd": combined, "beyond_twice_combined_sd": gain_mean > 2 * combined}  # fmt: skip
+        lines.append(
+            f"{which} checkpoint: distilled {100 * d_mean:.2f} ± {100 * d_sd:.2f}, baseline {100 * b_mean:.2f} ± "
+            f"{100 * b_sd:.2f}, gain {100 * gain_mean:+.2f} ± {100 * gain_sd:.2f} points (paired by seed); "
+            f"2 x combined sd = {200 * combined:.2f}: {'beyond' if gain_mean > 2 * combined else 'NOT beyond'} it"
+        )
+    seconds = {key: mean_sd([row[f"{key}_seconds"] for row in rows]) for key in ("distilled", "baseline")}
+    lines.append(f"training time per run (mean): distilled {seconds['distilled'][0]:.0f} s, "
+                 f"baseline {seconds['baseline'][0]:.0f} s")  # fmt: skip
+    (output / "results.json").write_text(json.dumps(result, indent=2))
+    (output / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
