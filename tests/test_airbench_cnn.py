@@ -139,6 +139,7 @@ def test_trainers_give_the_norm_shifts_their_learning_rate_multiple(tmp_path):
         torch.testing.assert_close(parameters[name].detach(), before[name] - step * gradients[name])
 
 
+@pytest.mark.slow
 def test_the_recipe_starts_the_model_from_the_training_images(tmp_path, caplog):
     recipe = load_example("train")
     arguments = ["--model_name_or_path", "airbench-cnn", "--config_overrides", '{"hidden_sizes": [8, 16, 16]}',

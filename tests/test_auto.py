@@ -61,6 +61,7 @@ def test_auto_classes_with_package(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", sorted(TINY_OVERRIDES))
+@pytest.mark.slow
 def test_remote_code_without_package(tmp_path, name):
     model = save_tiny(name, tmp_path / "model")
     pixel_values = torch.randn(2, 3, 32, 32)

@@ -28,6 +28,7 @@ def tiny_run(dataset, output_dir, *models, extra=()):
             "--speed_batch_size", "4", "--speed_seconds", "0.05", "--profile_batch_size", "2", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_compare_trains_every_model_at_the_image_size(tmp_path, cifar10_path):
     """--image_size 48: the ViT preset is built for 48 px (its FLOPs are those of a 48 px ViT), our CNN preset and a
     timm CNN from scratch (which takes no img_size) train and are measured on the 32 px images resized to 48."""
@@ -58,6 +59,7 @@ def test_compare_checks_every_model_before_training(tmp_path, cifar10_path):
     assert not output_dir.exists()
 
 
+@pytest.mark.slow
 def test_compare_rerun_skips_finished_models(tmp_path, cifar10_path, caplog):
     """A comparison interrupted after its first model continues: the rerun reuses that model's row (the same
     measurements, its files untouched) and trains the rest; other settings train it again."""
@@ -79,6 +81,7 @@ def test_compare_rerun_skips_finished_models(tmp_path, cifar10_path, caplog):
     assert marker.stat().st_mtime_ns != written
 
 
+@pytest.mark.slow
 def test_compare_short_run_draws_training_curves(tmp_path, cifar10_path):
     """4 steps and the default logging interval of 10: the run logs every step so the curves have points. A user's
     interval longer than the run gives no plot, and the report says so instead of linking a missing image."""
@@ -120,6 +123,7 @@ class Sleeper(nn.Module):
         return ImageClassifierOutput(logits=pixel_values.mean((1, 2, 3))[:, None] + self.weight)
 
 
+@pytest.mark.slow
 def test_latency_is_timed_after_a_warm_up_for_a_time_budget():
     # Eight slow first calls (kernel selection, cold caches): the 0.25 s warm-up absorbs all of them, where a fixed
     # three-call warm-up would time five.
@@ -132,6 +136,7 @@ def test_latency_is_timed_after_a_warm_up_for_a_time_budget():
     assert time_forward(Sleeper([0.02]), (8, 8), 1, seconds=0.01, min_calls=5, warmup_seconds=0).calls == 5
 
 
+@pytest.mark.slow
 def test_latency_reports_its_spread():
     timing = time_forward(Sleeper([0.001, 0.012], cycle=True), (8, 8), 1, seconds=0.4, min_calls=10, warmup_seconds=0)
     assert timing.p10_s < 0.005 < 0.011 < timing.p90_s and timing.p10_s <= timing.median_s <= timing.p90_s
@@ -156,6 +161,7 @@ def test_training_flops_follow_what_trains(name):
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
+@pytest.mark.slow
 def test_compare_reports_training_flops(tmp_path, cifar10_path):
     """The table's training GFLOPs per image, from the same counter as the inference column: ~3x for a CNN trained
     fully. (A run's `total_flos` reading 9.9e15 for a small run was transformers' default estimate, 6 x parameters x
@@ -167,6 +173,7 @@ def test_compare_reports_training_flops(tmp_path, cifar10_path):
     assert "training_gflops_per_image" in header and "latency_p90_ms" in header
 
 
+@pytest.mark.slow
 def test_total_flos_of_a_linear_probe(tmp_path, cifar10_path):
     from transformers import TrainingArguments
 

@@ -19,6 +19,7 @@ OUTPUTS = [{}, {"output_hidden_states": True}, {"output_attentions": True}]
 
 @pytest.mark.parametrize("name", list(TINY))
 @pytest.mark.parametrize("outputs", OUTPUTS, ids=["logits", "hidden_states", "attentions"])
+@pytest.mark.slow
 def test_a_training_step_traces_without_graph_breaks(name, outputs):
     model = load_image_classifier(name, id2label=LABELS, config_overrides=TINY[name]).model
     if "output_attentions" in outputs and "cnn" in name:
@@ -42,6 +43,7 @@ def test_a_training_step_traces_without_graph_breaks(name, outputs):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 def test_distillation_does_not_recompile_for_the_last_smaller_batch(tmp_path):
     teacher = load_image_classifier("vit-cifar", id2label=LABELS, config_overrides=TINY["vit-cifar"]).model
     student = load_image_classifier("compact-cnn", id2label=LABELS, config_overrides=TINY["compact-cnn"]).model

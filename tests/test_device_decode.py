@@ -179,6 +179,7 @@ def test_decoding_on_the_device_evaluates_a_model_as_the_workers_do(sample, tmp_
     assert metrics["decode_on_device"]["test_loss"] == pytest.approx(metrics["workers"]["test_loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_the_training_recipe_decodes_on_the_device(tmp_path, caplog):
     caplog.set_level("INFO")
     run = tmp_path / "run"

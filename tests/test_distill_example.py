@@ -55,6 +55,7 @@ def accuracy_on_test_split(loaded, data) -> float:
     return correct / len(test)
 
 
+@pytest.mark.slow
 def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
     output_dir = tmp_path / "distill"
     summary = load_recipe().main([
@@ -104,6 +105,7 @@ def test_distill_recipe_needs_a_teacher(tmp_path):
 TINY_STUDENT = json.dumps({"hidden_sizes": [8, 16, 16], "depths": [1, 1, 1]})
 
 
+@pytest.mark.slow
 def test_offline_teacher_recipe(tmp_path, teacher_dir):
     arguments = [
         "--teacher_model_name_or_path", str(teacher_dir), "--output_dir", str(tmp_path / "offline"),
@@ -122,6 +124,7 @@ def test_offline_teacher_recipe(tmp_path, teacher_dir):
     assert any("loss_soft" in entry for entry in history)
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one(tmp_path, teacher_dir):
     """2 processes x 8 images (torchrun, gloo) against 1 process x 16: the same global batches (Accelerate shards one
     seeded order), so the same losses step by step and the same test metrics. A ViT student (LayerNorm, no batch
@@ -165,6 +168,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, teacher_dir):
     assert distributed_summary["models"][1]["test_accuracy"] == pytest.approx(accuracy_on_test_split(loaded, data))
 
 
+@pytest.mark.slow
 def test_shipped_teacher_classifies_the_shipped_sample():
     """The recipe's default teacher (pretrained/vit-cifar-teacher, bf16 on disk) loads in float32 with the sample's
     labels and classifies the sample's test images far above chance (its card reports the measured accuracy)."""
@@ -176,6 +180,7 @@ def test_shipped_teacher_classifies_the_shipped_sample():
     assert accuracy_on_test_split(teacher, data) > 0.5  # chance: 0.1; measured: 0.60 on these 200 (0.63 on all 10,000)
 
 
+@pytest.mark.slow
 def test_a_cnn_teacher_turns_the_default_attention_term_off(tmp_path, caplog):
     torch.manual_seed(0)
     id2label = dict(enumerate(CIFAR_NAMES))
@@ -221,6 +226,7 @@ def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypa
     assert calls[teacher] == {"trust_remote_code": True, "revision": "v1"}
 
 
+@pytest.mark.slow
 def test_a_dataset_without_a_test_split_reports_its_validation_split(tmp_path, teacher_dir):
     """A newcomer's data: train and validation folders of full-size JPEGs. Summary, card and plots are complete and
     say which split they report; no empty table."""

@@ -84,6 +84,7 @@ def test_teacher_frozen_student_trained_and_not_saved_together(tmp_path):
     assert saved["classifier.weight"].shape == student.classifier.weight.shape
 
 
+@pytest.mark.slow
 def test_every_loss_term_is_logged_in_training_and_evaluation(tmp_path):
     args = config(tmp_path, hard_loss_weight=0.2, eval_strategy="steps", eval_steps=2)
     trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args,
@@ -125,6 +126,7 @@ SOFT_LOSSES = {
 
 
 @pytest.mark.parametrize("soft_loss", list(SOFT_LOSSES))
+@pytest.mark.slow
 def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path, soft_loss):
     def one_update(batch_size: int, accumulation: int) -> torch.nn.Module:
         student = student_vit()
@@ -175,6 +177,7 @@ def test_teacher_view_resizes_and_renormalises():
     torch.testing.assert_close(view((constant - 0.5) / 0.25), torch.full((1, 3, 32, 32), 0.8))
 
 
+@pytest.mark.slow
 def test_vit_teacher_at_32_distills_into_cnn_student_at_16(tmp_path):
     """Different input sizes and statistics: the trainer feeds each model its own view of the same images."""
     teacher = teacher_vit(image_size=32)
@@ -219,6 +222,7 @@ def deeper_teacher_vit() -> VisionTransformerForImageClassification:
     return VisionTransformerForImageClassification(config)
 
 
+@pytest.mark.slow
 def test_vit_to_cnn_with_attention_and_features(tmp_path):
     args = config(tmp_path, attention_loss_weight=0.7, feature_loss_weight=0.5, soft_loss_weight=0.3,
                   label_loss_weight=0.0, max_steps=3, save_strategy="steps", save_steps=3)  # fmt: skip
@@ -249,6 +253,7 @@ def test_vit_to_cnn_with_attention_and_features(tmp_path):
     assert not hasattr(reloaded, "distillation_adapters")
 
 
+@pytest.mark.slow
 def test_resume_restores_the_adapters(tmp_path):
     common = dict(feature_loss_weight=1.0, max_steps=2, save_strategy="steps", save_steps=2)
     first = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(),
@@ -271,6 +276,7 @@ def test_resume_restores_the_adapters(tmp_path):
         torch.testing.assert_close(value, saved[name], msg=name)
 
 
+@pytest.mark.slow
 def test_energy_maps_need_no_adapter_and_uniform_weighting(tmp_path):
     args = config(tmp_path, attention_loss_weight=1.0, student_attention="energy", layer_weighting="uniform",
                   attention_teacher_layers=[0, 2], attention_student_layer=1)  # fmt: skip
@@ -285,6 +291,7 @@ def test_energy_maps_need_no_adapter_and_uniform_weighting(tmp_path):
     assert "attention_layer_weight_1" not in logs[0]
 
 
+@pytest.mark.slow
 def test_schedules_change_the_temperature_and_are_logged(tmp_path):
     args = config(tmp_path, max_steps=4, schedules=["temperature=linear:4.0->1.0", "soft_loss_weight=0.25"])
     trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args,
@@ -313,6 +320,7 @@ def test_attention_needs_a_teacher_with_maps_and_layers_must_exist(tmp_path):
         config(tmp_path, schedules=["warmup=linear:0->1"])
 
 
+@pytest.mark.slow
 def test_accumulation_equivalence_with_every_loss(tmp_path):
     """ViT student and teacher (no BatchNorm), soft + hard + feature (linear adapter) + attention (own maps)."""
 
@@ -332,6 +340,7 @@ def test_accumulation_equivalence_with_every_loss(tmp_path):
         torch.testing.assert_close(parameter, expected, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_continues_like_an_uninterrupted_run(tmp_path):
     """Adapters, optimizer, data order and the temperature schedule all continue where they stopped."""
 
@@ -394,6 +403,7 @@ def test_schedules_must_stay_in_range(tmp_path):
         config(tmp_path, schedules=["soft_loss_weight=cosine:0.5->-0.1"])
 
 
+@pytest.mark.slow
 def test_a_transformers_vit_teacher_switches_to_eager_attention(tmp_path):
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -409,6 +419,7 @@ def test_a_transformers_vit_teacher_switches_to_eager_attention(tmp_path):
     assert any("loss_attention" in entry for entry in trainer.state.log_history)
 
 
+@pytest.mark.slow
 def test_our_vit_teacher_and_vit_student_switch_to_eager_attention_for_attention_maps(tmp_path):
     # Our ViT dispatches through transformers' attention interface, so the trainer treats it like transformers' ViT:
     # SDPA computes no attention probabilities, and both models whose maps are supervised switch to eager.
@@ -490,6 +501,7 @@ def test_dkd_takes_the_dominant_class_of_mixed_labels_and_needs_labels(tmp_path)
 
 
 @pytest.mark.parametrize("soft_loss", ["kd_standardized", "dkd", "dkd_standardized", "reverse_kl", "jsd"])
+@pytest.mark.slow
 def test_each_soft_loss_trains_the_student_towards_the_teacher(tmp_path, soft_loss):
     """End to end: the term is logged and finite at every step, and training on it alone lowers it on the data."""
     args = config(tmp_path, max_steps=8, label_loss_weight=0.0, soft_loss_weight=1.0, learning_rate=0.01,

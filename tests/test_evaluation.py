@@ -23,6 +23,7 @@ def test_identical_results_have_no_gain_and_no_spread():
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_interval_matches_the_normal_approximation_and_narrows_with_more_images():
     generator = np.random.default_rng(1)
     widths = []

@@ -88,6 +88,7 @@ FAMILIES = [*PRESETS, "vit-48", "transformers-vit", "transformers-resnet"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_onnx_runtime_logits_equal_pytorch_on_real_images(family, tmp_path, cifar10):
     model_dir = save_classifier(family, tmp_path / "model", cifar10.id2label)
     image_size = 48 if family == "vit-48" else None  # our ViT at an interpolated resolution
@@ -117,6 +118,7 @@ def test_onnx_runtime_logits_equal_pytorch_on_real_images(family, tmp_path, cifa
         assert [dim.dim_value for dim in graph_input.type.tensor_type.shape.dim[2:]] == [48, 48]
 
 
+@pytest.mark.slow
 def test_the_exported_folder_carries_config_processor_and_card(tmp_path, cifar10):
     model_dir = save_classifier("compact-cnn", tmp_path / "model", cifar10.id2label)
     (model_dir / "README.md").write_text("# my model\n\nTrained on CIFAR-10.\n\n## Training\n\nten epochs\n")
@@ -150,6 +152,7 @@ def exported_cnn(tmp_path_factory, cifar10):
     return export_classifier(model_dir, root / "onnx")
 
 
+@pytest.mark.slow
 def test_int8_quantisation_is_per_channel_qdq_close_to_float32_and_carded(exported_cnn, cifar10):
     calibration = calibration_set_from_dataset(cifar10.dataset["train"], exported_cnn.specification, num_images=64)
     assert calibration.pixel_values.shape == (64, 3, 32, 32)
@@ -264,6 +267,7 @@ class DataDependentClassifier(torch.nn.Module):
         return self.head(pixel_values.mean(dim=(2, 3)))
 
 
+@pytest.mark.slow
 def test_an_unsupported_operator_is_named_with_what_to_do(tmp_path):
     with pytest.raises(OnnxExportError) as error:
         export_to_onnx(OpaqueOperatorClassifier(), tmp_path / "model.onnx", image_size=(8, 8))
@@ -273,6 +277,7 @@ def test_an_unsupported_operator_is_named_with_what_to_do(tmp_path):
     assert "custom_translation_table" in message and "standard torch operations" in message
 
 
+@pytest.mark.slow
 def test_an_untraceable_forward_names_its_line(tmp_path):
     with pytest.raises(OnnxExportError, match="cannot be traced by torch.export") as error:
         export_to_onnx(DataDependentClassifier(), tmp_path / "model.onnx", image_size=(8, 8))
@@ -287,6 +292,7 @@ def test_export_refuses_a_folder_without_a_model_and_a_foreign_model_at_another_
         export_classifier(model_dir, tmp_path / "onnx", image_size=48)
 
 
+@pytest.mark.slow
 def test_export_example_writes_both_models_beside_processor_and_card(tmp_path, cifar10_path, cifar10):
     export_recipe = load_example("export")
     model_dir = save_classifier("compact-cnn", tmp_path / "model", cifar10.id2label)

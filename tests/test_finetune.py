@@ -65,6 +65,7 @@ def run_arguments(model_path, output_dir, *extra):
 
 
 @pytest.mark.parametrize("backbone", ["transformers_vit", "timm_resnet"])
+@pytest.mark.slow
 def test_linear_probe_trains_only_the_head(request, tmp_path, backbone):
     pretrained = request.getfixturevalue(backbone)
     # Gradients: only the head's parameters get one.
@@ -112,6 +113,7 @@ class RecordTrainable(TrainerCallback):
         self.by_epoch.append({name for name, p in self.model.named_parameters() if p.requires_grad})
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_follows_its_schedule(tmp_path, transformers_vit):
     model = load_image_classifier(str(transformers_vit), id2label={0: "a", 1: "b"}, ignore_mismatched_sizes=True).model
     finetuning_args = FineTuningArguments(strategy="gradual", unfreeze_every_epochs=1)
@@ -153,6 +155,7 @@ def test_layer_decay_and_head_learning_rate(tmp_path, transformers_vit):
     assert id(parameters["classifier.bias"]) in no_decay and id(parameters["classifier.weight"]) not in no_decay
 
 
+@pytest.mark.slow
 def test_sanity_mode_overfits_a_batch(tmp_path):
     tiny = json.dumps({"hidden_sizes": [16, 32, 32], "depths": [1, 1, 1]})
     metrics = load_recipe().main([
@@ -164,6 +167,7 @@ def test_sanity_mode_overfits_a_batch(tmp_path):
     assert metrics["eval_accuracy"] >= 0.95  # 16 training images, classified as trained
 
 
+@pytest.mark.slow
 def test_fashion_mnist_linear_probe_upsamples_to_the_backbone(tmp_path, fashion_mnist_path):
     """28x28 grayscale Fashion-MNIST into a (tiny) ViT pretrained at 224: RGB, upsampled to 224, as a ViT-Small
     user would run it."""
@@ -185,6 +189,7 @@ def test_bad_arguments():
         load_recipe().main(["--report_to", "none"])
 
 
+@pytest.mark.slow
 def test_compare_writes_every_artifact(tmp_path, cifar10_path):
     """Two models on a small CIFAR-10 subset: a CNN from scratch and a (tiny, local) pretrained ViT linear probe."""
     vit = save_transformers_vit(tmp_path / "pretrained-vit")

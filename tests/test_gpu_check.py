@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -19,6 +21,7 @@ def load_gpu_check(monkeypatch):
     return module
 
 
+@pytest.mark.slow
 def test_dry_mode_runs_every_section(tmp_path, monkeypatch):
     monkeypatch.delenv("OUT", raising=False)
     gpu_check = load_gpu_check(monkeypatch)

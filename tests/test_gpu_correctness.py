@@ -28,6 +28,7 @@ from hf_vision_distill.training import classification_loss
 # ---- 1. every tensor on the device (and in the dtype) of the module that consumes it ----
 
 
+@pytest.mark.slow
 def test_the_probe_reaches_each_model_in_its_own_dtype(tmp_path):
     """A teacher in float64 (standing for a teacher already on an accelerator) gets the probe in float64."""
     teacher = deeper_teacher_vit().double()
@@ -75,6 +76,7 @@ def test_teacher_view_builds_its_constants_once_per_device(monkeypatch):
 # ---- 2. the teacher's precision ----
 
 
+@pytest.mark.slow
 def test_teacher_keeps_float32_weights_and_runs_under_the_autocast(tmp_path):
     teacher = teacher_vit().to(torch.bfloat16)  # e.g. a checkpoint stored in bf16
     autocast_seen = []
@@ -92,6 +94,7 @@ def test_teacher_keeps_float32_weights_and_runs_under_the_autocast(tmp_path):
         config(tmp_path, teacher_dtype="float16")
 
 
+@pytest.mark.slow
 def test_non_finite_teacher_logits_stop_the_run_at_the_log_step(tmp_path):
     teacher = teacher_vit()
     with torch.no_grad():
@@ -210,6 +213,7 @@ def test_resize_equals_the_torch_kernels_without_calling_them(source, target, mo
     assert AttentionProjection(3, target)(feature_map).shape == (2, *target)
 
 
+@pytest.mark.slow
 def test_attention_distillation_trains_without_non_deterministic_kernels(tmp_path, monkeypatch):
     """A CNN student's energy map on a grid finer than the teacher's is resized with gradient: not through
     losses.resize_distribution's adaptive pooling."""
@@ -237,6 +241,7 @@ def test_fsdp_is_refused_when_adapters_train(tmp_path):
                             data_collator=stack)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_unused_student_parameters_are_named_before_any_update(tmp_path, monkeypatch):
     """Under DDP without its unused-parameter search (the recipes' setting), checked on the first step's gradients."""
     monkeypatch.setattr(

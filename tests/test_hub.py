@@ -79,6 +79,7 @@ def local_logits(model_dir: Path) -> torch.Tensor:
         return model(torch.randn(2, 3, 32, 32)).logits
 
 
+@pytest.mark.slow
 def test_train_on_a_hub_dataset_push_and_load_anywhere(hub, hub_env, tmp_path):
     # The shipped sample as a Hub dataset repo: the recipe reads it by id, through the Hub client.
     files = {str(path.relative_to(SAMPLE)): path.read_bytes() for path in SAMPLE.rglob("*") if path.is_file()}
@@ -116,6 +117,7 @@ def test_train_on_a_hub_dataset_push_and_load_anywhere(hub, hub_env, tmp_path):
     torch.testing.assert_close(torch.tensor(installed["logits"]), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_distill_from_a_hub_teacher_and_push_the_student_alone(hub, hub_env, tmp_path):
     torch.manual_seed(0)
     id2label = dict(enumerate(CIFAR_NAMES))
@@ -155,6 +157,7 @@ def test_distill_from_a_hub_teacher_and_push_the_student_alone(hub, hub_env, tmp
                                rtol=1e-4)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cached_teacher_logits_round_trip_as_a_hub_dataset(hub, hub_env, tmp_path):
     stdout = run_hub_client(f"""
         import json
@@ -181,6 +184,7 @@ def test_cached_teacher_logits_round_trip_as_a_hub_dataset(hub, hub_env, tmp_pat
     assert any(path.endswith(".parquet") for path in hub.repo_files("user/teacher-logits", repo_type="dataset"))
 
 
+@pytest.mark.slow
 def test_a_push_that_cannot_work_fails_before_training(hub, tmp_path):
     arguments = [*tiny_budget(tmp_path / "run"), "--model_name_or_path", "compact-cnn",
                  "--config_overrides", TINY_CNN, "--push_to_hub"]  # fmt: skip
@@ -196,6 +200,7 @@ def test_a_push_that_cannot_work_fails_before_training(hub, tmp_path):
     assert not (tmp_path / "run").exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_a_server_error_during_the_push_keeps_the_trained_model(hub, hub_env, tmp_path):
     output_dir = tmp_path / "run"
     hub.fail_next("commit", times=1, status=500, message="Internal Error - We're working hard to fix this")
@@ -211,6 +216,7 @@ def test_a_server_error_during_the_push_keeps_the_trained_model(hub, hub_env, tm
     assert model.config.num_labels == 10 and (output_dir / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_push_a_classifier_from_python(hub, hub_env, tmp_path):
     stdout = run_hub_client(f"""
         import json
@@ -236,6 +242,7 @@ def test_push_a_classifier_from_python(hub, hub_env, tmp_path):
     torch.testing.assert_close(torch.tensor(remote["logits"]), torch.tensor(last_json(stdout)), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_push_to_a_branch_pins_the_card_there(hub, hub_env, tmp_path):
     """--hub_revision: the model and its pinned card land on that branch, and `main` is left as it was."""
     hub.add_files("user/branched", {".gitattributes": b""})

@@ -159,6 +159,7 @@ def test_fail_next_rejects_unknown_endpoints(hub):
 # -- huggingface_hub --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_whoami_and_create_repo_with_the_client(hub, client, tmp_path):
     out = client(
         """
@@ -225,6 +226,7 @@ def folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_upload_folder_then_download_with_the_client(hub, client, folder):
     hub.lfs_threshold = 2048  # forces LFS for notes/big.txt, like a 10 MB text file on the Hub
     out = client(
@@ -269,6 +271,7 @@ def test_upload_folder_then_download_with_the_client(hub, client, folder):
     assert len(hub.requests_to("lfs-upload")) == 2 and hub.requests_to("lfs-verify")
 
 
+@pytest.mark.slow
 def test_listing_info_and_ranges_with_the_client(hub, client, folder):
     hub.tree_page_size = 2  # the recursive listing (5 entries) spans 3 pages linked by Link headers
     commit = hub.add_files(
@@ -311,6 +314,7 @@ def test_listing_info_and_ranges_with_the_client(hub, client, folder):
     assert result["branches"] == ["main"]
 
 
+@pytest.mark.slow
 def test_commits_branches_and_deletions_with_the_client(hub, client):
     hub.add_files("user/model", {"a.txt": b"a", "old/x.txt": b"x", "old/y.txt": b"y"})
     out = client(
@@ -387,6 +391,7 @@ def test_a_failed_commit_raises_a_clear_error(hub, client):
     assert hub.commit_titles("user/model") == ["Add files", "initial commit"]
 
 
+@pytest.mark.slow
 def test_lfs_upload_errors_are_retried_then_reported(hub, client):
     hub.add_files("user/model", {})
     hub.fail_next("lfs-upload", times=1, status=500)  # transient: the client retries after 1 s
@@ -422,6 +427,7 @@ def test_lfs_upload_errors_are_retried_then_reported(hub, client):
 # -- datasets and transformers ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_datasets_push_to_hub_then_load_dataset(hub, client):
     out = client(
         """
@@ -441,6 +447,7 @@ def test_datasets_push_to_hub_then_load_dataset(hub, client):
     assert b"path: data/train-*" in files["README.md"]
 
 
+@pytest.mark.slow
 def test_transformers_push_to_hub_then_from_pretrained(hub, client):
     out = client(
         """

@@ -171,6 +171,7 @@ SOURCES = {
 
 
 @pytest.mark.parametrize("source_name", list(SOURCES))
+@pytest.mark.slow
 def test_each_resnet18_reads_into_our_layout_exactly(source_name):
     build, stem = SOURCES[source_name]
     source = build()
@@ -193,6 +194,7 @@ def test_hybrid_parameters_are_at_most_65_percent_of_resnet18():
 
 
 @pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+@pytest.mark.slow
 def test_conversion_reproduces_each_block(stem):
     torch.manual_seed(0)
     config = HybridResNetConfig(**{**TINY, "depths": [2, 2, 2, 2]}, stem=stem, block_types=["conv"] * 4, num_labels=5)
@@ -242,6 +244,7 @@ class RandomImages(torch.utils.data.Dataset):
         return {"pixel_values": self.images[index], "labels": self.labels[index]}
 
 
+@pytest.mark.slow
 def test_stage1_trains_only_the_transformer_blocks_and_reduces_their_error(tmp_path):
     teacher = tiny_teacher()
     student = hybrid_from_resnet(teacher, value_dim_ratio=0.25)
@@ -302,6 +305,7 @@ def test_stage1_refuses_a_teacher_of_another_layout(tmp_path):
 # ---- the recipes: train a CNN, layer-wise distill it, fine-tune the hybrid ----
 
 
+@pytest.mark.slow
 def test_two_step_recipe(tmp_path, cifar10_sample_path):
     common = ["--dataset_name", str(cifar10_sample_path), "--max_train_samples", "64", "--max_eval_samples", "32",
               "--per_device_train_batch_size", "16", "--dataloader_num_workers", "0", "--report_to", "none",

@@ -72,6 +72,7 @@ def test_an_incomplete_checkpoint_is_passed_over_for_the_previous_one(tmp_path, 
     assert re.search(reason, caplog.text)
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_trained_evaluated_or_carded_again(tmp_path, caplog):
     recipe = load_example("train")
     run = tmp_path / "run"
@@ -86,6 +87,7 @@ def test_a_finished_run_is_not_trained_evaluated_or_carded_again(tmp_path, caplo
     assert (run / "README.md").read_text().endswith("marker\n")  # no card for training that did not happen
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_arguments_is_refused_before_any_work(tmp_path, monkeypatch):
     recipe = load_example("train")
     run = tmp_path / "run"
@@ -99,6 +101,7 @@ def test_a_rerun_with_other_arguments_is_refused_before_any_work(tmp_path, monke
         recipe.main(arguments(run, "--max_steps", "1"))
 
 
+@pytest.mark.slow
 def test_a_longer_budget_continues_the_run(tmp_path, caplog):
     recipe = load_example("train")
     run = tmp_path / "run"
@@ -111,6 +114,7 @@ def test_a_longer_budget_continues_the_run(tmp_path, caplog):
     assert json.loads((run / RUN_ARGUMENTS_NAME).read_text())["max_steps"] == 3
 
 
+@pytest.mark.slow
 def test_overwriting_starts_afresh_without_the_old_checkpoints(tmp_path):
     recipe = load_example("train")
     run = tmp_path / "run"
@@ -184,6 +188,7 @@ def test_a_teacher_of_another_label_space_is_refused_before_it_runs(tmp_path, mo
         recipe.main(arguments(tmp_path / "run", "--teacher_model_name_or_path", str(tmp_path / "teacher")))
 
 
+@pytest.mark.slow
 def test_a_run_says_what_it_does_at_the_default_log_level(tmp_path):
     """Model, data, input pipeline and resumption, as the script prints them without --log_level."""
     script = Path(__file__).resolve().parents[1] / "examples" / "train.py"
@@ -202,6 +207,7 @@ def test_a_run_says_what_it_does_at_the_default_log_level(tmp_path):
     assert re.search(r"Continuing the run in .* from .*checkpoint-2 \(epoch 1.00, step 2\)", printed)
 
 
+@pytest.mark.slow
 def test_the_recipe_exports_to_onnx_beside_the_model(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     recipe = load_example("train")

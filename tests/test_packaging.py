@@ -78,6 +78,7 @@ def build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
+@pytest.mark.slow
 def test_the_wheel_renders_a_card_and_runs_a_recipe(tmp_path):
     wheel = build_wheel(tmp_path)
     site = tmp_path / "site"

@@ -80,6 +80,7 @@ def test_batches_carry_the_cached_logits_and_missing_rows_fail(data):
         ImageClassificationCollator(num_labels=10, mixup_alpha=0.2)([prepared[0], prepared[1]])
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_equals_training_with_the_live_teacher(data, tmp_path):
     transform = build_transforms(16, train=False)
     teacher = tiny_vit(1, data)

@@ -206,6 +206,7 @@ def cache_like(decoded: DecodedImages, num_views: int):
     )
 
 
+@pytest.mark.slow
 def test_training_replays_a_new_view_of_every_row_each_epoch(tmp_path):
     decoded, transform = decoded_images(), train_transform("random_resized")
     cache = cache_teacher_views(tiny_vit(1), decoded, transform, num_views=3, top_k=10, cache_dir=tmp_path)
@@ -245,6 +246,7 @@ class StopAt(TrainerCallback):
         control.should_training_stop = state.global_step == self.step
 
 
+@pytest.mark.slow
 def test_a_run_resumed_mid_epoch_replays_the_views_of_the_uninterrupted_run(tmp_path):
     decoded, transform = decoded_images(), train_transform("pad")
     cache = cache_teacher_views(tiny_vit(1), decoded, transform, num_views=3, top_k=3, cache_dir=tmp_path)
@@ -318,6 +320,7 @@ def recipe_arguments(teacher_dir: Path, output_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_distill_recipe_replays_cached_views(tmp_path, teacher_dir, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     arguments = recipe_arguments(teacher_dir, tmp_path / "views")

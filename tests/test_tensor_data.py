@@ -121,6 +121,7 @@ print(decoded.images[:, 0, 0, 0].tolist() == [index % 256 for index in range(600
 """
 
 
+@pytest.mark.slow
 def test_decoding_workers_do_not_hold_a_file_per_image(tmp_path):
     # Each tensor a worker sends is a shared-memory file in the main process; one per image, kept until the split was
     # stacked, ran out of the open-file limit on CIFAR-10's 48,000 training images (limit 20,000 here). The old code
@@ -134,6 +135,7 @@ def test_decoding_workers_do_not_hold_a_file_per_image(tmp_path):
     assert result.stdout.split() == ["True", "True", "True"]
 
 
+@pytest.mark.slow
 def test_pad_and_crop_draws_a_crop_and_a_flip_for_every_image():
     torch.manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
@@ -208,6 +210,7 @@ def tiny_arguments(output_dir, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_on_tensors_resumes_to_the_same_weights(tmp_path, caplog):
     recipe = load_example("train")
     caplog.set_level("INFO")
@@ -246,6 +249,7 @@ def test_both_pipelines_evaluate_a_model_alike(sample, tmp_path):
     assert metrics["tensors"]["test_loss"] == pytest.approx(metrics["workers"]["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_distillation_sizes_its_adapters_on_collated_batches(sample, tmp_path):
     """The tensor pipeline stores uint8 images at their source size (32 here); the models see them resized (48)."""
     decoded = decode_images(sample.dataset["train"], cache_dir=tmp_path, num_workers=0)

@@ -37,6 +37,7 @@ def tiny_run_arguments(output_dir, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_recipe_trains_saves_and_serves(tmp_path):
     recipe = load_recipe()
     metrics = recipe.main(tiny_run_arguments(tmp_path / "run"))
@@ -83,6 +84,7 @@ def test_recipe_reads_a_yaml_config(tmp_path):
     assert training_args.learning_rate == 3e-4 and training_args.weight_decay == 0.05
 
 
+@pytest.mark.slow
 def test_recipe_resumes_from_the_last_complete_checkpoint(tmp_path):
     recipe = load_recipe()
     run = tmp_path / "run"
@@ -103,6 +105,7 @@ def test_recipe_resumes_from_the_last_complete_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("pipeline", ["tensors", "workers"])
+@pytest.mark.slow
 def test_mixup_applies_to_training_batches_only(tmp_path, pipeline):
     recipe = load_recipe()
     captured = {}
@@ -127,6 +130,7 @@ def test_mixup_applies_to_training_batches_only(tmp_path, pipeline):
     assert eval_labels.shape == (32,) and eval_labels.dtype == torch.long
 
 
+@pytest.mark.slow
 def test_recipe_on_undecodable_images(tmp_path):
     folder = tmp_path / "images"
     for label, color in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
@@ -171,6 +175,7 @@ def test_last_complete_checkpoint_on_missing_or_empty_dir(tmp_path):
     assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-40")
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_restored_and_tensorboard_logs_by_default(tmp_path):
     recipe = load_recipe()
     arguments = [argument for argument in tiny_run_arguments(tmp_path / "run", "--num_train_epochs", "3",
@@ -185,6 +190,7 @@ def test_best_checkpoint_is_restored_and_tensorboard_logs_by_default(tmp_path):
     assert list((tmp_path / "run").rglob("events.out.tfevents*")), "no TensorBoard event file"
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun(tmp_path):
     """Data-parallel training on 2 CPU processes (gloo), as `accelerate launch` / `torchrun` start it on GPUs."""
     arguments = tiny_run_arguments(tmp_path / "run", "--max_steps", "3", "--eval_strategy", "no",

@@ -64,6 +64,7 @@ def train_one_update(
 
 @pytest.mark.parametrize("model_name", sorted(MODEL_FACTORIES))
 @pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.slow
 def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path, soft, model_name):
     factory = MODEL_FACTORIES[model_name]
     large = train_one_update(tmp_path, 8, 1, soft=soft, label_smoothing=0.1, factory=factory)
@@ -89,6 +90,7 @@ def test_classification_loss_closed_forms():
     torch.testing.assert_close(classification_loss(logits, soft), -(soft * log_probabilities).sum(-1).mean())
 
 
+@pytest.mark.slow
 def test_soft_targets_train_a_timm_model_as_single_label(tmp_path):
     loaded = load_image_classifier("resnet10t", id2label={0: "a", 1: "b", 2: "c"})
     model = loaded.model
@@ -111,6 +113,7 @@ def test_missing_labels_is_a_clear_error(tmp_path):
         trainer.compute_loss(model, {"pixel_values": torch.randn(2, 3, 16, 16)})
 
 
+@pytest.mark.slow
 def test_total_flos_counts_three_forward_passes_per_trained_image(tmp_path):
     model = tiny_vit()
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
@@ -127,6 +130,7 @@ def test_total_flos_counts_three_forward_passes_per_trained_image(tmp_path):
     assert trainer.state.total_flos == per_image * 8
 
 
+@pytest.mark.slow
 def test_torch_compile_does_not_recompile_for_the_last_smaller_batch(tmp_path):
     model = load_image_classifier("compact-cnn", id2label={0: "a", 1: "b", 2: "c"},
                                   config_overrides={"hidden_sizes": [4, 4, 4]}).model  # fmt: skip
@@ -151,6 +155,7 @@ class PlainClassifier(torch.nn.Module):
         return ImageClassifierOutput(logits=self.head(self.convolution(pixel_values).mean(dim=(2, 3))))
 
 
+@pytest.mark.slow
 def test_total_flos_with_uint8_batches_normalised_on_the_device(tmp_path):
     model = PlainClassifier()
     per_image = training_flops_per_image(model, (16, 16))
