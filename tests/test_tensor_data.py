@@ -268,3 +268,22 @@ def test_distillation_sizes_its_adapters_on_collated_batches(sample, tmp_path):
                                   train_dataset=TensorImageDataset(decoded), data_collator=collators[True],
                                   eval_data_collator=collators[False])  # fmt: skip
     assert trainer.train().training_loss > 0
+
+
+def test_predict_decoded_scores_every_image_in_order_through_the_evaluation_transform():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    decoded = tensor_data.DecodedImages(images=images, labels=torch.arange(7) % 3, row_index=torch.arange(7))
+    transform = DeviceImageTransform(8, train=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+    class MeanChannel(torch.nn.Module):  # "predicts" the channel with the highest mean normalised value
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, pixel_values):
+            return type("Output", (), {"logits": pixel_values.mean(dim=(2, 3))})()
+
+    predictions = tensor_data.predict_decoded(MeanChannel(), decoded, transform, batch_size=3)  # 3 + 3 + 1
+    expected = ((images.float() / 255 - 0.5) / 0.25).mean(dim=(2, 3)).argmax(-1)
+    torch.testing.assert_close(predictions, expected)
