@@ -153,6 +153,18 @@ def evaluate_on(trainer, eval_datasets: dict, prefix_by_split: dict[str, str]) -
     return metrics
 
 
+def with_last_epoch(trainer, eval_datasets: dict, metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` (the kept model's) plus the reported split's accuracy at the last epoch: the kept model's own when
+    it is the last epoch's, else the last checkpoint's (`evaluate_last_epoch`)."""
+    split = reported_split(eval_datasets)
+    if split is None:
+        return metrics
+    name, prefix = split
+    last = trainer.evaluate_last_epoch(eval_datasets[name], prefix) or {}
+    key = f"{prefix}_accuracy"
+    return {**metrics, f"last_epoch_{key}": last.get(f"last_epoch_{key}", metrics.get(key))}
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, run_args, teacher_args, comparison_args, args = parse_arguments(
         (ModelArguments, DataArguments, RunArguments, TeacherArguments, ComparisonArguments, DistillationConfig),
@@ -246,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     student_parameters = sum(p.numel() for name, p in student.model.named_parameters()
                              if not name.startswith("distillation_adapters."))  # fmt: skip
     rows.append({"model": f"distilled student ({model_args.model_name_or_path})",
-                 **evaluate_on(trainer, eval_datasets, prefixes), "parameters": student_parameters,
+                 **with_last_epoch(trainer, eval_datasets, evaluate_on(trainer, eval_datasets, prefixes)),
+                 "parameters": student_parameters,
                  "train_runtime": train_result.metrics["train_runtime"]})  # fmt: skip
 
     history = trainer.state.log_history
@@ -288,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
         baseline_result = baseline.train(resume_from_checkpoint=checkpoint_to_resume(baseline_args, run_args))
         baseline.save_model()
         rows.append({"model": f"baseline student ({model_args.model_name_or_path}, labels only)",
-                     **evaluate_on(baseline, eval_datasets, prefixes), "parameters": student_parameters,
+                     **with_last_epoch(baseline, eval_datasets, evaluate_on(baseline, eval_datasets, prefixes)),
+                     "parameters": student_parameters,
                      "train_runtime": baseline_result.metrics["train_runtime"]})  # fmt: skip
 
     gain = None
@@ -477,7 +491,9 @@ def write_summary(
     note = ""
     if split is not None:
         name, prefix = split
-        columns += [(f"{prefix}_accuracy", f"{name} accuracy"), (f"{prefix}_f1_macro", f"{name} macro-F1"),
+        columns += [(f"{prefix}_accuracy", f"{name} accuracy"),
+                    (f"last_epoch_{prefix}_accuracy", f"{name} accuracy, last epoch"),
+                    (f"{prefix}_f1_macro", f"{name} macro-F1"),
                     (f"{prefix}_agreement", "top-1 agreement with the teacher"),
                     (f"{prefix}_teacher_student_kl", "KL(teacher || student)")]  # fmt: skip
         if prefix != "eval":
@@ -486,6 +502,9 @@ def write_summary(
             note = "The dataset has no test split: the figures are the validation split's.\n"
     else:
         note = "The dataset has neither a test nor a validation split: no accuracy to report.\n"
+    if split is not None and args.load_best_model_at_end:
+        note += (f"Each student is its best checkpoint by validation accuracy; \"{split[0]} accuracy, last epoch\" is "
+                 "its model at the end of training.\n")  # fmt: skip
     columns.append(("train_runtime", "training time (s)"))
     columns = [(key, header) for key, header in columns if key in ("model", "parameters")
                or any(row.get(key) is not None for row in rows)]  # fmt: skip

@@ -20,6 +20,7 @@ import torch._dynamo
 import torch.nn.functional as F
 from accelerate.utils import convert_to_fp32
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer
@@ -185,6 +186,36 @@ class ImageClassificationTrainer(Trainer):
         if self.compute_metrics is not None:
             metrics.update(self.compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=labels.numpy())))
         return {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
+
+    def evaluate_last_epoch(self, eval_dataset: Dataset, metric_key_prefix: str = "eval") -> dict[str, float] | None:
+        """The last epoch's model evaluated on `eval_dataset`, when the run kept another one (`load_best_model_at_end`
+        restored an earlier, best-validation checkpoint): the figure a best-checkpoint number is read beside. Keys
+        are `last_epoch_<metric_key_prefix>_*`. `None` when the kept model is the last epoch's (nothing to add) or
+        the last checkpoint holds no plain `model.safetensors` (sharded, DeepSpeed, FSDP: said in the log).
+
+        The last checkpoint's weights are loaded into the model for the evaluation, then the kept weights put back.
+        """
+        best, last = self.state.best_model_checkpoint, last_complete_checkpoint(self.args.output_dir)
+        if not self.args.load_best_model_at_end or best is None or last is None:
+            return None
+        if os.path.realpath(best) == os.path.realpath(last):
+            return None
+        weights = os.path.join(last, "model.safetensors")
+        if not os.path.isfile(weights):
+            logger.info("No last-epoch figures: %s holds no model.safetensors to read.", last)
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        kept = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        device = next(model.parameters()).device
+        # Modules a checkpoint's model file leaves out (a distillation's adapters) keep their values, as they do when
+        # the Trainer loads the best checkpoint from the same kind of file.
+        _, unexpected = model.load_state_dict(load_file(weights, device=str(device)), strict=False)
+        try:
+            if unexpected:
+                raise ValueError(f"{weights} does not fit the model: weights it lacks ({unexpected[:5]}).")
+            return self.evaluate(eval_dataset, metric_key_prefix=f"last_epoch_{metric_key_prefix}")
+        finally:
+            model.load_state_dict(kept)
 
     def mark_batch_dynamic(self, pixel_values: torch.Tensor | None) -> None:
         """Under `--torch_compile`, compiles the batch dimension as dynamic from the first step: otherwise the last,

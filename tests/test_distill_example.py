@@ -79,6 +79,9 @@ def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
     assert gain["gain"] == pytest.approx(distilled_row["test_accuracy"] - baseline_row["test_accuracy"])
     assert gain["gain"] == pytest.approx((gain["only_model_right"] - gain["only_reference_right"]) / 32)
     assert "paired bootstrap interval" in (output_dir / "summary.md").read_text()
+    # Both students' accuracy at the last epoch beside the kept (best-validation) checkpoint's.
+    assert all(0 <= row["last_epoch_test_accuracy"] <= 1 for row in (distilled_row, baseline_row))
+    assert "test accuracy, last epoch" in (output_dir / "summary.md").read_text()
     card = ModelCard.load(output_dir / "README.md")
     assert {"knowledge-distillation", "image-classification"} <= set(card.data.tags)
     test_results = {result.metric_type: result.metric_value for result in card.data.eval_results}

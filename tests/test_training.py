@@ -192,3 +192,37 @@ def test_flops_are_counted_on_the_models_device_not_the_batchs(tmp_path):
     trainer.model.to("meta")
     host_batch = {"pixel_values": torch.zeros(4, 3, 16, 16, dtype=torch.uint8), "labels": torch.zeros(4)}
     assert per_image > 0 and trainer.floating_point_ops(host_batch) == per_image * 4
+
+
+@pytest.mark.slow
+def test_the_last_epoch_is_evaluated_beside_the_kept_best_checkpoint_and_the_kept_weights_stay(tmp_path):
+    from hf_vision_distill.evaluation import build_compute_metrics
+
+    model = tiny_vit()
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=3,
+                             learning_rate=0.5, optim="sgd", eval_strategy="epoch", save_strategy="epoch",
+                             load_best_model_at_end=True, metric_for_best_model="accuracy", report_to="none",
+                             use_cpu=True, dataloader_num_workers=0, seed=3)  # fmt: skip
+    trainer = ImageClassificationTrainer(model=model, args=args, train_dataset=examples(False),
+                                         eval_dataset=examples(False), data_collator=stack,
+                                         compute_metrics=build_compute_metrics())  # fmt: skip
+    trainer.train()
+    last = tmp_path / "checkpoint-6"
+    if trainer.state.best_model_checkpoint == str(last):
+        assert trainer.evaluate_last_epoch(examples(False), "test") is None  # the kept model is the last epoch's
+        trainer.state.best_model_checkpoint = str(tmp_path / "checkpoint-2")  # as if epoch 1 had been the best
+        trainer._load_best_model()
+    kept = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    expected = trainer.evaluate(examples(False), metric_key_prefix="test")
+
+    metrics = trainer.evaluate_last_epoch(examples(False), "test")
+
+    last_model = VisionTransformerForImageClassification.from_pretrained(last)
+    last_trainer = ImageClassificationTrainer(model=last_model, args=args, eval_dataset=examples(False),
+                                              data_collator=stack, compute_metrics=build_compute_metrics())  # fmt: skip
+    reference = last_trainer.evaluate(examples(False), metric_key_prefix="test")
+    assert metrics["last_epoch_test_loss"] == pytest.approx(reference["test_loss"], abs=1e-6)
+    assert metrics["last_epoch_test_accuracy"] == reference["test_accuracy"]
+    assert metrics["last_epoch_test_loss"] != pytest.approx(expected["test_loss"], abs=1e-6)  # another model
+    for name, tensor in model.state_dict().items():  # the kept (best) weights are back
+        torch.testing.assert_close(tensor, kept[name], atol=0, rtol=0)
