@@ -219,7 +219,8 @@ def test_the_last_epoch_is_evaluated_beside_the_kept_best_checkpoint_and_the_kep
 
     last_model = VisionTransformerForImageClassification.from_pretrained(last)
     last_trainer = ImageClassificationTrainer(model=last_model, args=args, eval_dataset=examples(False),
-                                              data_collator=stack, compute_metrics=build_compute_metrics())  # fmt: skip
+                                              data_collator=stack,
+                                              compute_metrics=build_compute_metrics())  # fmt: skip
     reference = last_trainer.evaluate(examples(False), metric_key_prefix="test")
     assert metrics["last_epoch_test_loss"] == pytest.approx(reference["test_loss"], abs=1e-6)
     assert metrics["last_epoch_test_accuracy"] == reference["test_accuracy"]
