@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from hf_vision_distill.data import load_image_classification_dataset
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.tensor_data import DeviceImageTransform, decode_images, predict_decoded
@@ -88,17 +86,16 @@ def main() -> None:
     for seed, summary in summaries.items():
         teacher, distilled, baseline = summary["models"][:3]
         run = output / f"seed{seed}"
-        with torch.inference_mode():
-            rows.append({
-                "seed": seed,
-                "teacher": teacher.get("test_accuracy"),
-                "distilled_best": test_accuracy(run, test),
-                "distilled_last": test_accuracy(last_checkpoint(run), test),
-                "baseline_best": test_accuracy(run / "_baseline", test),
-                "baseline_last": test_accuracy(last_checkpoint(run / "_baseline"), test),
-                "distilled_seconds": distilled["train_runtime"],
-                "baseline_seconds": baseline["train_runtime"],
-            })  # fmt: skip
+        rows.append({
+            "seed": seed,
+            "teacher": teacher.get("test_accuracy"),
+            "distilled_best": test_accuracy(run, test),
+            "distilled_last": test_accuracy(last_checkpoint(run), test),
+            "baseline_best": test_accuracy(run / "_baseline", test),
+            "baseline_last": test_accuracy(last_checkpoint(run / "_baseline"), test),
+            "distilled_seconds": distilled["train_runtime"],
+            "baseline_seconds": baseline["train_runtime"],
+        })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
     result = {"name": args.name, "distill_args": distill_args, "seeds": rows, "test_images": len(test)}
