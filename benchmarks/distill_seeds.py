@@ -11,6 +11,8 @@ times. Arguments after `--` go to distill.py unchanged:
     python benchmarks/distill_seeds.py --name kd --seeds 0 1 2 -- \\
         --teacher_model_name_or_path pretrained/cnn-cifar10-teacher --dataset_name ../shared/datasets/cifar10 \\
         --num_train_epochs 3 --bf16 --use_cpu
+    # the next row reuses that row's baselines (same seeds and arguments but for the loss and teacher flags)
+    python benchmarks/distill_seeds.py --name dkd --baseline_from kd --seeds 0 1 2 -- ... --soft_loss_type dkd
 
 Not a test: each seed is two full training runs.
 """
@@ -18,6 +20,8 @@ Not a test: each seed is two full training runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -26,26 +30,68 @@ import time
 from pathlib import Path
 
 from hf_vision_distill.data import load_image_classification_dataset
+from hf_vision_distill.distillation import DistillationConfig
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.tensor_data import DeviceImageTransform, decode_images, predict_decoded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_seed(seed: int, output: Path, distill_args: list[str]) -> dict:
-    """One seed's distillation and baseline (skipped when its summary exists), and its summary."""
+def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = True) -> dict:
+    """One seed's distillation and, with `baseline`, its baseline (skipped when its summary exists); its summary."""
     summary_path = output / "summary.json"
     if not summary_path.is_file():
-        command = [sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *distill_args, "--baseline",
+        command = [sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *distill_args,
+                   *(["--baseline"] if baseline else []),
                    "--seed", str(seed), "--output_dir", str(output), "--overwrite_output_dir",
                    "--num_overlay_images", "0", "--report_to", "none"]  # fmt: skip
         output.mkdir(parents=True, exist_ok=True)
+        (output / "distill_args.json").write_text(json.dumps(distill_args))
         print(f"seed {seed}: {' '.join(command)}  (log: {output / 'run.log'})", flush=True)
         start = time.time()
         with open(output / "run.log", "w") as log:
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO_ROOT)
         print(f"seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(summary_path.read_text())
+
+
+def distillation_only_flags() -> set[str]:
+    """distill.py's flags that change the distilled student alone (loss, teacher): rows that differ only in these
+    can share their baselines."""
+    spec = importlib.util.spec_from_file_location("distill_recipe", REPO_ROOT / "examples" / "distill.py")
+    recipe = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(recipe)
+    training = {f.name for f in dataclasses.fields(recipe.TrainingArguments)}
+    names = {f.name for f in dataclasses.fields(DistillationConfig)} - training
+    return names | {f.name for f in dataclasses.fields(recipe.TeacherArguments)}
+
+
+def without_flags(argv: list[str], names: set[str]) -> list[str]:
+    """`argv` less each `--name [value ...]` whose name is in `names`."""
+    kept, dropping = [], False
+    for token in argv:
+        if token.startswith("--"):
+            dropping = token[2:].split("=")[0] in names
+        if not dropping:
+            kept.append(token)
+    return kept
+
+
+def check_shared_baselines(source: Path, seeds: list[int], distill_args: list[str]) -> None:
+    """Before any training: every seed of the row whose baselines are reused exists and was run with the same
+    arguments, but for the flags that only the distillation sees."""
+    flags = distillation_only_flags()
+    for seed in seeds:
+        run = source / f"seed{seed}"
+        if not (run / "summary.json").is_file() or not (run / "_baseline").is_dir():
+            raise SystemExit(f"--baseline_from: {run} has no finished run with a baseline; run that row first.")
+        args_file = run / "distill_args.json"
+        theirs = json.loads(args_file.read_text()) if args_file.is_file() else None
+        if theirs is None or without_flags(theirs, flags) != without_flags(distill_args, flags):
+            raise SystemExit(
+                f"--baseline_from: {run} was run with other training arguments ({theirs}) than this row's "
+                f"({distill_args}); only loss and teacher flags may differ. Run this row with its own baselines."
+            )
 
 
 def last_checkpoint(run: Path) -> Path:
@@ -70,6 +116,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="The row's name: runs go to outputs/seeds/<name>/seed<S>.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--baseline_from", help="Reuse the baselines of this row (its name) instead of training "
+                        "new ones: the same seeds and arguments, but for loss and teacher flags.")  # fmt: skip
     parser.add_argument("distill_args", nargs=argparse.REMAINDER, help="After --: examples/distill.py's arguments.")
     args = parser.parse_args()
     distill_args = args.distill_args[1:] if args.distill_args[:1] == ["--"] else args.distill_args
@@ -78,27 +126,34 @@ def main() -> None:
     if len(args.seeds) < 2:
         raise SystemExit("--seeds: at least two (three for a table), or there is no standard deviation.")
     output = REPO_ROOT / "outputs" / "seeds" / args.name
+    shared = REPO_ROOT / "outputs" / "seeds" / args.baseline_from if args.baseline_from else None
+    if shared is not None:
+        check_shared_baselines(shared, args.seeds, distill_args)
 
-    summaries = {seed: run_seed(seed, output / f"seed{seed}", distill_args) for seed in args.seeds}
+    summaries = {seed: run_seed(seed, output / f"seed{seed}", distill_args, baseline=shared is None)
+                 for seed in args.seeds}  # fmt: skip
     dataset_name = distill_args[distill_args.index("--dataset_name") + 1]
     test = decode_images(load_image_classification_dataset(dataset_name).dataset["test"], source_split="test")
     rows = []
     for seed, summary in summaries.items():
-        teacher, distilled, baseline = summary["models"][:3]
+        teacher, distilled = summary["models"][:2]
         run = output / f"seed{seed}"
+        baseline_run = run if shared is None else shared / f"seed{seed}"
+        baseline = json.loads((baseline_run / "summary.json").read_text())["models"][2]
         rows.append({
             "seed": seed,
             "teacher": teacher.get("test_accuracy"),
             "distilled_best": test_accuracy(run, test),
             "distilled_last": test_accuracy(last_checkpoint(run), test),
-            "baseline_best": test_accuracy(run / "_baseline", test),
-            "baseline_last": test_accuracy(last_checkpoint(run / "_baseline"), test),
+            "baseline_best": test_accuracy(baseline_run / "_baseline", test),
+            "baseline_last": test_accuracy(last_checkpoint(baseline_run / "_baseline"), test),
             "distilled_seconds": distilled["train_runtime"],
             "baseline_seconds": baseline["train_runtime"],
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
-    result = {"name": args.name, "distill_args": distill_args, "seeds": rows, "test_images": len(test)}
+    result = {"name": args.name, "distill_args": distill_args, "baseline_from": args.baseline_from, "seeds": rows,
+              "test_images": len(test)}  # fmt: skip
     seeds = ", ".join(str(row["seed"]) for row in rows)
     lines = [f"{args.name}: {len(rows)} seeds ({seeds}), test {len(test):,} images"]
     for which in ("best", "last"):
