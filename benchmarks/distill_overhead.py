@@ -31,7 +31,6 @@ from hf_vision_distill import (
     VisionTransformerForImageClassification,
 )
 from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer
-from hf_vision_distill.distillation.adapters import ADAPTERS_ATTRIBUTE
 from hf_vision_distill.losses import (
     attention_alignment_loss,
     attention_entropy,
@@ -87,11 +86,9 @@ def loop_seconds_per_step(batches: list[dict], steps: int, device: str) -> float
     # The same adapter the trainer builds: a 1x1-conv attention projection onto the teacher's 8x8 grid.
     from hf_vision_distill.distillation.adapters import AttentionProjection
 
-    student.add_module(
-        ADAPTERS_ATTRIBUTE, torch.nn.ModuleDict({"attention_projection": AttentionProjection(256, (8, 8))})
-    )
+    projection = AttentionProjection(256, (8, 8)).to(device)
     student.to(device).train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW([*student.parameters(), *projection.parameters()], lr=1e-3)
     times = []
     for step in range(steps + 1):
         batch = batches[step % len(batches)]
@@ -99,7 +96,7 @@ def loop_seconds_per_step(batches: list[dict], steps: int, device: str) -> float
         outputs = student(pixel_values=pixel_values, output_hidden_states=True)
         with torch.no_grad():
             teacher_outputs = teacher(pixel_values=pixel_values, output_attentions=True)
-        student_map = student.distillation_adapters["attention_projection"](outputs.hidden_states[-1])
+        student_map = projection(outputs.hidden_states[-1])
         teacher_maps = [cls_attention_map(attention, (8, 8)) for attention in teacher_outputs.attentions]
         entropies = torch.stack([attention_entropy(teacher_map).mean() for teacher_map in teacher_maps])
         layer_weights = entropy_layer_weights(entropies, 0.1, max_entropy=math.log(64))

@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
     trainer.save_model(_internal_call=True)  # the student alone; _internal_call: pushed once, at the end
     trainer.save_state()
-    student_parameters = sum(p.numel() for name, p in student.model.named_parameters()
-                             if not name.startswith("distillation_adapters."))  # fmt: skip
+    student_parameters = sum(p.numel() for p in student.model.parameters())
     rows.append({"model": f"distilled student ({model_args.model_name_or_path})",
                  **with_last_epoch(trainer, eval_datasets, evaluate_on(trainer, eval_datasets, prefixes)),
                  "parameters": student_parameters,

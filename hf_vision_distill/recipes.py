@@ -901,7 +901,7 @@ def write_model_card(
     if not args.should_save:
         return
     card = build_model_card(
-        trainer.accelerator.unwrap_model(trainer.model),
+        loaded.model,  # the model itself, not the trainer's (a distillation trains it with its adapters)
         repo_id=args.hub_model_id or args.output_dir,
         dataset_name=data_args.dataset_name,
         recipe=recipe,

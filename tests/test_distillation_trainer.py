@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,7 +230,8 @@ def test_vit_to_cnn_with_attention_and_features(tmp_path):
     student = tiny_cnn_student()
     trainer = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(), args=args,
                                   train_dataset=rows(), data_collator=stack)  # fmt: skip
-    adapters = student.distillation_adapters
+    adapters = trainer.adapters
+    assert trainer.student is student and trainer.model.student is student
     # CNN last stage (8 channels, 4x4) onto the teacher's 16-wide 4x4 token grid; attention onto the 4x4 grid.
     assert adapters["feature_0"].projection.in_channels == 8 and adapters["feature_0"].projection.out_channels == 16
     assert adapters["attention_projection"].teacher_size == (4, 4)
@@ -247,10 +249,11 @@ def test_vit_to_cnn_with_attention_and_features(tmp_path):
     assert checkpoint_adapters.keys() == adapters.state_dict().keys()
     trainer.save_model(str(tmp_path / "export"))
     exported = load_file(str(tmp_path / "export" / "model.safetensors"))
-    assert not any(key.startswith("distillation_adapters.") for key in exported)
-    assert hasattr(student, "distillation_adapters")  # re-attached after the export
+    assert exported.keys() == student.state_dict().keys()
+    assert not (tmp_path / "export" / "distillation_adapters.safetensors").exists()
     reloaded = CompactCNNForImageClassification.from_pretrained(tmp_path / "export")
-    assert not hasattr(reloaded, "distillation_adapters")
+    for name, value in reloaded.state_dict().items():
+        torch.testing.assert_close(value, student.state_dict()[name], msg=name)
 
 
 @pytest.mark.slow
@@ -261,10 +264,7 @@ def test_resume_restores_the_adapters(tmp_path):
                                 data_collator=stack)  # fmt: skip
     first.train()
     # The checkpoint's model file is the student alone (what push_to_hub copies); the adapters sit beside it.
-    assert not any(
-        key.startswith("distillation_adapters.")
-        for key in load_file(str(tmp_path / "checkpoint-2" / "model.safetensors"))
-    )
+    assert load_file(str(tmp_path / "checkpoint-2" / "model.safetensors")).keys() == first.student.state_dict().keys()
     saved = load_file(str(tmp_path / "checkpoint-2" / "distillation_adapters.safetensors"))
     torch.manual_seed(123)  # a different random start for the new adapters
     student = tiny_cnn_student()
@@ -272,8 +272,32 @@ def test_resume_restores_the_adapters(tmp_path):
                                  args=config(tmp_path, **common), train_dataset=rows(),
                                  data_collator=stack)  # fmt: skip
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
-    for name, value in student.distillation_adapters.state_dict().items():
+    for name, value in second.adapters.state_dict().items():
         torch.testing.assert_close(value, saved[name], msg=name)
+
+
+@pytest.mark.slow
+def test_the_best_checkpoint_brings_its_adapters(tmp_path):
+    # Two checkpoints, the first the best (a score that falls): its student and its adapters must come back, not
+    # the last step's.
+    scores = iter([1.0, 0.0])
+    args = config(tmp_path, feature_loss_weight=1.0, max_steps=4, save_strategy="steps", save_steps=2,
+                  eval_strategy="steps", eval_steps=2, load_best_model_at_end=True, metric_for_best_model="score",
+                  greater_is_better=True)  # fmt: skip
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), args=args,
+                                  train_dataset=rows(), eval_dataset=rows(4), data_collator=stack,
+                                  compute_metrics=lambda _: {"score": next(scores)})  # fmt: skip
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert Path(best).name == "checkpoint-2"
+    last = load_file(str(tmp_path / "checkpoint-4" / "distillation_adapters.safetensors"))
+    assert any(not torch.equal(value, last[name]) for name, value in trainer.adapters.state_dict().items())
+    saved = load_file(str(Path(best) / "distillation_adapters.safetensors"))
+    for name, value in trainer.adapters.state_dict().items():
+        torch.testing.assert_close(value, saved[name], msg=name)
+    student = load_file(str(Path(best) / "model.safetensors"))
+    for name, value in trainer.student.state_dict().items():
+        torch.testing.assert_close(value, student[name], msg=name)
 
 
 @pytest.mark.slow
@@ -283,7 +307,7 @@ def test_energy_maps_need_no_adapter_and_uniform_weighting(tmp_path):
     student = tiny_cnn_student()
     trainer = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(), args=args,
                                   train_dataset=rows(), data_collator=stack)  # fmt: skip
-    assert not hasattr(student, "distillation_adapters")
+    assert trainer.adapters is None and trainer.model is student
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logs[0]["attention_layer_weight_0"] == pytest.approx(0.5)
@@ -379,7 +403,7 @@ def test_predictions_keep_only_logits_and_full_bf16_eval_works(tmp_path):
     # Logits only: no hidden states or attention maps gathered over the evaluation set.
     assert not isinstance(predictions, tuple) and predictions.shape == (4, 3)
     metrics = trainer.evaluate()  # the student and its adapters in bf16
-    assert trainer.model.classifier.weight.dtype == torch.bfloat16
+    assert trainer.student.classifier.weight.dtype == torch.bfloat16
     assert math.isfinite(metrics["eval_loss"])
     logged = trainer.state.log_history[-1]
     assert {"eval_loss_attention", "eval_loss_feature"} <= set(logged)

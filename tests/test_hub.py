@@ -142,7 +142,7 @@ def test_distill_from_a_hub_teacher_and_push_the_student_alone(hub, hub_env, tmp
     assert not any(path.startswith(("_baseline", "_teacher", "checkpoint-")) for path in files)
     assert {"summary.md", "loss_components.png", "attention_overlays.png", "README.md"} <= set(files)
     weights = load(files["model.safetensors"])
-    assert weights and not any(key.startswith(("distillation_adapters.", "teacher")) for key in weights)
+    assert weights and not any(key.startswith(("student.", "adapters.", "teacher")) for key in weights)
     card = ModelCard(files["README.md"].decode())
     assert "knowledge-distillation" in card.data.tags and "Distilled from `user/teacher`" in card.text
     assert "baseline student" in card.text  # the side-by-side table of the run

@@ -4,23 +4,112 @@ Every feature is handled as a map `(batch, channels, height, width)`: a CNN's hi
 ViT's `(batch, tokens, width)` hidden state becomes one once its prefix tokens ([CLS], ...) are dropped and its patch
 tokens laid back on their grid. A 1x1 convolution on such a map is the same as a linear layer on the tokens.
 
-The adapters train with the student and are saved in its checkpoints (so a resumed run continues with them), but not
-in the exported student: see `DistillationTrainer.save_model`.
+During training the student and its adapters are one module (`StudentWithAdapters`), so the optimizer, DDP and the
+checkpoints take both; what it saves is the student alone, and a checkpoint keeps the adapters beside it in their own
+file (`save_adapters`), so a resumed run continues with them.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
+import os
+import tempfile
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import TimmWrapperPreTrainedModel
+from transformers import PreTrainedModel, TimmWrapperPreTrainedModel
 
-ADAPTERS_ATTRIBUTE = "distillation_adapters"
 # Checkpoints keep the adapters in their own file beside the student's weights.
 ADAPTERS_WEIGHTS_NAME = "distillation_adapters.safetensors"
+
+
+class StudentWithAdapters(PreTrainedModel):
+    """The student and the adapters that train with it (`adapters`, an `nn.ModuleDict`), as the one model a `Trainer`
+    trains: the optimizer, DDP and `torch.compile` see both. Its forward is the student's; the distillation trainer
+    applies the adapters to the student's outputs.
+
+    What it saves is the student alone (`save_pretrained` is the student's: its config, weights and code), so every
+    checkpoint and the export load with `from_pretrained` with or without this package, and the Hub push needs no
+    filter. `load_state_dict` takes the student's own keys (a checkpoint's `model.safetensors`, as the Trainer loads it
+    when resuming or restoring the best model) or this module's (`student.*`, `adapters.*`). The adapters' weights
+    travel in `distillation_adapters.safetensors` beside a checkpoint's (`save_adapters`, `load_adapters`).
+    """
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, student: PreTrainedModel, adapters: nn.ModuleDict):
+        # A copy without an attention implementation: PreTrainedModel.__init__ settles one on the config it gets
+        # (this module runs none itself), and the student's stays the student's.
+        config = copy.deepcopy(student.config)
+        config._attn_implementation_internal = None
+        super().__init__(config)
+        self.student = student
+        self.adapters = adapters
+
+    def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs):
+        # `labels` is in the signature so the Trainer gathers them for evaluation; the loss is the trainer's.
+        return self.student(pixel_values=pixel_values, **kwargs)
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        return self.student.supports_gradient_checkpointing
+
+    def gradient_checkpointing_enable(self, *args, **kwargs) -> None:
+        self.student.gradient_checkpointing_enable(*args, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.student.gradient_checkpointing_disable()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None, **kwargs) -> None:
+        if state_dict is not None:  # a gathered state (DeepSpeed): this module's keys, of which the student's
+            state_dict = {key.removeprefix("student."): value for key, value in state_dict.items()
+                          if not key.startswith("adapters.")}  # fmt: skip
+        self.student.save_pretrained(save_directory, state_dict=state_dict, **kwargs)
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        student_state, adapter_state = {}, {}
+        for key, value in state_dict.items():
+            if key.startswith("adapters."):
+                adapter_state[key.removeprefix("adapters.")] = value
+            else:
+                student_state[key.removeprefix("student.")] = value
+        result = self.student.load_state_dict(student_state, strict=strict, assign=assign)
+        if adapter_state:  # a state of this module; a student's checkpoint leaves the adapters as they are
+            adapter_result = self.adapters.load_state_dict(adapter_state, strict=strict, assign=assign)
+            result.missing_keys.extend(f"adapters.{key}" for key in adapter_result.missing_keys)
+            result.unexpected_keys.extend(f"adapters.{key}" for key in adapter_result.unexpected_keys)
+        return result
+
+
+def save_adapters(adapters: nn.Module, folder: str | os.PathLike) -> None:
+    """Writes the adapters' weights into `folder` (a checkpoint) as `distillation_adapters.safetensors`, through a
+    temporary file renamed into place: a run killed while writing leaves no half-written file to resume from."""
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in adapters.state_dict().items()}
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(state, temporary)
+        os.replace(temporary, os.path.join(folder, ADAPTERS_WEIGHTS_NAME))
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def load_adapters(adapters: nn.Module, folder: str | os.PathLike) -> None:
+    """Loads the adapters' weights a checkpoint `folder` keeps (`save_adapters`); fails with the reason when it has
+    none."""
+    path = os.path.join(folder, ADAPTERS_WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{folder} has no {ADAPTERS_WEIGHTS_NAME}, but this run trains adapters: it was saved by a run with other "
+            "distillation losses. Resume with the same settings, or start afresh."
+        )
+    device = next(adapters.parameters()).device
+    adapters.load_state_dict(load_file(path, device=str(device)))
 
 
 # Transformers' ViTs declare no prefix-token count; these stand in (keyed by `model_type`, foreign models only: ours
@@ -138,11 +227,13 @@ class AttentionProjection(nn.Module):
 
 
 __all__ = [
-    "ADAPTERS_ATTRIBUTE",
     "ADAPTERS_WEIGHTS_NAME",
     "AttentionProjection",
     "FeatureAdapter",
+    "StudentWithAdapters",
     "as_feature_map",
+    "load_adapters",
     "num_prefix_tokens",
     "resize_feature_map",
+    "save_adapters",
 ]

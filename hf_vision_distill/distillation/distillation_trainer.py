@@ -7,16 +7,22 @@ import inspect
 import math
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoModelForImageClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.trainer_utils import set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, set_seed
 from transformers.utils import logging
 
 from ..losses import (
@@ -37,13 +43,14 @@ from ..losses import (
 )
 from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss, on_device
 from .adapters import (
-    ADAPTERS_ATTRIBUTE,
-    ADAPTERS_WEIGHTS_NAME,
     AttentionProjection,
     FeatureAdapter,
+    StudentWithAdapters,
     as_feature_map,
+    load_adapters,
     num_prefix_tokens,
     resize_feature_map,
+    save_adapters,
 )
 from .distillation_config import LOSS_WEIGHT_NAMES, DistillationConfig
 from .teacher_cache import TEACHER_LOGITS_COLUMN
@@ -146,11 +153,12 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     it and KL(teacher || student) at T = 1 over the whole split (`eval_agreement`, `eval_teacher_student_kl`).
 
     Feature distillation and a CNN student's learned attention projection need adapters. They are built from one
-    probe batch before training, attached to the student as `distillation_adapters` so the optimizer, DDP and the
-    checkpoints (hence resumption and `load_best_model_at_end`) handle them with the student, and removed from what
-    `save_model()` exports. They run outside the student's forward, so FSDP (which shards them with the student) is
-    refused; under DDP without `ddp_find_unused_parameters`, a student parameter that gets no gradient in the first
-    step stops the run with its name.
+    probe batch before training, and the trainer trains the student and its adapters as one module
+    (`StudentWithAdapters`, the trainer's `model`; `student` is the student itself), which saves the student alone:
+    checkpoints and the export are the clean student, and each checkpoint keeps the adapters beside it
+    (`distillation_adapters.safetensors`), restored on resumption and with the best checkpoint. They run outside the
+    student's forward, so FSDP (which shards them with the student) is refused; under DDP without
+    `ddp_find_unused_parameters`, a parameter that gets no gradient in the first step stops the run with its name.
 
     Args:
         model (`PreTrainedModel`):
@@ -211,15 +219,20 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             collator = kwargs.get("eval_data_collator") or kwargs.get("data_collator")
             probe = _probe_batch(model, kwargs.get("train_dataset"), collator)
             adapters = self._build_adapters(model, teacher_model, args, probe)
-            if len(adapters):
-                if args.fsdp and _has_parameters(adapters):
+            if _has_parameters(adapters):
+                if args.fsdp:
                     raise ValueError(_FSDP_MESSAGE)
-                model.add_module(ADAPTERS_ATTRIBUTE, adapters)
+                model = StudentWithAdapters(model, adapters)
+            elif len(adapters):  # parameter-free (an identity projection): nothing to train or save
+                model = StudentWithAdapters(model, adapters)
 
         super().__init__(model=model, args=args, **kwargs)
+        adapters = self.adapters
         # FSDP can also come from `accelerate launch`'s config rather than the arguments.
-        if self.is_fsdp_enabled and _has_parameters(getattr(model, ADAPTERS_ATTRIBUTE, None)):
+        if self.is_fsdp_enabled and _has_parameters(adapters):
             raise ValueError(_FSDP_MESSAGE)
+        if _has_parameters(adapters):
+            self.add_callback(_AdapterCheckpoints(adapters))
         self.teacher_model = (
             self.place_frozen_model(teacher_model, dtype=getattr(torch, args.teacher_dtype))
             if teacher_model is not None
@@ -282,6 +295,29 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 adapters["attention_projection"] = AttentionProjection(student_hidden.shape[1], grid)
         return adapters
 
+    @property
+    def student(self) -> nn.Module:
+        """The student (the trainer's `model` is the student with its adapters when the losses need any)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.student if isinstance(model, StudentWithAdapters) else model
+
+    @property
+    def adapters(self) -> nn.ModuleDict | None:
+        """The adapters that train with the student, or `None` when the losses need none."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.adapters if isinstance(model, StudentWithAdapters) else None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; resuming also restores the adapters from the checkpoint (the Trainer restores the
+        student)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if resume_from_checkpoint and _has_parameters(self.adapters):
+            load_adapters(self.adapters, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     # ---- the loss ----
 
     def scheduled(self, name: str) -> float:
@@ -320,7 +356,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         self.mark_batch_dynamic(pixel_values)
         student_outputs = model(pixel_values=pixel_values, **student_kwargs)
         student_logits = student_outputs.logits
-        adapters = getattr(self.accelerator.unwrap_model(model), ADAPTERS_ATTRIBUTE, None)
+        adapters = self.adapters
 
         components: dict[str, torch.Tensor] = {}
         # Logged beside the components, not added to the loss (e.g. DKD's two parts of the soft term).
@@ -575,7 +611,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         spatial map for a batch of student inputs, both `(batch, rows, columns)` on the teacher's grid."""
         if not self._attention_layers:
             raise ValueError("attention maps need attention distillation (attention_loss_weight > 0).")
-        student = self.accelerator.unwrap_model(self.model)
+        student = self.student
         was_training = student.training
         student.eval()
         pixel_values = pixel_values.to(self.args.device)
@@ -587,59 +623,26 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         teacher_outputs = self._teacher_outputs(pixel_values, hidden_states=False, attentions=True)
         teacher_maps, layer_weights = self._teacher_maps(teacher_outputs)
         teacher_map = sum(weight * layer_map for weight, layer_map in zip(layer_weights.tolist(), teacher_maps))
-        student_map = resize_distribution(
-            self._student_map(student_outputs, getattr(student, ADAPTERS_ATTRIBUTE, None)), self._attention_grid
-        )
+        student_map = resize_distribution(self._student_map(student_outputs, self.adapters), self._attention_grid)
         return teacher_map.cpu(), student_map.cpu()
 
-    # ---- logging and saving ----
 
-    def _save_checkpoint(self, model, trial) -> None:
-        self._saving_checkpoint = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._saving_checkpoint = False
+class _AdapterCheckpoints(TrainerCallback):
+    """Keeps the adapters with the checkpoints: written beside each checkpoint's student, and loaded again with the
+    best checkpoint when `load_best_model_at_end` has restored its student (on resumption:
+    `DistillationTrainer.train`). A run killed between the checkpoint's last file and this one leaves a checkpoint
+    without adapters, which resumption refuses with the reason."""
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The saved weights are the student's alone, always. A checkpoint also keeps the adapters, beside them in
-        `distillation_adapters.safetensors`, so a resumed run continues with them; and a checkpoint's model files
-        stay the clean student that `push_to_hub` (with `hub_strategy`) copies and uploads."""
-        with self._adapters_detached() as adapters:
-            super().save_model(output_dir, _internal_call=_internal_call)
-        if getattr(self, "_saving_checkpoint", False) and adapters is not None and self.args.should_save:
-            state = {name: tensor.detach().contiguous().cpu() for name, tensor in adapters.state_dict().items()}
-            save_file(state, os.path.join(output_dir or self.args.output_dir, ADAPTERS_WEIGHTS_NAME))
+    def __init__(self, adapters: nn.Module):
+        self.adapters = adapters
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        with self._adapters_detached() as adapters:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if adapters is None:
-            return
-        path = os.path.join(resume_from_checkpoint, ADAPTERS_WEIGHTS_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(
-                f"{resume_from_checkpoint} has no {ADAPTERS_WEIGHTS_NAME}, but this run trains adapters: it was saved "
-                "by a run with other distillation losses. Resume with the same settings, or start afresh."
-            )
-        adapters.load_state_dict(load_file(path, device=str(next(adapters.parameters()).device)))
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if args.should_save:  # the folder the Trainer has just written (`Trainer._save_checkpoint`'s name)
+            save_adapters(self.adapters, os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
-    def _load_best_model(self) -> None:
-        with self._adapters_detached():  # the best checkpoint's weights are the student's alone
-            super()._load_best_model()
-
-    @contextmanager
-    def _adapters_detached(self):
-        """The student without its adapters for the duration (yields the adapters, or None)."""
-        student = self.accelerator.unwrap_model(self.model)
-        adapters = getattr(student, ADAPTERS_ATTRIBUTE, None)
-        if adapters is not None:
-            delattr(student, ADAPTERS_ATTRIBUTE)
-        try:
-            yield adapters
-        finally:
-            if adapters is not None:
-                student.add_module(ADAPTERS_ATTRIBUTE, adapters)
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            load_adapters(self.adapters, state.best_model_checkpoint)
 
 
 def unused_trainable_parameters(model: nn.Module) -> list[str]:
