@@ -74,7 +74,7 @@ def trainer_seconds_per_step(batches: list[dict], steps: int, device: str, outpu
     rows = [{"pixel_values": pixel_values, "labels": label} for batch in batches
             for pixel_values, label in zip(batch["pixel_values"], batch["labels"])]  # fmt: skip
     clock = StepClock()
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows,
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=rows,
                                   data_collator=collate, callbacks=[clock])  # fmt: skip
     trainer.train()
     return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)

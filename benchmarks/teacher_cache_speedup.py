@@ -58,7 +58,7 @@ def seconds_per_step(
         logging_steps=10_000, dataloader_num_workers=0, use_cpu=device == "cpu", disable_tqdm=True,
     )  # fmt: skip
     clock = StepClock()
-    DistillationTrainer(model=student, teacher_model=None if offline else teacher, args=args, train_dataset=rows,
+    DistillationTrainer(model=student, teacher=None if offline else teacher, args=args, train_dataset=rows,
                         data_collator=collate, callbacks=[clock]).train()  # fmt: skip
     return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
 
@@ -91,7 +91,7 @@ def augmented_seconds_per_step(
         save_strategy="no", logging_steps=10_000, dataloader_num_workers=0, dataloader_pin_memory=False,
         remove_unused_columns=False, use_cpu=device == "cpu", disable_tqdm=True,
     )  # fmt: skip
-    DistillationTrainer(model=student, teacher_model=None if cache_dir is not None else teacher, args=args,
+    DistillationTrainer(model=student, teacher=None if cache_dir is not None else teacher, args=args,
                         train_dataset=dataset, data_collator=collator, callbacks=callbacks).train()  # fmt: skip
     return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1)
 

@@ -41,15 +41,12 @@ from hf_vision_distill.data import build_transforms
 from hf_vision_distill.distillation import (
     DistillationConfig,
     DistillationTrainer,
-    TeacherView,
+    Teacher,
     TeacherViewDataset,
     TeacherViewEpochCallback,
     cache_teacher_logits,
     cache_teacher_views,
-    check_label_spaces,
-    gives_attention_maps,
     teacher_outputs_by_row,
-    use_eager_attention,
 )
 from hf_vision_distill.evaluation import (
     build_compute_metrics,
@@ -58,7 +55,6 @@ from hf_vision_distill.evaluation import (
     plot_attention_overlays,
     plot_log_history,
 )
-from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import (
     SHIPPED_SAMPLE,
     SHIPPED_TEACHER,
@@ -190,31 +186,23 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = Path(args.output_dir)
     prefixes = {"validation": "eval", "test": "test"}
 
-    teacher = load_image_classifier(
-        args.teacher_model_name_or_path, id2label=None, trust_remote_code=teacher_args.teacher_trust_remote_code,
-        revision=teacher_args.teacher_revision, token=args.hub_token,
-    )  # fmt: skip
-    args = fit_attention_to_teacher(args, teacher, argv)
-
     def load_student():
         set_seed(args.seed)  # the baseline starts from the same weights as the distilled student
         return load_model(model_args, data.id2label, token=args.hub_token)
 
     student = load_student()
-    same_input = (student.image_size, student.image_mean, student.image_std) == (
-        teacher.image_size, teacher.image_mean, teacher.image_std,
+    # Checks, before the teacher runs on anything, that it predicts the student's classes (a teacher of other labels
+    # ends in an index error deep in the loss), and takes the student's batches to its own input.
+    teacher = Teacher.from_pretrained(
+        args.teacher_model_name_or_path, student=student, dtype=args.teacher_dtype,
+        trust_remote_code=teacher_args.teacher_trust_remote_code, revision=teacher_args.teacher_revision,
+        token=args.hub_token,
     )  # fmt: skip
-    teacher_view = None if same_input else TeacherView(
-        tuple(student.image_mean), tuple(student.image_std), tuple(teacher.image_size),
-        tuple(teacher.image_mean), tuple(teacher.image_std),
-    )  # fmt: skip
-    # Before the teacher is run on anything: a teacher of other labels ends in an index error deep in the loss.
-    check_label_spaces(student.model.config, teacher.model.config)
+    args = fit_attention_to_teacher(args, teacher, argv)
     row_outputs = None
     views = teacher_args.offline_teacher_views
     if args.offline_teacher:
-        row_outputs = cache_teacher(teacher, data, data_args, student, teacher_view, args, output_dir,
-                                    training_split=not views)  # fmt: skip
+        row_outputs = cache_teacher(teacher, data, data_args, student, args, output_dir, training_split=not views)
     inputs = build_inputs(data, data_args, args, student.image_size, student.image_mean, student.image_std,
                           interpolation=student.interpolation, row_outputs=row_outputs)  # fmt: skip
     train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
@@ -222,16 +210,15 @@ def main(argv: list[str] | None = None) -> dict:
     initialize_from_data(student, inputs, args.device)
     callbacks = []
     if views:
-        train_dataset, train_collator = replay_teacher_views(teacher, inputs, teacher_args, teacher_view, args)
+        train_dataset, train_collator = replay_teacher_views(teacher, inputs, teacher_args, args)
         callbacks.append(TeacherViewEpochCallback(train_dataset))
     args = log_often_enough(args, len(train_dataset), argv)
 
     # ---- distillation ----
     trainer = DistillationTrainer(
         model=student.model,
-        teacher_model=None if args.offline_teacher else teacher.model,
+        teacher=None if args.offline_teacher else teacher,
         args=args,
-        teacher_view=teacher_view,
         train_dataset=train_dataset,
         eval_dataset=eval_datasets.get("validation"),
         data_collator=train_collator,
@@ -240,17 +227,15 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=student.image_processor,
         callbacks=callbacks,
     )
-    # The teacher is evaluated as the distillation runs it: placed by the trainer (float32 or --teacher_dtype, on
-    # its device), run under the same autocast, on its view of the student's test batches (its own size and
-    # normalisation), not prepared and cast by an evaluation Trainer of its own.
-    placed_teacher = trainer.teacher_model
-    if placed_teacher is None:  # --offline_teacher: the trainer runs no teacher
-        placed_teacher = trainer.place_frozen_model(teacher.model, dtype=getattr(torch, args.teacher_dtype))
+    # The teacher is evaluated as the distillation runs it: placed as the trainer places it (float32 or
+    # --teacher_dtype, on its device), run under the same autocast, on its view of the student's test batches (its
+    # own size and normalisation), not prepared and cast by an evaluation Trainer of its own.
+    teacher.place(args.device, trainer.accelerator.autocast)  # --offline_teacher: the trainer runs no teacher
     teacher_metrics = {}
     for split, dataset in eval_datasets.items():
-        teacher_metrics.update(trainer.evaluate_frozen_model(placed_teacher, dataset, prefixes[split], teacher_view))
+        teacher_metrics.update(trainer.evaluate_forward(teacher, dataset, prefixes[split]))
     rows = [{"model": f"teacher ({args.teacher_model_name_or_path})", **teacher_metrics,
-             "parameters": sum(p.numel() for p in teacher.model.parameters())}]  # fmt: skip
+             "parameters": teacher.num_parameters}]  # fmt: skip
     output.record_arguments()  # training starts: what a rerun is compared with
     train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
     trainer.save_model(_internal_call=True)  # the student alone; _internal_call: pushed once, at the end
@@ -326,8 +311,8 @@ def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] 
     expensive work, with the flag to change."""
     if not args.uses("attention_loss_weight"):
         return args
-    use_eager_attention(teacher.model, "teacher")
-    if gives_attention_maps(teacher.model, tuple(teacher.image_size)):
+    teacher.supervise_attention()
+    if teacher.gives_attention_maps():
         return args
     if user_gave(argv, "attention_loss_weight"):
         raise ValueError(
@@ -343,7 +328,7 @@ def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] 
 
 
 def cache_teacher(
-    teacher, data, data_args, student, teacher_view, args, output_dir: Path, training_split: bool = True
+    teacher: Teacher, data, data_args, student, args, output_dir: Path, training_split: bool = True
 ) -> dict[str, dict]:
     """The offline teacher: its logits for every split (the evaluation splits only without `training_split`, whose
     augmented views `replay_teacher_views` caches), computed once on the student's deterministic view and saved to
@@ -366,10 +351,9 @@ def cache_teacher(
                 continue
             path = str(output_dir / "_teacher_cache" / split)
             if args.should_save:
-                cache = cache_teacher_logits(
-                    teacher.model, data.dataset[split], transform, teacher_view=teacher_view,
-                    batch_size=args.per_device_eval_batch_size, device=args.device,
-                )  # fmt: skip
+                batch_size = args.per_device_eval_batch_size
+                cache = cache_teacher_logits(teacher, data.dataset[split], transform, batch_size=batch_size,
+                                             device=args.device)  # fmt: skip
                 cache.save_to_disk(path)
             else:
                 cache = datasets.load_from_disk(path)
@@ -413,7 +397,7 @@ def check_offline_teacher_views(
         )
 
 
-def replay_teacher_views(teacher, inputs, teacher_args, teacher_view, args: DistillationConfig):
+def replay_teacher_views(teacher: Teacher, inputs, teacher_args, args: DistillationConfig):
     """The training dataset and collator of the offline teacher with augmentation: the teacher's top-k logits on
     --offline_teacher_views views of every training image drawn by the training collator (cached on disk under a key
     of the teacher, the images and the view settings, so a rerun loads them), each row replaying one view per epoch.
@@ -426,9 +410,8 @@ def replay_teacher_views(teacher, inputs, teacher_args, teacher_view, args: Dist
     collator = inputs.train_collator
     with args.main_process_first(desc="caching the teacher's views"):
         cache = cache_teacher_views(
-            teacher.model, inputs.train_dataset.decoded, collator, num_views=teacher_args.offline_teacher_views,
-            top_k=teacher_args.offline_teacher_top_k, teacher_view=teacher_view,
-            batch_size=args.per_device_eval_batch_size,
+            teacher, inputs.train_dataset.decoded, collator, num_views=teacher_args.offline_teacher_views,
+            top_k=teacher_args.offline_teacher_top_k, batch_size=args.per_device_eval_batch_size,
         )  # fmt: skip
     return TeacherViewDataset(inputs.train_dataset.decoded, cache, seed=collator.seed), collator.with_replayed_views()
 

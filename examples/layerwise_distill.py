@@ -135,16 +135,16 @@ def main(argv: list[str] | None = None) -> dict:
     training_args = log_often_enough(training_args, len(train_dataset), argv)
     train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
 
-    def evaluate(model_trainer, prefix: str, frozen_model=None) -> dict[str, float]:
+    def evaluate(model_trainer, prefix: str, teacher=None) -> dict[str, float]:
         """`{prefix}_{split}_{metric}` for every evaluation split (logged under the Trainer's eval_/test_ names): the
-        trainer's model, or a frozen one (the teacher) run as the trainer runs it."""
+        trainer's model, or the teacher as the trainer runs it."""
         metrics = {}
         for split, dataset in eval_datasets.items():
             key = "eval" if split == "validation" else split
-            if frozen_model is None:
+            if teacher is None:
                 results = model_trainer.evaluate(dataset, metric_key_prefix=key)
             else:
-                results = model_trainer.evaluate_frozen_model(frozen_model, dataset, metric_key_prefix=key)
+                results = model_trainer.evaluate_forward(teacher, dataset, metric_key_prefix=key)
             metrics.update({f"{prefix}_{split}_{name.removeprefix(key + '_')}": value
                             for name, value in results.items() if name.startswith(key + "_")})  # fmt: skip
         return metrics
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("Hybrid: %s; training blocks %s.", hybrid_args.block_types, trained)
 
     # The teacher as the trainer runs it (float32 weights under the run's autocast), then the converted hybrid.
-    metrics = evaluate(trainer, "teacher", frozen_model=trainer.teacher_model)
+    metrics = evaluate(trainer, "teacher", teacher=trainer.teacher)
     metrics.update(evaluate(trainer, "converted"))
 
     # ---- stage 1 ----

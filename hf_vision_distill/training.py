@@ -18,7 +18,6 @@ from typing import Any
 import torch
 import torch._dynamo
 import torch.nn.functional as F
-from accelerate.utils import convert_to_fp32
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from torch import nn
@@ -124,59 +123,25 @@ class ImageClassificationTrainer(Trainer):
             for module in self.modules_kept_in_eval():
                 module.eval()
 
-    def place_frozen_model(self, model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
-        """Readies a model that only runs forward beside the trained one (a teacher): eval mode, no gradients, weights
-        in `dtype`, the device. Mixed precision is autocast's job in `run_frozen_model`: weights cast wholesale to
-        fp16 would run residual adds, norms and BatchNorm in pure fp16, which overflows in large pretrained models.
-        Not `accelerator.prepare_model`: a prepared second model counts as the prepared model, and the Trainer then
-        evaluates its own model before training without preparing it (no autocast)."""
-        if dtype == torch.float16:
-            raise ValueError(
-                "a frozen model in float16 runs its norms and residual adds in pure fp16 and overflows; keep it in "
-                "float32 (the run's --fp16 autocast still applies) or use torch.bfloat16."
-            )
-        model.eval().requires_grad_(False)
-        return model.to(device=self.args.device, dtype=dtype)
-
     @torch.no_grad()
-    def run_frozen_model(
-        self, model: nn.Module, pixel_values: torch.Tensor, select: Callable[[Any], Any] | None = None, **kwargs
-    ) -> Any:
-        """`model(pixel_values=..., **kwargs)` for a model readied by `place_frozen_model`: inputs cast to its device
-        and dtype, run under the Accelerator's autocast.
-
-        Args:
-            select (`Callable`, *optional*):
-                Picks what the caller uses from the outputs (tensors, or tuples/lists/dicts of them); defaults to the
-                logits. Only that is converted to float32 and returned: the model's other outputs (every layer's
-                hidden states and attention maps) are dropped as the call returns, never converted.
-        """
-        parameter = next(model.parameters())
-        with self.accelerator.autocast():
-            outputs = model(pixel_values=pixel_values.to(device=parameter.device, dtype=parameter.dtype), **kwargs)
-        return convert_to_fp32(select(outputs) if select is not None else outputs.logits)
-
-    @torch.no_grad()
-    def evaluate_frozen_model(
+    def evaluate_forward(
         self,
-        model: nn.Module,
+        forward: Callable[[torch.Tensor], torch.Tensor],
         eval_dataset: Dataset,
         metric_key_prefix: str = "eval",
-        input_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, float]:
-        """Evaluates a model readied by `place_frozen_model` (a teacher) exactly as this trainer runs it
-        (`run_frozen_model`: its dtype, device and autocast), never through the Trainer's own model preparation,
-        which would cast it for full fp16/bf16 evaluation and wrap its forward for good.
+        """Evaluates a function from a batch's pixels to logits (a frozen teacher, `distillation.Teacher`, which runs
+        under its own placement and the run's autocast) on this trainer's evaluation batches, never through the
+        Trainer's own model preparation, which would cast it for full fp16/bf16 evaluation and wrap its forward for
+        good.
 
-        Batches come from `get_eval_dataloader` (the evaluation collator, sharded across processes), mapped by
-        `input_view` when given (a teacher's view of the student's batch), and the logits are gathered from all
-        processes. Returns the loss and `compute_metrics`' values, prefixed like `evaluate`'s.
+        Batches come from `get_eval_dataloader` (the evaluation collator, sharded across processes) and the logits
+        are gathered from all processes. Returns the loss and `compute_metrics`' values, prefixed like `evaluate`'s.
         """
         logits, labels = [], []
         for batch in self.get_eval_dataloader(eval_dataset):
             batch = on_device(self.evaluation_collator, batch)
-            pixel_values = batch["pixel_values"] if input_view is None else input_view(batch["pixel_values"])
-            batch_logits = self.run_frozen_model(model, pixel_values)
+            batch_logits = forward(batch["pixel_values"]).float()
             batch_labels = batch["labels"].to(batch_logits.device)
             batch_logits, batch_labels = self.accelerator.gather_for_metrics((batch_logits, batch_labels))
             logits.append(batch_logits)

@@ -61,5 +61,5 @@ def test_distillation_does_not_recompile_for_the_last_smaller_batch(tmp_path):
                               torch_compile_backend="eager")  # fmt: skip
     torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows,
+        DistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=rows,
                             data_collator=stack).train()  # fmt: skip

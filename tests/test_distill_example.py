@@ -21,6 +21,7 @@ from hf_vision_distill.data import (
     load_image_classification_dataset,
     with_image_transform,
 )
+from hf_vision_distill.distillation import teacher as teacher_module
 from hf_vision_distill.models import load_image_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,13 +210,13 @@ def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypa
     --teacher_revision."""
     recipe = load_recipe()
     calls = {}
-    real = recipe.load_image_classifier
+    real = teacher_module.load_image_classifier
 
     def recording(name, **kwargs):
         calls[name] = {key: kwargs.get(key) for key in ("trust_remote_code", "revision")}
         return real(name, **kwargs)
 
-    monkeypatch.setattr(recipe, "load_image_classifier", recording)
+    monkeypatch.setattr(teacher_module, "load_image_classifier", recording)  # how Teacher.from_pretrained loads
     monkeypatch.setattr(recipe, "build_inputs", lambda *args, **kwargs: pytest.skip("stopped after loading"))
     teacher = str(REPO / "pretrained" / "vit-cifar-teacher")
     with pytest.raises(pytest.skip.Exception):

@@ -14,7 +14,13 @@ from hf_vision_distill import (
     VisionTransformerConfig,
     VisionTransformerForImageClassification,
 )
-from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer, TeacherView, check_label_spaces
+from hf_vision_distill.distillation import (
+    DistillationConfig,
+    DistillationTrainer,
+    Teacher,
+    TeacherInputTransform,
+    check_label_spaces,
+)
 from hf_vision_distill.losses import (
     decoupled_distillation_loss,
     decoupled_distillation_terms,
@@ -70,12 +76,12 @@ def test_teacher_frozen_student_trained_and_not_saved_together(tmp_path):
     teacher_before = {name: value.clone() for name, value in teacher.state_dict().items()}
     student_before = {name: value.clone() for name, value in student.state_dict().items()}
     args = config(tmp_path, hard_loss_weight=0.2)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows(),
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=rows(),
                                   eval_dataset=rows(4), data_collator=stack)  # fmt: skip
-    assert not trainer.teacher_model.training
-    assert not any(parameter.requires_grad for parameter in trainer.teacher_model.parameters())
+    assert not trainer.teacher.model.training
+    assert not any(parameter.requires_grad for parameter in trainer.teacher.model.parameters())
     trainer.train()
-    for name, value in trainer.teacher_model.state_dict().items():
+    for name, value in trainer.teacher.model.state_dict().items():
         torch.testing.assert_close(value, teacher_before[name], msg=name)
     assert any(not torch.equal(value, student_before[name]) for name, value in student.state_dict().items())
 
@@ -88,7 +94,7 @@ def test_teacher_frozen_student_trained_and_not_saved_together(tmp_path):
 @pytest.mark.slow
 def test_every_loss_term_is_logged_in_training_and_evaluation(tmp_path):
     args = config(tmp_path, hard_loss_weight=0.2, eval_strategy="steps", eval_steps=2)
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args,
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher_vit(), args=args,
                                   train_dataset=rows(), eval_dataset=rows(4), data_collator=stack)  # fmt: skip
     trainer.train()
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -103,7 +109,7 @@ def test_every_loss_term_is_logged_in_training_and_evaluation(tmp_path):
 def test_loss_is_the_weighted_sum_of_the_pure_losses(tmp_path):
     teacher, student = teacher_vit(), student_vit()
     args = config(tmp_path, temperature=2.0, label_loss_weight=0.3, soft_loss_weight=0.7)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, data_collator=stack)
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, data_collator=stack)
     batch = stack(rows(4))
     student.eval()
     loss = trainer.compute_loss(student, batch)
@@ -134,7 +140,7 @@ def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path, so
         args = config(tmp_path / f"{batch_size}", per_device_train_batch_size=batch_size, max_steps=1,
                       gradient_accumulation_steps=accumulation, optim="sgd", lr_scheduler_type="constant",
                       max_grad_norm=0.0, weight_decay=0.0, logging_steps=1, **SOFT_LOSSES[soft_loss])  # fmt: skip
-        DistillationTrainer(model=student, teacher_model=teacher_vit(), args=args, train_dataset=rows(),
+        DistillationTrainer(model=student, teacher=teacher_vit(), args=args, train_dataset=rows(),
                             data_collator=stack).train()  # fmt: skip
         return student
 
@@ -146,28 +152,28 @@ def test_accumulating_two_batches_of_four_equals_one_batch_of_eight(tmp_path, so
 def test_label_spaces_must_match(tmp_path):
     check_label_spaces(student_vit().config, teacher_vit(num_labels=3).config)  # generic names: count only
     with pytest.raises(ValueError, match="predicts 4 classes but the student 3"):
-        DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(num_labels=4), args=config(tmp_path))
+        DistillationTrainer(model=student_vit(), teacher=teacher_vit(num_labels=4), args=config(tmp_path))
     renamed = teacher_vit(id2label={0: "cat", 1: "dog", 2: "truck"}, label2id={"cat": 0, "dog": 1, "truck": 2})
     with pytest.raises(ValueError, match="2: student 'ship' vs teacher 'truck'"):
-        DistillationTrainer(model=student_vit(), teacher_model=renamed, args=config(tmp_path))
+        DistillationTrainer(model=student_vit(), teacher=renamed, args=config(tmp_path))
 
 
 def test_teacher_by_path_and_missing_teacher(tmp_path):
     teacher_vit().save_pretrained(tmp_path / "teacher")
     args = config(tmp_path, teacher_model_name_or_path=str(tmp_path / "teacher"))
     trainer = DistillationTrainer(model=student_vit(), args=args, data_collator=stack)
-    assert isinstance(trainer.teacher_model, VisionTransformerForImageClassification)
+    assert isinstance(trainer.teacher.model, VisionTransformerForImageClassification)
     with pytest.raises(ValueError, match="no teacher"):
         DistillationTrainer(model=student_vit(), args=config(tmp_path))
     # Labels only: no teacher needed.
     DistillationTrainer(model=student_vit(), args=config(tmp_path, soft_loss_weight=0.0, label_loss_weight=1.0))
     with pytest.raises(ValueError, match="DistillationConfig"):
-        DistillationTrainer(model=student_vit(), teacher_model=teacher_vit())
+        DistillationTrainer(model=student_vit(), teacher=teacher_vit())
 
 
 def test_teacher_view_resizes_and_renormalises():
-    view = TeacherView(student_mean=(0.5, 0.5, 0.5), student_std=(0.25, 0.25, 0.25), teacher_size=(32, 32),
-                       teacher_mean=(0.0, 0.0, 0.0), teacher_std=(1.0, 1.0, 1.0))  # fmt: skip
+    view = TeacherInputTransform(student_mean=(0.5, 0.5, 0.5), student_std=(0.25, 0.25, 0.25), teacher_size=(32, 32),
+                                 teacher_mean=(0.0, 0.0, 0.0), teacher_std=(1.0, 1.0, 1.0))  # fmt: skip
     images = torch.rand(2, 3, 16, 16)
     student_batch = (images - 0.5) / 0.25
     teacher_batch = view(student_batch)
@@ -186,14 +192,14 @@ def test_vit_teacher_at_32_distills_into_cnn_student_at_16(tmp_path):
     student = CompactCNNForImageClassification(
         CompactCNNConfig(hidden_sizes=[4, 8, 8], depths=[1, 1, 1], id2label=LABELS, label2id=LABEL_IDS)
     )
-    view = TeacherView(student_mean=(0.5,) * 3, student_std=(0.5,) * 3, teacher_size=(32, 32),
-                       teacher_mean=(0.485, 0.456, 0.406), teacher_std=(0.229, 0.224, 0.225))  # fmt: skip
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), teacher_view=view,
+    view = TeacherInputTransform(student_mean=(0.5,) * 3, student_std=(0.5,) * 3, teacher_size=(32, 32),
+                                 teacher_mean=(0.485, 0.456, 0.406), teacher_std=(0.229, 0.224, 0.225))  # fmt: skip
+    trainer = DistillationTrainer(model=student, teacher=Teacher(teacher, view), args=config(tmp_path),
                                   train_dataset=rows(), data_collator=stack)  # fmt: skip
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     with pytest.raises(ValueError, match="does not match the model's 32x32"):
-        DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(image_size=32), args=config(tmp_path),
+        DistillationTrainer(model=student_vit(), teacher=teacher_vit(image_size=32), args=config(tmp_path),
                             train_dataset=rows(), data_collator=stack).train()  # fmt: skip
 
 
@@ -228,7 +234,7 @@ def test_vit_to_cnn_with_attention_and_features(tmp_path):
     args = config(tmp_path, attention_loss_weight=0.7, feature_loss_weight=0.5, soft_loss_weight=0.3,
                   label_loss_weight=0.0, max_steps=3, save_strategy="steps", save_steps=3)  # fmt: skip
     student = tiny_cnn_student()
-    trainer = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(), args=args,
+    trainer = DistillationTrainer(model=student, teacher=deeper_teacher_vit(), args=args,
                                   train_dataset=rows(), data_collator=stack)  # fmt: skip
     adapters = trainer.adapters
     assert trainer.student is student and trainer.model.student is student
@@ -259,7 +265,7 @@ def test_vit_to_cnn_with_attention_and_features(tmp_path):
 @pytest.mark.slow
 def test_resume_restores_the_adapters(tmp_path):
     common = dict(feature_loss_weight=1.0, max_steps=2, save_strategy="steps", save_steps=2)
-    first = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(),
+    first = DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(),
                                 args=config(tmp_path, **common), train_dataset=rows(),
                                 data_collator=stack)  # fmt: skip
     first.train()
@@ -268,7 +274,7 @@ def test_resume_restores_the_adapters(tmp_path):
     saved = load_file(str(tmp_path / "checkpoint-2" / "distillation_adapters.safetensors"))
     torch.manual_seed(123)  # a different random start for the new adapters
     student = tiny_cnn_student()
-    second = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(),
+    second = DistillationTrainer(model=student, teacher=deeper_teacher_vit(),
                                  args=config(tmp_path, **common), train_dataset=rows(),
                                  data_collator=stack)  # fmt: skip
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
@@ -284,7 +290,7 @@ def test_the_best_checkpoint_brings_its_adapters(tmp_path):
     args = config(tmp_path, feature_loss_weight=1.0, max_steps=4, save_strategy="steps", save_steps=2,
                   eval_strategy="steps", eval_steps=2, load_best_model_at_end=True, metric_for_best_model="score",
                   greater_is_better=True)  # fmt: skip
-    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), args=args,
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(), args=args,
                                   train_dataset=rows(), eval_dataset=rows(4), data_collator=stack,
                                   compute_metrics=lambda _: {"score": next(scores)})  # fmt: skip
     trainer.train()
@@ -305,7 +311,7 @@ def test_energy_maps_need_no_adapter_and_uniform_weighting(tmp_path):
     args = config(tmp_path, attention_loss_weight=1.0, student_attention="energy", layer_weighting="uniform",
                   attention_teacher_layers=[0, 2], attention_student_layer=1)  # fmt: skip
     student = tiny_cnn_student()
-    trainer = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(), args=args,
+    trainer = DistillationTrainer(model=student, teacher=deeper_teacher_vit(), args=args,
                                   train_dataset=rows(), data_collator=stack)  # fmt: skip
     assert trainer.adapters is None and trainer.model is student
     trainer.train()
@@ -318,7 +324,7 @@ def test_energy_maps_need_no_adapter_and_uniform_weighting(tmp_path):
 @pytest.mark.slow
 def test_schedules_change_the_temperature_and_are_logged(tmp_path):
     args = config(tmp_path, max_steps=4, schedules=["temperature=linear:4.0->1.0", "soft_loss_weight=0.25"])
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args,
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher_vit(), args=args,
                                   train_dataset=rows(16), data_collator=stack)  # fmt: skip
     trainer.train()
     temperatures = [entry["temperature"] for entry in trainer.state.log_history if "temperature" in entry]
@@ -332,10 +338,10 @@ def test_attention_needs_a_teacher_with_maps_and_layers_must_exist(tmp_path):
         CompactCNNConfig(hidden_sizes=[4, 8, 8], depths=[1, 1, 1], id2label=LABELS, label2id=LABEL_IDS)
     )
     with pytest.raises(ValueError, match="needs the teacher's attention maps"):
-        DistillationTrainer(model=tiny_cnn_student(), teacher_model=cnn_teacher,
+        DistillationTrainer(model=tiny_cnn_student(), teacher=cnn_teacher,
                             args=config(tmp_path, attention_loss_weight=1.0), train_dataset=rows())  # fmt: skip
     with pytest.raises(ValueError, match="teacher attention layer 5 does not exist"):
-        DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(),
+        DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(),
                             args=config(tmp_path, attention_loss_weight=1.0, attention_teacher_layers=[5]),
                             train_dataset=rows())  # fmt: skip
     with pytest.raises(ValueError, match="'student_index:teacher_index'"):
@@ -355,7 +361,7 @@ def test_accumulation_equivalence_with_every_loss(tmp_path):
                       max_grad_norm=0.0, weight_decay=0.0, hard_loss_weight=0.2, feature_loss_weight=0.5,
                       attention_loss_weight=0.5)  # fmt: skip
         torch.manual_seed(5)  # same adapter initialisation in both runs
-        DistillationTrainer(model=student, teacher_model=teacher_vit(), args=args, train_dataset=rows(),
+        DistillationTrainer(model=student, teacher=teacher_vit(), args=args, train_dataset=rows(),
                             data_collator=stack).train()  # fmt: skip
         return student
 
@@ -373,7 +379,7 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
         args = config(output_dir, max_steps=max_steps, feature_loss_weight=0.5, save_strategy="steps", save_steps=2,
                       schedules=["temperature=linear:4.0->1.0"], num_train_epochs=2)  # fmt: skip
         args = dataclasses.replace(args, max_steps=4)  # the schedule spans 4 steps in both runs
-        trainer = DistillationTrainer(model=student, teacher_model=teacher_vit(), args=args, train_dataset=rows(16),
+        trainer = DistillationTrainer(model=student, teacher=teacher_vit(), args=args, train_dataset=rows(16),
                                       data_collator=stack)  # fmt: skip
         if resume:
             trainer.train(resume_from_checkpoint=str(output_dir / "checkpoint-2"))
@@ -384,7 +390,7 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
     straight, straight_temperatures = run(tmp_path / "straight", 4)
     interrupted = tmp_path / "interrupted"
     first = DistillationTrainer(
-        model=student_vit(), teacher_model=teacher_vit(), train_dataset=rows(16), data_collator=stack,
+        model=student_vit(), teacher=teacher_vit(), train_dataset=rows(16), data_collator=stack,
         args=dataclasses.replace(config(interrupted, feature_loss_weight=0.5, save_strategy="steps", save_steps=2,
                                         schedules=["temperature=linear:4.0->1.0"]), max_steps=4),
     )  # fmt: skip
@@ -397,7 +403,7 @@ def test_resume_continues_like_an_uninterrupted_run(tmp_path):
 
 def test_predictions_keep_only_logits_and_full_bf16_eval_works(tmp_path):
     args = config(tmp_path, attention_loss_weight=0.5, feature_loss_weight=0.5, bf16_full_eval=True)
-    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), args=args,
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(), args=args,
                                   train_dataset=rows(), eval_dataset=rows(4), data_collator=stack)  # fmt: skip
     predictions = trainer.predict(rows(4)).predictions
     # Logits only: no hidden states or attention maps gathered over the evaluation set.
@@ -413,7 +419,7 @@ def test_evaluation_before_training_runs_the_student_under_mixed_precision(tmp_p
     student = student_vit()
     autocast_seen = []
     student.classifier.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
-    trainer = DistillationTrainer(model=student, teacher_model=teacher_vit(), args=config(tmp_path, bf16=True),
+    trainer = DistillationTrainer(model=student, teacher=teacher_vit(), args=config(tmp_path, bf16=True),
                                   eval_dataset=rows(4), data_collator=stack)  # fmt: skip
     metrics = trainer.evaluate()
     assert autocast_seen == [True]
@@ -436,9 +442,9 @@ def test_a_transformers_vit_teacher_switches_to_eager_attention(tmp_path):
                                                   num_attention_heads=2, intermediate_size=32, id2label=LABELS,
                                                   label2id=LABEL_IDS))  # fmt: skip
     assert teacher.config._attn_implementation == "sdpa"
-    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=teacher, train_dataset=rows(),
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher=teacher, train_dataset=rows(),
                                   args=config(tmp_path, attention_loss_weight=1.0), data_collator=stack)  # fmt: skip
-    assert trainer.teacher_model.config._attn_implementation == "eager"
+    assert trainer.teacher.model.config._attn_implementation == "eager"
     trainer.train()
     assert any("loss_attention" in entry for entry in trainer.state.log_history)
 
@@ -449,9 +455,9 @@ def test_our_vit_teacher_and_vit_student_switch_to_eager_attention_for_attention
     # SDPA computes no attention probabilities, and both models whose maps are supervised switch to eager.
     teacher, student = teacher_vit(), student_vit()
     assert teacher.config._attn_implementation == student.config._attn_implementation == "sdpa"
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, train_dataset=rows(),
+    trainer = DistillationTrainer(model=student, teacher=teacher, train_dataset=rows(),
                                   args=config(tmp_path, attention_loss_weight=1.0), data_collator=stack)  # fmt: skip
-    assert trainer.teacher_model.config._attn_implementation == "eager"
+    assert trainer.teacher.model.config._attn_implementation == "eager"
     assert student.config._attn_implementation == "eager"
     trainer.train()
     assert any("loss_attention" in entry for entry in trainer.state.log_history)
@@ -460,7 +466,7 @@ def test_our_vit_teacher_and_vit_student_switch_to_eager_attention_for_attention
     assert reloaded.config._attn_implementation == "sdpa"
     # Without an attention term nothing switches.
     plain_teacher, plain_student = teacher_vit(), student_vit()
-    DistillationTrainer(model=plain_student, teacher_model=plain_teacher, train_dataset=rows(),
+    DistillationTrainer(model=plain_student, teacher=plain_teacher, train_dataset=rows(),
                         args=config(tmp_path / "plain"), data_collator=stack)  # fmt: skip
     assert plain_teacher.config._attn_implementation == plain_student.config._attn_implementation == "sdpa"
 
@@ -488,7 +494,7 @@ def test_each_soft_loss_type_is_its_pure_loss_in_the_total(tmp_path, soft_loss):
     fields = SOFT_LOSSES[soft_loss]
     teacher, student = teacher_vit(), student_vit()
     args = config(tmp_path, temperature=2.0, label_loss_weight=0.3, soft_loss_weight=0.7, **fields)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, data_collator=stack)
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, data_collator=stack)
     batch = stack(rows(4))
     student.eval()
     loss = trainer.compute_loss(student, batch)
@@ -513,7 +519,7 @@ def test_each_soft_loss_type_is_its_pure_loss_in_the_total(tmp_path, soft_loss):
 def test_dkd_takes_the_dominant_class_of_mixed_labels_and_needs_labels(tmp_path):
     teacher, student = teacher_vit(), student_vit()
     args = config(tmp_path, soft_loss_type="dkd", label_loss_weight=0.0, soft_loss_weight=1.0)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, data_collator=stack)
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, data_collator=stack)
     batch = stack(rows(4))
     mixed = 0.7 * torch.nn.functional.one_hot(batch["labels"], 3).float() + 0.1
     student.eval()
@@ -530,7 +536,7 @@ def test_each_soft_loss_trains_the_student_towards_the_teacher(tmp_path, soft_lo
     """End to end: the term is logged and finite at every step, and training on it alone lowers it on the data."""
     args = config(tmp_path, max_steps=8, label_loss_weight=0.0, soft_loss_weight=1.0, learning_rate=0.01,
                   **SOFT_LOSSES[soft_loss])  # fmt: skip
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args, train_dataset=rows(8),
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher_vit(), args=args, train_dataset=rows(8),
                                   eval_dataset=rows(8), data_collator=stack)  # fmt: skip
     before = trainer.evaluate()
     trainer.train()
@@ -547,7 +553,7 @@ def test_each_soft_loss_trains_the_student_towards_the_teacher(tmp_path, soft_lo
 def test_dkd_warm_up_is_a_soft_loss_weight_schedule(tmp_path):
     """The paper ramps the DKD term in over its first 20 epochs; here over the first 2 (2 steps per epoch)."""
     args = config(tmp_path, soft_loss_type="dkd", max_steps=4, schedules=["soft_loss_weight=0-2:0.0->1.0"])
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), args=args, train_dataset=rows(8),
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher_vit(), args=args, train_dataset=rows(8),
                                   data_collator=stack)  # fmt: skip
     trainer.train()
     weights = [entry["soft_loss_weight"] for entry in trainer.state.log_history if "soft_loss_weight" in entry]
@@ -557,7 +563,7 @@ def test_dkd_warm_up_is_a_soft_loss_weight_schedule(tmp_path):
 def test_evaluation_reports_agreement_and_kl_over_the_whole_split(tmp_path):
     teacher, student = teacher_vit(), student_vit()
     args = config(tmp_path, per_device_eval_batch_size=3)  # batches of 3 and 2: a mean of batch means would differ
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, eval_dataset=rows(5),
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, eval_dataset=rows(5),
                                   data_collator=stack)  # fmt: skip
     metrics = trainer.evaluate()
     batch = stack(rows(5))
@@ -579,7 +585,7 @@ def test_evaluation_reports_agreement_and_kl_over_the_whole_split(tmp_path):
 def test_agreement_with_a_teacher_no_term_uses_with_cached_logits_and_without_teacher(tmp_path):
     teacher = teacher_vit()
     labels_only = config(tmp_path, soft_loss_weight=0.0, label_loss_weight=1.0)
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher, args=labels_only, eval_dataset=rows(4),
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher, args=labels_only, eval_dataset=rows(4),
                                   data_collator=stack)  # fmt: skip
     live = trainer.evaluate()
     assert 0.0 <= live["eval_agreement"] <= 1.0 and live["eval_teacher_student_kl"] > 0

@@ -19,9 +19,16 @@ from test_distillation_trainer import (
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 
+import hf_vision_distill.distillation.teacher
 import hf_vision_distill.losses
 import hf_vision_distill.training
-from hf_vision_distill.distillation import DistillationTrainer, TeacherView, adapters, distillation_trainer
+from hf_vision_distill.distillation import (
+    DistillationTrainer,
+    Teacher,
+    TeacherInputTransform,
+    adapters,
+    distillation_trainer,
+)
 from hf_vision_distill.distillation.adapters import AttentionProjection, FeatureAdapter, resize_feature_map
 from hf_vision_distill.training import classification_loss
 
@@ -41,7 +48,7 @@ def test_the_probe_reaches_each_model_in_its_own_dtype(tmp_path):
         assert (pixel_values.device, pixel_values.dtype) == (parameter.device, parameter.dtype)
 
     teacher.register_forward_pre_hook(check_input, with_kwargs=True)
-    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=teacher, train_dataset=rows(),
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher=teacher, train_dataset=rows(),
                                   args=config(tmp_path, feature_loss_weight=0.5, attention_loss_weight=0.5),
                                   data_collator=stack)  # fmt: skip
     assert seen == [torch.float64]  # the probe
@@ -50,22 +57,22 @@ def test_the_probe_reaches_each_model_in_its_own_dtype(tmp_path):
 
 
 def test_the_probe_follows_a_teacher_on_another_device(tmp_path):
-    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), train_dataset=rows(),
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(), train_dataset=rows(),
                                   args=config(tmp_path, feature_loss_weight=0.5), data_collator=stack)  # fmt: skip
     meta_teacher = deeper_teacher_vit().to("meta")
-    built = trainer._build_adapters(tiny_cnn_student(), meta_teacher, trainer.args, torch.randn(1, 3, 16, 16))
+    built = trainer._build_adapters(tiny_cnn_student(), Teacher(meta_teacher), trainer.args, torch.randn(1, 3, 16, 16))
     assert built["feature_0"].projection.out_channels == 16 and built["feature_0"].teacher_size == (4, 4)
 
 
 def test_teacher_view_builds_its_constants_once_per_device(monkeypatch):
-    view = TeacherView(student_mean=(0.5,) * 3, student_std=(0.25,) * 3, teacher_size=(32, 32),
-                       teacher_mean=(0.4,) * 3, teacher_std=(0.2,) * 3)  # fmt: skip
+    view = TeacherInputTransform(student_mean=(0.5,) * 3, student_std=(0.25,) * 3, teacher_size=(32, 32),
+                                 teacher_mean=(0.4,) * 3, teacher_std=(0.2,) * 3)  # fmt: skip
     batch = torch.randn(2, 3, 16, 16)
     first = view(batch)
     assert view(torch.zeros(1, 3, 16, 16, device="meta")).device.type == "meta"  # columns of its own for meta
 
     def no_new_tensor(*args, **kwargs):
-        raise AssertionError("TeacherView built a tensor in a step")
+        raise AssertionError("TeacherInputTransform built a tensor in a step")
 
     monkeypatch.setattr(torch, "tensor", no_new_tensor)
     second = view(batch)
@@ -81,15 +88,15 @@ def test_teacher_keeps_float32_weights_and_runs_under_the_autocast(tmp_path):
     teacher = teacher_vit().to(torch.bfloat16)  # e.g. a checkpoint stored in bf16
     autocast_seen = []
     teacher.classifier.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher, train_dataset=rows(),
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher, train_dataset=rows(),
                                   args=config(tmp_path, bf16=True), data_collator=stack)  # fmt: skip
-    assert {parameter.dtype for parameter in trainer.teacher_model.parameters()} == {torch.float32}
+    assert {parameter.dtype for parameter in trainer.teacher.model.parameters()} == {torch.float32}
     trainer.train()
     assert autocast_seen and all(autocast_seen)
     # bf16 weights only when asked for; float16 weights never.
-    asked = DistillationTrainer(model=student_vit(), teacher_model=teacher_vit(), data_collator=stack,
+    asked = DistillationTrainer(model=student_vit(), teacher=teacher_vit(), data_collator=stack,
                                 args=config(tmp_path, bf16=True, teacher_dtype="bfloat16"))  # fmt: skip
-    assert {parameter.dtype for parameter in asked.teacher_model.parameters()} == {torch.bfloat16}
+    assert {parameter.dtype for parameter in asked.teacher.model.parameters()} == {torch.bfloat16}
     with pytest.raises(ValueError, match="teacher_dtype='float16'.*'float32'"):
         config(tmp_path, teacher_dtype="float16")
 
@@ -101,7 +108,7 @@ def test_non_finite_teacher_logits_stop_the_run_at_the_log_step(tmp_path):
         teacher.classifier.bias[0] = math.inf
     calls = []
     teacher.register_forward_hook(lambda *_: calls.append(1))
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher, train_dataset=rows(16),
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher, train_dataset=rows(16),
                                   args=config(tmp_path, bf16=True, max_steps=4, logging_steps=2),
                                   data_collator=stack)  # fmt: skip
     with pytest.raises(ValueError, match=r"teacher \(VisionTransformerForImageClassification\).*non-finite.*float32"):
@@ -114,8 +121,8 @@ def test_the_teacher_is_evaluated_as_the_distillation_runs_it(tmp_path):
     autocast_seen = []
     teacher.classifier.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
     args = config(tmp_path, bf16=True, bf16_full_eval=True, per_device_eval_batch_size=3)
-    trainer = DistillationTrainer(model=student_vit(), teacher_model=teacher, data_collator=stack, args=args)
-    metrics = trainer.evaluate_frozen_model(trainer.teacher_model, rows(8), metric_key_prefix="test")
+    trainer = DistillationTrainer(model=student_vit(), teacher=teacher, data_collator=stack, args=args)
+    metrics = trainer.evaluate_forward(trainer.teacher, rows(8), metric_key_prefix="test")
     # float32 weights under autocast, as in training: not cast for full bf16 evaluation, forward not wrapped.
     assert autocast_seen == [True] * 3
     assert {parameter.dtype for parameter in teacher.parameters()} == {torch.float32}
@@ -133,7 +140,7 @@ def test_only_the_used_teacher_outputs_are_converted_and_kept(tmp_path, monkeypa
     args = config(tmp_path, feature_loss_weight=0.5, feature_layers=["-1:2"], attention_loss_weight=0.5,
                   attention_teacher_layers=[1])  # fmt: skip
     teacher = deeper_teacher_vit()  # 3 layers: 4 hidden states, 3 attention maps (2 heads, 17 tokens)
-    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=teacher, train_dataset=rows(),
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher=teacher, train_dataset=rows(),
                                   args=args, data_collator=stack)  # fmt: skip
 
     def as_half_precision(module, inputs, outputs):  # what a teacher under fp16/bf16 autocast returns
@@ -145,13 +152,13 @@ def test_only_the_used_teacher_outputs_are_converted_and_kept(tmp_path, monkeypa
 
     teacher.register_forward_hook(as_half_precision)
     converted = []
-    convert_to_fp32 = hf_vision_distill.training.convert_to_fp32
+    convert_to_fp32 = hf_vision_distill.distillation.teacher.convert_to_fp32
 
     def counting_convert(data):
         converted.extend(tensor.numel() for tensor in tensors_in(data))
         return convert_to_fp32(data)
 
-    monkeypatch.setattr(hf_vision_distill.training, "convert_to_fp32", counting_convert)
+    monkeypatch.setattr(hf_vision_distill.distillation.teacher, "convert_to_fp32", counting_convert)
     outputs = trainer._teacher_outputs(stack(rows(4))["pixel_values"], hidden_states=True, attentions=True)
 
     kept = tensors_in(outputs)
@@ -219,7 +226,7 @@ def test_attention_distillation_trains_without_non_deterministic_kernels(tmp_pat
     losses.resize_distribution's adaptive pooling."""
     args = config(tmp_path, attention_loss_weight=1.0, student_attention="energy", attention_student_layer=1,
                   feature_loss_weight=0.5, feature_layers=["1:-1"])  # fmt: skip
-    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), train_dataset=rows(),
+    trainer = DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(), train_dataset=rows(),
                                   args=args, data_collator=stack)  # fmt: skip
     monkeypatch.setattr(adapters, "F", ForbiddingFunctional("F"))
     monkeypatch.setattr(hf_vision_distill.losses, "F", ForbiddingFunctional("F"))
@@ -236,7 +243,7 @@ def test_attention_distillation_trains_without_non_deterministic_kernels(tmp_pat
 
 def test_fsdp_is_refused_when_adapters_train(tmp_path):
     with pytest.raises(ValueError, match="FSDP is not supported with feature distillation"):
-        DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), train_dataset=rows(),
+        DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(), train_dataset=rows(),
                             args=config(tmp_path, feature_loss_weight=0.5, fsdp="full_shard"),
                             data_collator=stack)  # fmt: skip
 
@@ -249,7 +256,7 @@ def test_unused_student_parameters_are_named_before_any_update(tmp_path, monkeyp
     )
     student = tiny_cnn_student()
     student.unused_head = torch.nn.Linear(8, len(LABELS))  # never called by the forward
-    trainer = DistillationTrainer(model=student, teacher_model=deeper_teacher_vit(), train_dataset=rows(),
+    trainer = DistillationTrainer(model=student, teacher=deeper_teacher_vit(), train_dataset=rows(),
                                   args=config(tmp_path, attention_loss_weight=0.5, feature_loss_weight=0.5),
                                   data_collator=stack)  # fmt: skip
     before = {name: value.detach().clone() for name, value in student.named_parameters()}
@@ -258,7 +265,7 @@ def test_unused_student_parameters_are_named_before_any_update(tmp_path, monkeyp
     for name, value in student.named_parameters():  # no update happened
         torch.testing.assert_close(value, before[name], msg=name)
     # Every parameter of a student and its adapters gets a gradient: no false alarm.
-    DistillationTrainer(model=tiny_cnn_student(), teacher_model=deeper_teacher_vit(), train_dataset=rows(),
+    DistillationTrainer(model=tiny_cnn_student(), teacher=deeper_teacher_vit(), train_dataset=rows(),
                         args=config(tmp_path, attention_loss_weight=0.5, feature_loss_weight=0.5),
                         data_collator=stack).train()  # fmt: skip
 

@@ -21,6 +21,7 @@ from hf_vision_distill.data import (
 from hf_vision_distill.distillation import (
     DistillationConfig,
     DistillationTrainer,
+    Teacher,
     cache_teacher_logits,
     teacher_outputs_by_row,
 )
@@ -94,7 +95,7 @@ def test_training_from_the_cache_equals_training_with_the_live_teacher(data, tmp
                                   offline_teacher=offline)  # fmt: skip
         row_outputs = teacher_outputs_by_row(cache) if offline else None
         train = with_image_transform(data.dataset["train"], transform, row_outputs=row_outputs)
-        DistillationTrainer(model=student, teacher_model=None if offline else teacher, args=args, train_dataset=train,
+        DistillationTrainer(model=student, teacher=None if offline else teacher, args=args, train_dataset=train,
                             data_collator=ImageClassificationCollator()).train()  # fmt: skip
         return student
 
@@ -134,10 +135,10 @@ def test_the_recipe_caches_once_and_the_other_processes_read_it(data, tmp_path):
 
     student = types.SimpleNamespace(image_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     data_args = DataArguments(crop="none", horizontal_flip=False)
-    saving = recipe.cache_teacher(types.SimpleNamespace(model=tiny_vit(1, data)), data, data_args, student, None,
-                                  arguments(should_save=True), tmp_path)  # fmt: skip
-    reading = recipe.cache_teacher(types.SimpleNamespace(model=NeverRun()), data, data_args, student, None,
-                                   arguments(should_save=False), tmp_path)  # fmt: skip
+    saving = recipe.cache_teacher(Teacher(tiny_vit(1, data)), data, data_args, student, arguments(should_save=True),
+                                  tmp_path)  # fmt: skip
+    reading = recipe.cache_teacher(Teacher(NeverRun()), data, data_args, student, arguments(should_save=False),
+                                   tmp_path)  # fmt: skip
     assert entered == [False, False]  # both inside main_process_first: the saving process first, globally
     assert set(reading) == set(saving) == set(data.dataset)
     for split in saving:

@@ -16,7 +16,8 @@ from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImage
 from hf_vision_distill.distillation import (
     DistillationConfig,
     DistillationTrainer,
-    TeacherView,
+    Teacher,
+    TeacherInputTransform,
     TeacherViewCache,
     TeacherViewDataset,
     TeacherViewEpochCallback,
@@ -77,9 +78,9 @@ def test_a_replayed_view_is_the_view_the_teacher_saw_and_carries_its_logits(crop
     decoded = decoded_images()
     transform = train_transform(crop)
     # The teacher takes its own size and normalisation (24 pixels): it sees its view of each student view.
-    teacher_view = TeacherView(MEAN, STD, (24, 24), (0.5,) * 3, (0.5,) * 3)
+    teacher_view = TeacherInputTransform(MEAN, STD, (24, 24), (0.5,) * 3, (0.5,) * 3)
     teacher = RecordingTeacher(tiny_vit(1, image_size=24))
-    cache = cache_teacher_views(teacher, decoded, transform, num_views=3, top_k=4, teacher_view=teacher_view,
+    cache = cache_teacher_views(Teacher(teacher, teacher_view), decoded, transform, num_views=3, top_k=4,
                                 batch_size=len(decoded), cache_dir=tmp_path)  # fmt: skip
     assert cache.boxes.shape == (12, 3, 4) and cache.top_logits.shape == (12, 3, 4) and cache.num_labels == 10
     assert cache.top_logits.dtype == torch.float16 and cache.top_indices.dtype == torch.int16
@@ -224,7 +225,7 @@ def test_training_replays_a_new_view_of_every_row_each_epoch(tmp_path):
     student = tiny_vit(0)
     before = [parameter.clone() for parameter in student.parameters()]
     callbacks = [TeacherViewEpochCallback(dataset)]
-    trainer = DistillationTrainer(model=student.train(), teacher_model=None, args=args, train_dataset=dataset,
+    trainer = DistillationTrainer(model=student.train(), teacher=None, args=args, train_dataset=dataset,
                                   data_collator=recording_collator, callbacks=callbacks)  # fmt: skip
     trainer.train()
     assert len(seen) == 3
@@ -263,7 +264,7 @@ def test_a_run_resumed_mid_epoch_replays_the_views_of_the_uninterrupted_run(tmp_
         args = DistillationConfig(output_dir=str(output_dir), per_device_train_batch_size=6, num_train_epochs=3,
                                   report_to="none", save_strategy="steps", save_steps=3, use_cpu=True, seed=5,
                                   offline_teacher=True, remove_unused_columns=False)  # fmt: skip
-        trainer = DistillationTrainer(model=tiny_vit(0).train(), teacher_model=None, args=args, train_dataset=dataset,
+        trainer = DistillationTrainer(model=tiny_vit(0).train(), teacher=None, args=args, train_dataset=dataset,
                                       data_collator=recording_collator, callbacks=callbacks)  # fmt: skip
         trainer.train(resume_from_checkpoint=True if resume else None)
         return seen

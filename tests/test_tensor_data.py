@@ -264,7 +264,7 @@ def test_distillation_sizes_its_adapters_on_collated_batches(sample, tmp_path):
                               report_to="none", save_strategy="no", use_cpu=True, remove_unused_columns=False,
                               attention_loss_weight=0.1, feature_loss_weight=0.1,
                               feature_layers=["-1:-1"])  # fmt: skip
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args,
                                   train_dataset=TensorImageDataset(decoded), data_collator=collators[True],
                                   eval_data_collator=collators[False])  # fmt: skip
     assert trainer.train().training_loss > 0

@@ -1,14 +1,11 @@
-"""Teacher-student distillation: `DistillationConfig` (TrainingArguments) beside `DistillationTrainer` (Trainer)."""
+"""Teacher-student distillation: `DistillationConfig` (TrainingArguments) beside `DistillationTrainer` (Trainer), the
+`Teacher` it runs and the student with its adapters it trains."""
 
+from .adapters import StudentWithAdapters
 from .distillation_config import DistillationConfig
-from .distillation_trainer import (
-    DistillationTrainer,
-    TeacherView,
-    check_label_spaces,
-    gives_attention_maps,
-    use_eager_attention,
-)
+from .distillation_trainer import DistillationTrainer
 from .layerwise import LayerwiseDistillationTrainer, block_names, transformer_blocks
+from .teacher import Teacher, TeacherInputTransform, check_label_spaces, gives_attention_maps, use_eager_attention
 from .teacher_cache import (
     TEACHER_LOGITS_COLUMN,
     TeacherViewCache,
@@ -25,7 +22,9 @@ __all__ = [
     "DistillationConfig",
     "DistillationTrainer",
     "LayerwiseDistillationTrainer",
-    "TeacherView",
+    "StudentWithAdapters",
+    "Teacher",
+    "TeacherInputTransform",
     "TeacherViewCache",
     "TeacherViewDataset",
     "TeacherViewEpochCallback",

@@ -3,18 +3,14 @@ attention maps."""
 
 from __future__ import annotations
 
-import inspect
-import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import (
-    AutoModelForImageClassification,
-    PreTrainedConfig,
     PreTrainedModel,
     TrainerCallback,
     TrainerControl,
@@ -53,51 +49,10 @@ from .adapters import (
     save_adapters,
 )
 from .distillation_config import LOSS_WEIGHT_NAMES, DistillationConfig
+from .teacher import Teacher, attention_grid, forward_kwargs, require_attentions, use_eager_attention
 from .teacher_cache import TEACHER_LOGITS_COLUMN
 
 logger = logging.get_logger(__name__)
-
-
-@dataclass
-class TeacherView:
-    """Turns the student's normalised batch into the teacher's input: same images, the teacher's size and statistics.
-
-    The teacher sees exactly the augmented (and mixed) images the student sees: the batch is un-normalised with the
-    student's mean/std, resized to the teacher's size, and normalised with the teacher's mean/std, on the device.
-    Upsampling a 32-pixel image to 224 adds no detail, so this is exact for data stored at the student's size
-    (CIFAR); for larger source images the teacher sees them at the student's resolution.
-    """
-
-    student_mean: tuple[float, ...]
-    student_std: tuple[float, ...]
-    teacher_size: tuple[int, int]
-    teacher_mean: tuple[float, ...]
-    teacher_std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    # (student std, student mean, teacher mean, teacher std) as (1, C, 1, 1) columns, per (device, dtype).
-    _columns: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        student_std, student_mean, teacher_mean, teacher_std = self._statistics(
-            pixel_values.device, pixel_values.dtype
-        )
-        images = pixel_values * student_std + student_mean
-        if tuple(images.shape[-2:]) != tuple(self.teacher_size):
-            downsampling = images.shape[-1] > self.teacher_size[1] or images.shape[-2] > self.teacher_size[0]
-            images = F.interpolate(
-                images, size=self.teacher_size, mode=self.interpolation, align_corners=False, antialias=downsampling
-            )
-        return (images - teacher_mean) / teacher_std
-
-    def _statistics(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        # Built once per device: a host-to-device copy at every step would make each step wait on the host.
-        key = (device, dtype)
-        if key not in self._columns:
-            self._columns[key] = tuple(
-                torch.tensor(values, device=device, dtype=dtype)[None, :, None, None]
-                for values in (self.student_std, self.student_mean, self.teacher_mean, self.teacher_std)
-            )
-        return self._columns[key]
 
 
 @dataclass
@@ -112,41 +67,14 @@ class TeacherOutputs:
     attention_maps: list[torch.Tensor]
 
 
-def check_label_spaces(student_config: PreTrainedConfig, teacher_config: PreTrainedConfig) -> None:
-    """Fails when teacher and student predict different classes (count, or names where both have real names)."""
-    student_labels = {int(index): name for index, name in (student_config.id2label or {}).items()}
-    teacher_labels = {int(index): name for index, name in (teacher_config.id2label or {}).items()}
-    if len(student_labels) != len(teacher_labels):
-        raise ValueError(
-            f"the teacher predicts {len(teacher_labels)} classes but the student {len(student_labels)}; distillation "
-            "needs the same label space. Fine-tune the teacher on the student's dataset first (examples/train.py)."
-        )
-
-    def is_generic(labels: dict[int, str]) -> bool:
-        return all(name == f"LABEL_{index}" for index, name in labels.items())
-
-    if is_generic(student_labels) or is_generic(teacher_labels):
-        return
-    differences = [(index, student_labels[index], teacher_labels.get(index)) for index in sorted(student_labels)
-                   if student_labels[index] != teacher_labels.get(index)]  # fmt: skip
-    if differences:
-        shown = ", ".join(
-            f"{index}: student {student!r} vs teacher {teacher!r}" for index, student, teacher in differences[:5]
-        )
-        raise ValueError(
-            f"teacher and student name their classes differently ({len(differences)} of {len(student_labels)}: "
-            f"{shown}). Train the teacher on the same dataset, or give both the same id2label."
-        )
-
-
 class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     """A `Trainer` that distills a frozen teacher into the student (`model`).
 
-    The teacher is put in eval mode with gradients off, kept in float32 (or `teacher_dtype`), placed on the device
-    (no DDP wrapper) and run under `torch.no_grad()` and the run's autocast (`place_frozen_model`,
-    `run_frozen_model`); only what the losses use leaves its forward, in float32. Its logits are checked for inf/NaN
-    at each log (a fp16 overflow would otherwise make the GradScaler skip every step in silence). It is an attribute
-    of the trainer, not of the model, so it is never saved into the student's checkpoints.
+    The teacher (`Teacher`: frozen, its weights in float32 or `teacher_dtype`, its own input transform) is placed on
+    the device (no DDP wrapper) and runs under `torch.no_grad()` and the run's autocast; only what the losses use
+    leaves its forward, in float32. Its logits are checked for inf/NaN at each log (a fp16 overflow would otherwise
+    make the GradScaler skip every step in silence). It is an attribute of the trainer (`teacher`), not of the model,
+    so it is never saved into the student's checkpoints.
 
     The soft term is `args.soft_loss_type`'s (KD, DKD, reverse KL or generalised JSD, after logit standardisation
     when asked). Every evaluation with a teacher (live or cached logits) also logs the student's top-1 agreement with
@@ -163,13 +91,12 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     Args:
         model (`PreTrainedModel`):
             The student.
-        teacher_model (`nn.Module` or `str`, *optional*):
-            The teacher, or a local directory / Hub id for `AutoModelForImageClassification.from_pretrained`;
-            defaults to `args.teacher_model_name_or_path`. Its `id2label` must match the student's.
+        teacher (`Teacher`, `nn.Module` or `str`, *optional*):
+            The teacher (a `Teacher` carries its input transform when its input differs from the student's), its
+            model, or a local directory / Hub id for `Teacher.from_pretrained`; defaults to
+            `args.teacher_model_name_or_path`. Its `id2label` must match the student's.
         args (`DistillationConfig`):
             Training arguments, temperature, loss weights, layers and schedules.
-        teacher_view (`TeacherView`, *optional*):
-            Maps the student's batch to the teacher's input when their sizes or normalisations differ.
         kwargs:
             As for [`ImageClassificationTrainer`] (datasets, collators, `compute_metrics`, `processing_class`, ...).
     """
@@ -177,31 +104,28 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     def __init__(
         self,
         model: PreTrainedModel,
-        teacher_model: nn.Module | str | None = None,
+        teacher: Teacher | nn.Module | str | None = None,
         args: DistillationConfig | None = None,
-        teacher_view: TeacherView | None = None,
         **kwargs,
     ):
         if not isinstance(args, DistillationConfig):
             raise ValueError(f"args must be a DistillationConfig, got {type(args).__name__}.")
-        teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
-        if teacher_model is None and args.needs_teacher:
+        teacher = teacher if teacher is not None else args.teacher_model_name_or_path
+        if teacher is None and args.needs_teacher:
             raise ValueError(
-                "no teacher: pass teacher_model= or set teacher_model_name_or_path, train from cached teacher logits "
+                "no teacher: pass teacher= or set teacher_model_name_or_path, train from cached teacher logits "
                 "(offline_teacher=True), or set every teacher loss weight (soft, hard, feature, attention) to 0 to "
                 "train the student on labels alone."
             )
-        if isinstance(teacher_model, str):
-            # float32 whatever the checkpoint's dtype: inputs arrive in float32 and mixed precision is autocast's job.
-            teacher_model = AutoModelForImageClassification.from_pretrained(teacher_model, dtype=torch.float32)
-        if teacher_model is not None:
-            if hasattr(teacher_model, "config") and hasattr(model, "config"):
-                check_label_spaces(model.config, teacher_model.config)
-            teacher_model.eval().requires_grad_(False)
+        if isinstance(teacher, str):
+            teacher = Teacher.from_pretrained(teacher, dtype=args.teacher_dtype)
+        elif isinstance(teacher, nn.Module):
+            teacher = Teacher(teacher, dtype=args.teacher_dtype)
+        if teacher is not None:
+            if hasattr(model, "config"):
+                teacher.check_labels(model.config)
             if args.uses("attention_loss_weight"):
-                use_eager_attention(teacher_model, "teacher")
-        self.teacher_view = teacher_view
-        self._teacher_name = _model_name(teacher_model) if teacher_model is not None else None
+                teacher.supervise_attention()
         # Non-finite teacher logits counted on the device since the last log (no host sync per step).
         self._teacher_nonfinite_logits: torch.Tensor | None = None
         # Teacher-student agreement of the current evaluation: (agreeing, summed KL, examples) on the device.
@@ -213,12 +137,11 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         # A CNN student's spatial map comes from its features; a ViT student's from its own attention.
         self._student_map_from_features = True
         self._student_prefix_tokens = num_prefix_tokens(model)
-        self._teacher_prefix_tokens = num_prefix_tokens(teacher_model) if teacher_model is not None else 0
         if args.uses("feature_loss_weight") or args.uses("attention_loss_weight"):
             set_seed(args.seed)  # the adapters' initialisation follows the run's seed
             collator = kwargs.get("eval_data_collator") or kwargs.get("data_collator")
             probe = _probe_batch(model, kwargs.get("train_dataset"), collator)
-            adapters = self._build_adapters(model, teacher_model, args, probe)
+            adapters = self._build_adapters(model, teacher, args, probe)
             if _has_parameters(adapters):
                 if args.fsdp:
                     raise ValueError(_FSDP_MESSAGE)
@@ -233,29 +156,23 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             raise ValueError(_FSDP_MESSAGE)
         if _has_parameters(adapters):
             self.add_callback(_AdapterCheckpoints(adapters))
-        self.teacher_model = (
-            self.place_frozen_model(teacher_model, dtype=getattr(torch, args.teacher_dtype))
-            if teacher_model is not None
-            else None
-        )
+        self.teacher = teacher.place(self.args.device, self.accelerator.autocast) if teacher is not None else None
         self._reset_logged_terms()
 
     # ---- set-up ----
 
     def _build_adapters(
-        self, student: nn.Module, teacher: nn.Module, args: DistillationConfig, probe: torch.Tensor
+        self, student: nn.Module, teacher: Teacher, args: DistillationConfig, probe: torch.Tensor
     ) -> nn.ModuleDict:
         """Runs one probe batch through both models to size the adapters and check the configured layers."""
         student.eval()
         with torch.no_grad():
             # Each model gets the probe on its own device and in its own dtype: a teacher already placed on an
-            # accelerator (e.g. by an evaluation Trainer) must not receive CPU tensors.
+            # accelerator must not receive CPU tensors.
             student_outputs = student(pixel_values=_on_device_of(probe, student), output_hidden_states=True)
-            teacher_inputs = _on_device_of(probe, teacher)
-            teacher_inputs = self.teacher_view(teacher_inputs) if self.teacher_view is not None else teacher_inputs
-            teacher_outputs = teacher(
-                pixel_values=teacher_inputs,
-                **_teacher_kwargs(teacher, hidden_states=True, attentions=args.uses("attention_loss_weight")),
+            teacher_outputs = teacher.model(
+                pixel_values=teacher.inputs(probe),
+                **forward_kwargs(teacher.model, hidden_states=True, attentions=args.uses("attention_loss_weight")),
             )
         student.train()
         adapters = nn.ModuleDict()
@@ -267,18 +184,18 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 )
                 teacher_map = as_feature_map(
                     _pick(teacher_outputs.hidden_states, teacher_layer, "teacher hidden state"),
-                    self._teacher_prefix_tokens,
+                    teacher.num_prefix_tokens,
                 )
                 adapters[f"feature_{index}"] = FeatureAdapter(
                     student_map.shape[1], teacher_map.shape[1], tuple(teacher_map.shape[-2:])
                 )
         if args.uses("attention_loss_weight"):
-            attentions = _require_attentions(teacher_outputs)
+            attentions = require_attentions(teacher_outputs)
             layers = args.attention_teacher_layers or list(range(len(attentions)))
             for layer in layers:
                 _pick(attentions, layer, "teacher attention layer")
             self._attention_layers = layers
-            grid = _attention_grid(attentions[0], self._teacher_prefix_tokens)
+            grid = attention_grid(attentions[0], teacher.num_prefix_tokens)
             self._attention_grid = grid
             student_hidden = student_outputs.hidden_states[-1]
             self._student_map_from_features = student_hidden.ndim == 4
@@ -368,11 +285,9 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             components["label"] = classification_loss(student_logits, labels, label_smoothing)
         uses_teacher_terms = any(args.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
         # Evaluation measures the student's agreement with whatever teacher there is, even one no loss term uses.
-        evaluating_with_teacher = not model.training and (
-            self.teacher_model is not None or TEACHER_LOGITS_COLUMN in inputs
-        )
+        evaluating_with_teacher = not model.training and (self.teacher is not None or TEACHER_LOGITS_COLUMN in inputs)
         if uses_teacher_terms or evaluating_with_teacher:
-            if args.offline_teacher or self.teacher_model is None:
+            if args.offline_teacher or self.teacher is None:
                 if TEACHER_LOGITS_COLUMN not in inputs:
                     raise ValueError(
                         "offline_teacher is on but the batch has no 'teacher_logits'; prepare the splits with "
@@ -467,10 +382,6 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
 
     def _teacher_outputs(self, pixel_values: torch.Tensor, hidden_states: bool, attentions: bool) -> TeacherOutputs:
         """One teacher forward on the teacher's view of the batch, reduced to what the losses use."""
-        teacher_inputs = pixel_values.to(_device_of(self.teacher_model, pixel_values))
-        if self.teacher_view is not None:
-            teacher_inputs = self.teacher_view(teacher_inputs)
-        kwargs = _teacher_kwargs(self.teacher_model, hidden_states=hidden_states, attentions=attentions)
 
         def used_outputs(outputs) -> dict:
             used = {"logits": outputs.logits, "hidden_states": {}, "attention_maps": []}
@@ -480,13 +391,13 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             if attentions:
                 # The [CLS] rows of the supervised layers only, averaged over heads: not every layer's full map.
                 used["attention_maps"] = [
-                    cls_attention_map(outputs.attentions[layer], self._attention_grid, self._teacher_prefix_tokens)
+                    cls_attention_map(outputs.attentions[layer], self._attention_grid, self.teacher.num_prefix_tokens)
                     for layer in self._attention_layers
                 ]
             return used
 
         return TeacherOutputs(
-            **self.run_frozen_model(self.teacher_model, teacher_inputs, select=used_outputs, **kwargs)
+            **self.teacher(pixel_values, select=used_outputs, hidden_states=hidden_states, attentions=attentions)
         )
 
     def _count_nonfinite_teacher_logits(self, teacher_logits: torch.Tensor) -> None:
@@ -514,9 +425,9 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         elif args.teacher_dtype != "float32" or autocast:
             fix = "run the teacher in float32: --teacher_dtype float32, and without --bf16 if that is not enough."
         else:
-            fix = "the teacher gives them in float32 too: check its checkpoint and its inputs (teacher_view)."
+            fix = "the teacher gives them in float32 too: check its checkpoint and its inputs (input_transform)."
         raise ValueError(
-            f"the teacher ({self._teacher_name}) returned {count} non-finite logits (inf/NaN) since the last log, "
+            f"the teacher ({self.teacher.name}) returned {count} non-finite logits (inf/NaN) since the last log, "
             f"running {running}; every loss that uses them is NaN. {fix}"
         )
 
@@ -540,7 +451,9 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             # After the first backward, on this process's own gradients: no collective, no hang.
             self._gradients_checked = True
             if _syncs_gradients_without_unused_search(model):
-                unused = unused_trainable_parameters(self.accelerator.unwrap_model(model))
+                # Named as in the student (its adapters as `adapters.*`).
+                unused = [name.removeprefix("student.")
+                          for name in unused_trainable_parameters(self.accelerator.unwrap_model(model))]  # fmt: skip
                 if unused:
                     shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
                     raise ValueError(
@@ -555,7 +468,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         losses = []
         for index, (student_layer, teacher_layer) in enumerate(self.args.feature_layer_pairs):
             student_map = as_feature_map(student_outputs.hidden_states[student_layer], self._student_prefix_tokens)
-            teacher_map = as_feature_map(teacher_outputs.hidden_states[teacher_layer], self._teacher_prefix_tokens)
+            teacher_map = as_feature_map(teacher_outputs.hidden_states[teacher_layer], self.teacher.num_prefix_tokens)
             adapter = adapters[f"feature_{index}"]
             adapted = adapter(student_map.to(_dtype_of(adapter, student_map))).float()
             losses.append(feature_distillation_loss(adapted, teacher_map.float(), self.args.feature_distance))
@@ -585,7 +498,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 return projection(student_features.to(_dtype_of(projection, student_features))).float()
             return feature_energy_map(student_features.float())
         student_attentions = student_outputs.attentions[args.attention_student_layer]
-        grid = _attention_grid(student_attentions, self._student_prefix_tokens)
+        grid = attention_grid(student_attentions, self._student_prefix_tokens)
         return cls_attention_map(student_attentions, grid, self._student_prefix_tokens)
 
     def _on_teacher_grid(self, student_map: torch.Tensor) -> torch.Tensor:
@@ -664,16 +577,6 @@ def _has_parameters(module: nn.Module | None) -> bool:
     return module is not None and next(module.parameters(), None) is not None
 
 
-def _model_name(model: nn.Module) -> str:
-    name = getattr(getattr(model, "config", None), "_name_or_path", "")
-    return f"{name}, {type(model).__name__}" if name else type(model).__name__
-
-
-def _device_of(module: nn.Module, fallback: torch.Tensor) -> torch.device:
-    parameter = next(module.parameters(), None)
-    return parameter.device if parameter is not None else fallback.device
-
-
 def _on_device_of(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """`tensor` on `module`'s device and in its floating dtype (unchanged for a parameter-free module)."""
     parameter = next(module.parameters(), None)
@@ -698,74 +601,11 @@ def _pick(sequence: tuple | list, index: int, what: str):
     return sequence[index]
 
 
-def use_eager_attention(model: nn.Module, role: str) -> None:
-    """Puts a transformers model on the eager attention implementation, the one that computes the attention
-    probabilities, when it runs another (SDPA by default): attention distillation supervises them. Models that cannot
-    switch (not written on transformers' attention interface) keep theirs; the probe then says what to do."""
-    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if implementation in (None, "eager") or not getattr(model, "_can_set_attn_implementation", lambda: False)():
-        return
-    logger.info("The %s's attention: %s -> eager (attention distillation needs its maps).", role, implementation)
-    model.set_attn_implementation("eager")
-
-
-@torch.no_grad()
-def gives_attention_maps(teacher: nn.Module, image_size: tuple[int, int]) -> bool:
-    """Whether `teacher` returns attention maps over a square patch grid (a ViT), tried on one blank image of
-    `image_size` on the teacher's device: what attention distillation needs."""
-    parameter = next(teacher.parameters(), None)
-    image = torch.zeros(1, 3, *image_size, device=parameter.device if parameter is not None else None)
-    was_training = teacher.training
-    try:
-        outputs = teacher.eval()(pixel_values=image, **_teacher_kwargs(teacher, hidden_states=False, attentions=True))
-        _attention_grid(_require_attentions(outputs)[0], num_prefix_tokens(teacher))
-        return True
-    except (ValueError, TypeError):
-        return False
-    finally:
-        teacher.train(was_training)
-
-
-def _teacher_kwargs(teacher: nn.Module, hidden_states: bool, attentions: bool) -> dict[str, bool]:
-    kwargs = {}
-    if hidden_states:
-        kwargs["output_hidden_states"] = True
-    if attentions:
-        parameters = inspect.signature(teacher.forward).parameters
-        if "output_attentions" not in parameters and not any(
-            parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
-        ):
-            raise ValueError(_NO_ATTENTIONS_MESSAGE)
-        kwargs["output_attentions"] = True
-    return kwargs
-
-
-def _require_attentions(outputs) -> tuple[torch.Tensor, ...]:
-    attentions = getattr(outputs, "attentions", None)
-    if not attentions or any(attention is None for attention in attentions):
-        raise ValueError(_NO_ATTENTIONS_MESSAGE)
-    return attentions
-
-
 _FSDP_MESSAGE = (
     "FSDP is not supported with feature distillation or a learned attention projection: their adapters train with "
     "the student but run outside its forward, where FSDP has not gathered their sharded weights. Use DDP "
     "(accelerate launch / torchrun without FSDP), or student_attention='energy' with feature_loss_weight=0."
 )
-
-_NO_ATTENTIONS_MESSAGE = (
-    "attention distillation needs the teacher's attention maps, and the teacher gives none. The teacher must be a ViT "
-    "on the eager attention path: load it with attn_implementation='eager' (the trainer switches models written on "
-    "transformers' attention interface by itself)."
-)
-
-
-def _attention_grid(attentions: torch.Tensor, num_prefix_tokens: int) -> tuple[int, int]:
-    num_patches = attentions.shape[-1] - num_prefix_tokens
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(f"{num_patches} patch tokens do not form a square grid; attention maps need one.")
-    return side, side
 
 
 def _probe_batch(model: nn.Module, train_dataset, collator: Callable | None) -> torch.Tensor:
@@ -786,4 +626,4 @@ def _probe_batch(model: nn.Module, train_dataset, collator: Callable | None) -> 
     return torch.zeros(1, getattr(config, "num_channels", 3), height, width)
 
 
-__all__ = ["DistillationTrainer", "TeacherView", "check_label_spaces", "gives_attention_maps", "use_eager_attention"]
+__all__ = ["DistillationTrainer"]

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ..training import ImageClassificationTrainer, LoggedTermsMixin
+from .teacher import Teacher
 
 
 def block_names(model: PreTrainedModel) -> list[str]:
@@ -99,7 +100,7 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith("mlp.")
         ]  # fmt: skip
         super().__init__(model=model, args=args, **kwargs)
-        self.teacher_model = self.place_frozen_model(teacher_model)
+        self.teacher = Teacher(teacher_model).place(self.args.device, self.accelerator.autocast)
         self._reset_logged_terms()
 
     def modules_kept_in_eval(self) -> list[nn.Module]:
@@ -113,9 +114,7 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         pixel_values = inputs["pixel_values"]
-        hidden_states = self.run_frozen_model(
-            self.teacher_model, pixel_values, select=lambda outputs: outputs.hidden_states, output_hidden_states=True
-        )
+        hidden_states = self.teacher(pixel_values, select=lambda outputs: outputs.hidden_states, hidden_states=True)
         block_inputs = [
             hidden_states[index] if index in self.blocks else None for index in range(len(self.block_names))
         ]

@@ -63,6 +63,7 @@ from ..tensor_data import (
     DeviceImageTransform,
     TensorImageDataset,
 )
+from .teacher import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +72,10 @@ TEACHER_LOGITS_COLUMN = "teacher_logits"
 
 @torch.no_grad()
 def cache_teacher_logits(
-    teacher: nn.Module,
+    teacher: Teacher | nn.Module,
     split: datasets.Dataset,
     transform: Callable[[PIL.Image.Image], torch.Tensor],
     *,
-    teacher_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 256,
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -83,10 +83,10 @@ def cache_teacher_logits(
     """Runs the teacher once over `split` and returns its logits per source row.
 
     Args:
-        teacher (`nn.Module`): the teacher (put in eval mode here).
+        teacher (`Teacher` or `nn.Module`): the teacher, with its input transform when its input differs from the
+            student's (placed on `device` here).
         split (`datasets.Dataset`): a split of `ImageClassificationData.dataset` (with its `row_index` column).
         transform (`Callable`): the deterministic transform the student will train with (e.g. the eval transform).
-        teacher_view (`Callable`, *optional*): maps the transformed batch to the teacher's input (`TeacherView`).
         batch_size, num_workers, device: how to run it.
 
     Returns:
@@ -99,18 +99,13 @@ def cache_teacher_logits(
         )
     _check_deterministic(split, transform)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    teacher = teacher.eval().to(device)
+    teacher = _as_teacher(teacher).place(device)
     prepared = with_image_transform(split, transform)
     loader = DataLoader(prepared, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=ImageClassificationCollator())  # fmt: skip
     logits = []
     for batch in loader:
-        pixel_values = batch["pixel_values"].to(device)
-        if teacher_view is not None:
-            pixel_values = teacher_view(pixel_values)
-        parameter = next(teacher.parameters())
-        outputs = teacher(pixel_values=pixel_values.to(parameter.dtype))
-        logits.append((outputs.logits if hasattr(outputs, "logits") else outputs).float().cpu())
+        logits.append(teacher(batch["pixel_values"]).cpu())
     features = datasets.Features({
         ROW_INDEX_COLUMN: datasets.Value("int64"),
         TEACHER_LOGITS_COLUMN: datasets.Sequence(datasets.Value("float32")),
@@ -276,22 +271,23 @@ def teacher_views_cache_path(key: str, cache_dir: str | os.PathLike | None = Non
 
 
 def teacher_views_key(
-    teacher: nn.Module,
+    teacher: Teacher | nn.Module,
     decoded: DecodedImages,
     transform: DeviceImageTransform,
     *,
     num_views: int,
     top_k: int,
     seed: int,
-    teacher_view: Callable | None = None,
 ) -> str:
-    """The cache key of `cache_teacher_views`: a digest of the teacher's class and weights, the decoded images and
-    their row indices, the view geometry (crop mode and padding, flip, size, interpolation, normalisation), the
-    teacher's view of the batch, the number of views, `top_k` and the seed that draws the views. Any change computes a
-    new cache."""
+    """The cache key of `cache_teacher_views`: a digest of the teacher's class, weights and input transform, the
+    decoded images and their row indices, the view geometry (crop mode and padding, flip, size, interpolation,
+    normalisation), the number of views, `top_k` and the seed that draws the views. Any change computes a new
+    cache."""
+    teacher = _as_teacher(teacher)
+    model = teacher.model
     digest = hashlib.sha256()
     settings = {
-        "teacher": f"{type(teacher).__module__}.{type(teacher).__qualname__}",
+        "teacher": f"{type(model).__module__}.{type(model).__qualname__}",
         "crop": transform.crop,
         "padding": transform.padding,
         "horizontal_flip": transform.horizontal_flip,
@@ -299,18 +295,22 @@ def teacher_views_key(
         "interpolation": transform.interpolation,
         "scale": transform.scale.flatten().tolist(),
         "shift": transform.shift.flatten().tolist(),
-        "teacher_view": repr(teacher_view),
+        "teacher_input_transform": repr(teacher.input_transform),
         "num_views": num_views,
         "top_k": top_k,
         "seed": seed,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for name, tensor in teacher.state_dict().items():
+    for name, tensor in model.state_dict().items():
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
         digest.update(_tensor_bytes(tensor))
     for tensor in (decoded.images, decoded.row_index, decoded.labels):
         digest.update(_tensor_bytes(tensor))
     return digest.hexdigest()[:32]
+
+
+def _as_teacher(teacher: Teacher | nn.Module) -> Teacher:
+    return teacher if isinstance(teacher, Teacher) else Teacher(teacher)
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -319,13 +319,12 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
 @torch.no_grad()
 def cache_teacher_views(
-    teacher: nn.Module,
+    teacher: Teacher | nn.Module,
     decoded: DecodedImages,
     transform: DeviceImageTransform,
     *,
     num_views: int,
     top_k: int,
-    teacher_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     seed: int | None = None,
     batch_size: int = 256,
     cache_dir: str | os.PathLike | None = None,
@@ -340,14 +339,13 @@ def cache_teacher_views(
     pixels the student will see. Mixup and cutmix are refused (a mixed image is not a view of one row).
 
     Args:
-        teacher (`nn.Module`): the teacher (put in eval mode here; run in its parameters' dtype).
+        teacher (`Teacher` or `nn.Module`): the teacher, with its input transform when its input differs from the
+            student's (placed on the transform's device here).
         decoded (`DecodedImages`): the training split (`decode_images`).
         transform (`DeviceImageTransform`): the training collator (`train=True`), whose geometry draws the views.
         num_views (`int`): views per image (K).
         top_k (`int`): logits kept per view (at most the number of classes; the rest share the remaining
             probability, `dense_teacher_logits`).
-        teacher_view (`Callable`, *optional*): maps the student's normalised batch to the teacher's input
-            (`TeacherView`).
         seed (`int`, *optional*): the seed of the views' draws; defaults to `transform.seed`.
         batch_size (`int`): images per teacher forward pass (each of its views in turn).
         cache_dir (`str`, *optional*): folder of the cache files; defaults to `<HF_DATASETS_CACHE>/hf_vision_distill`.
@@ -366,8 +364,8 @@ def cache_teacher_views(
         logger.warning("The training transform draws no crop and no flip: the %d cached views are one image.",
                        num_views)  # fmt: skip
     seed = transform.seed if seed is None else seed
-    key = teacher_views_key(teacher, decoded, transform, num_views=num_views, top_k=top_k, seed=seed,
-                            teacher_view=teacher_view)  # fmt: skip
+    teacher = _as_teacher(teacher)
+    key = teacher_views_key(teacher, decoded, transform, num_views=num_views, top_k=top_k, seed=seed)
     path = teacher_views_cache_path(key, cache_dir)
     if path.is_file():
         logger.info("Loaded the teacher's outputs on %d views of %d images from %s", num_views, len(decoded), path)
@@ -383,8 +381,7 @@ def cache_teacher_views(
     boxes, flips = torch.stack(boxes, dim=1), torch.stack(flips, dim=1)
 
     device = transform.device
-    teacher = teacher.eval().to(device)
-    dtype = next(teacher.parameters()).dtype
+    teacher.place(device)
     top_logits, top_indices, tail_logits = [], [], []
     num_labels = None
     for start in range(0, rows, batch_size):
@@ -393,10 +390,7 @@ def cache_teacher_views(
         per_view = []
         for view in range(num_views):
             pixel_values = transform.normalise(transform.apply_views(images, boxes[chunk, view], flips[chunk, view]))
-            if teacher_view is not None:
-                pixel_values = teacher_view(pixel_values)
-            outputs = teacher(pixel_values=pixel_values.to(dtype))
-            logits = (outputs.logits if hasattr(outputs, "logits") else outputs).float()
+            logits = teacher(pixel_values)
             num_labels = logits.shape[-1]
             if top_k > num_labels:
                 raise ValueError(f"top_k={top_k} is more than the teacher's {num_labels} classes; pass at most that.")

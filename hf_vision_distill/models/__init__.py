@@ -12,6 +12,7 @@ from .loading import (
     build_image_processor,
     config_from_preset,
     describe_model_presets,
+    is_convolutional,
     load_image_classifier,
 )
 from .simple_cnn import SimpleCNNConfig, SimpleCNNForImageClassification, SimpleCNNModel
@@ -45,6 +46,7 @@ __all__ = [
     "ModelPreset",
     "build_image_processor",
     "describe_model_presets",
+    "is_convolutional",
     "load_image_classifier",
     "CompactCNNConfig",
     "CompactCNNForImageClassification",

@@ -127,6 +127,12 @@ class LoadedClassifier:
     interpolation: str = "bilinear"
 
 
+def is_convolutional(model: nn.Module) -> bool:
+    """More than one 2-D convolution: a CNN, not a ViT whose only convolution is its patch embedding. oneDNN (CPU)
+    and cuDNN (GPU) run their fastest convolutions on such a model in channels-last memory format."""
+    return sum(isinstance(module, nn.Conv2d) for module in model.modules()) > 1
+
+
 def _is_timm_name(name: str) -> bool:
     import timm
 
