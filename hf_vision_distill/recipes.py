@@ -40,7 +40,7 @@ from .data import (
 from .device_decode import DeviceJpegTransform, EncodedImageDataset, describe_first_image, split_is_jpeg
 from .evaluation import logging_steps_for_curves
 from .hub import build_model_card, results_from_metrics, upload_classifier_folder
-from .models.loading import LoadedClassifier, describe_model_presets, load_image_classifier
+from .models.loading import LoadedClassifier, describe_model_presets, is_convolutional, load_image_classifier
 from .tensor_data import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     DecodedImages,
@@ -424,15 +424,27 @@ def setup_logging(training_args: TrainingArguments) -> None:
 
 def setup_run(training_args: TrainingArguments) -> None:
     """Logging (`setup_logging`), and cuDNN's autotuner on GPUs: it picks the fastest convolution kernels for the
-    first batch's shapes, which stay the same for a whole run (turned off by --full_determinism)."""
+    first batch's shapes, which stay the same for a whole run (turned off by --full_determinism). Warns, before any
+    work, of bf16 autocast on a CPU that only emulates bf16."""
     setup_logging(training_args)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = not training_args.full_determinism
+    if training_args.bf16 and training_args.device.type == "cpu" and cpu_multiplies_bf16() is False:
+        logger.warning(
+            "--bf16 on a CPU without bf16 arithmetic (neither AMX nor AVX512-BF16): PyTorch emulates it, and a "
+            "CNN's forward ran 4 (channels-last) to 29 (contiguous) times slower than in float32 on such a CPU "
+            "(benchmarks/RESULTS.md). Leave out --bf16 here; it pays on CPUs with AMX or AVX512-BF16 and on GPUs."
+        )
 
 
-def is_convolutional(model: torch.nn.Module) -> bool:
-    """More than one 2-D convolution: a CNN, not a ViT whose only convolution is its patch embedding."""
-    return sum(isinstance(module, torch.nn.Conv2d) for module in model.modules()) > 1
+def cpu_multiplies_bf16() -> bool | None:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16), read from /proc/cpuinfo's flags; `None`
+    where that file does not exist (not Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def load_model(model_args: ModelArguments, id2label: dict[int, str], token: str | None = None) -> LoadedClassifier:

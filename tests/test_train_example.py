@@ -224,6 +224,15 @@ def test_bf16_and_tf32_by_default_only_on_gpus_that_have_them(monkeypatch, capab
     assert (resolved["bf16"], resolved["tf32"]) == expected
 
 
+@pytest.mark.parametrize("hardware_bf16, warned", [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(tmp_path, monkeypatch, hardware_bf16, warned):
+    monkeypatch.setattr(recipes, "cpu_multiplies_bf16", lambda: hardware_bf16)
+    messages = []
+    monkeypatch.setattr(recipes.logger, "warning", lambda message, *args: messages.append(message % args))
+    recipes.setup_run(TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to="none"))
+    assert any("--bf16 on a CPU without bf16 arithmetic" in message for message in messages) is warned
+
+
 def test_convolutional_models_train_in_channels_last():
     cnn = load_model(ModelArguments(model_name_or_path="compact-cnn", config_overrides='{"hidden_sizes": [8, 8, 8]}'),
                      {0: "a", 1: "b"})  # fmt: skip
