@@ -48,7 +48,6 @@ __all__ = [
     "IMAGE_COLUMN_CANDIDATES",
     "LABEL_COLUMN_CANDIDATES",
     "ROW_INDEX_COLUMN",
-    "TEACHER_COLUMN_PREFIX",
     "ImageClassificationCollator",
     "ImageClassificationData",
     "build_transforms",
@@ -64,8 +63,6 @@ __all__ = [
 IMAGE_COLUMN_CANDIDATES = ("image", "img")
 # Added by the loader: each row's position in its source split, so errors about a batch can name the rows.
 ROW_INDEX_COLUMN = "row_index"
-# Columns of precomputed teacher outputs, passed through the lazy transform and stacked by the collator.
-TEACHER_COLUMN_PREFIX = "teacher_"
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label")
 
 VALIDATION_SPLIT_CANDIDATES = ("validation", "valid", "val")
@@ -839,7 +836,8 @@ class _ImageBatchTransform:
         self.image_transform = image_transform
         self.on_bad_image = on_bad_image
         self.source_split = source_split
-        # Per-row arrays indexed by row_index (e.g. precomputed teacher logits), looked up for each batch.
+        # Per-row arrays indexed by row_index (e.g. a distillation's cached teacher logits), looked up for each
+        # batch and carried with the images under their names.
         self.row_outputs = row_outputs or {}
         # Rows dropped so far in this process (each dataloader worker counts its own).
         self.num_skipped = 0
@@ -853,8 +851,7 @@ class _ImageBatchTransform:
         images = batch["image"]
         labels = batch.get("label")
         row_indices = batch.get(ROW_INDEX_COLUMN)
-        # Precomputed teacher outputs (see distillation.teacher_cache) travel with their images.
-        passthrough = {name: values for name, values in batch.items() if name.startswith(TEACHER_COLUMN_PREFIX)}
+        passthrough = {}
         if self.row_outputs:
             if row_indices is None:
                 raise ValueError("per-row outputs need the loader's 'row_index' column in the dataset.")
@@ -863,8 +860,8 @@ class _ImageBatchTransform:
                 if rows.max() >= len(table) or np.isnan(table[rows]).any():
                     missing = [int(row) for row in rows if row >= len(table) or np.isnan(table[row]).any()]
                     raise ValueError(
-                        f"no precomputed '{name}' for rows {missing[:10]}; compute the cache for this split (with "
-                        "cache_teacher_logits) before training from it."
+                        f"no precomputed '{name}' for rows {missing[:10]}; compute it for every row of this split "
+                        "before training from it (a teacher cache: cache_teacher_logits)."
                     )
                 passthrough[name] = list(table[rows])
         pixel_values, kept_labels, kept_rows = [], [], []
@@ -937,8 +934,8 @@ def make_batch_transform(
         source_split (`str`, *optional*):
             The source split the rows come from, named in messages (see `ImageClassificationData.source_splits`).
         row_outputs (`dict[str, np.ndarray]`, *optional*):
-            Arrays indexed by `row_index` whose rows are added to each example under their name (precomputed
-            teacher outputs, `teacher_*`); a row that is NaN or out of range is an error.
+            Arrays indexed by `row_index` whose rows are added to each example under their name (e.g. a
+            distillation's cached teacher logits); a row that is NaN or out of range is an error.
 
     Returns:
         `Callable[[dict], dict]`: maps `{"image": [...], "label": [...]}` to `{"pixel_values": [CHW float tensors],
@@ -1102,11 +1099,10 @@ class ImageClassificationCollator:
                 "dataset.with_transform(make_batch_transform(...)) first."
             )
         batch = {"pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])}
-        for name in examples[0]:
-            if name.startswith(TEACHER_COLUMN_PREFIX):
-                batch[name] = torch.stack(
-                    [torch.as_tensor(example[name], dtype=torch.float32) for example in examples]
-                )
+        # Per-example arrays the transform carried (its `row_outputs`) are stacked as they are; the row index was
+        # for the transform's messages.
+        for name in examples[0].keys() - {"pixel_values", "labels", ROW_INDEX_COLUMN}:
+            batch[name] = torch.stack([torch.as_tensor(example[name], dtype=torch.float32) for example in examples])
         if "labels" in examples[0]:
             batch["labels"] = torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long)
         # uint8 images are mixed only once normalised, on the device.
@@ -1128,14 +1124,15 @@ class ImageClassificationCollator:
         return self.finish({**batch, "pixel_values": pixel_values.float() * scale - shift})
 
     def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Mixing and soft targets for a stacked batch (`pixel_values`, class-index `labels`, `teacher_*`), on
-        whatever device it is: the step shared with the tensor pipeline's `DeviceImageTransform`."""
-        for name in batch:
-            if name.startswith(TEACHER_COLUMN_PREFIX) and self.mix is not None:
-                raise ValueError(
-                    f"the batch carries precomputed teacher outputs ('{name}'), which belong to the unmixed "
-                    "images; turn mixup/cutmix off, or distill from a live teacher."
-                )
+        """Mixing and soft targets for a stacked batch (`pixel_values`, class-index `labels`, per-example arrays
+        such as cached teacher logits), on whatever device it is: the step shared with the tensor pipeline's
+        `DeviceImageTransform`."""
+        carried = sorted(batch.keys() - {"pixel_values", "labels"})
+        if carried and self.mix is not None:
+            raise ValueError(
+                f"the batch carries per-example values ({carried}, e.g. cached teacher outputs) that belong to the "
+                "unmixed images; turn mixup/cutmix off, or distill from a live teacher."
+            )
         if "labels" not in batch or not self.soft_targets:
             return batch
         pixel_values, labels = batch["pixel_values"], batch["labels"]

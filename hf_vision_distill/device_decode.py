@@ -155,7 +155,7 @@ class EncodedImageDataset(Dataset):
     Args:
         split (`datasets.Dataset`): a split of `ImageClassificationData.dataset` (`image`, `label`, `row_index`).
         row_outputs (`dict[str, np.ndarray]`, *optional*): per-row arrays indexed by `row_index` (cached teacher
-            logits, `teacher_*`), carried with each batch.
+            logits), carried with each batch.
     """
 
     def __init__(self, split: datasets.Dataset, row_outputs: dict[str, np.ndarray] | None = None):

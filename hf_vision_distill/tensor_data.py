@@ -200,7 +200,7 @@ def _save_atomically(decoded: DecodedImages, path: Path) -> None:
 
 
 def outputs_of_rows(row_outputs: dict[str, np.ndarray] | None, row_index: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-row arrays indexed by source row (cached teacher logits, `teacher_*`) taken for a split's rows, in its
+    """Per-row arrays indexed by source row (e.g. cached teacher logits) taken for a split's rows, in its
     order; refused when a row has no value (a cache computed for another subset of the split)."""
     outputs = {}
     for name, table in (row_outputs or {}).items():
@@ -224,7 +224,7 @@ class TensorImageDataset(Dataset):
     Args:
         decoded (`DecodedImages`): the split.
         row_outputs (`dict[str, np.ndarray]`, *optional*): per-row arrays indexed by `row_index` (cached teacher
-            logits, `teacher_*`), carried with each example as in `data.make_batch_transform`.
+            logits), carried with each example as in `data.make_batch_transform`.
     """
 
     def __init__(self, decoded: DecodedImages, row_outputs: dict[str, np.ndarray] | None = None):
@@ -371,7 +371,7 @@ class DeviceImageTransform:
     ) -> dict[str, torch.Tensor]:
         """The device half shared by the pipelines that bring images to the device: float images in the 0-255 range
         `(batch, 3, height, width)` cropped (or `cropped_and_flipped` already, at `image_size`), resized, flipped,
-        normalised, then mixed with the rest of `batch` (labels, teacher columns, on the device)."""
+        normalised, then mixed with the rest of `batch` (labels, carried per-row arrays, on the device)."""
         batch_seed = self.batch_seed(indices)
         generator = None if batch_seed is None else self.generator.manual_seed(batch_seed)
         boxes, flips = batch.pop(VIEW_BOXES_KEY, None), batch.pop(VIEW_FLIPS_KEY, None)

@@ -26,7 +26,6 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalPrediction
 
-from .data import TEACHER_COLUMN_PREFIX
 from .profiling import training_flops_per_image
 
 logger = logging.getLogger(__name__)
@@ -238,11 +237,11 @@ class ImageClassificationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         labels = inputs.get("labels")
-        # Labels and precomputed teacher outputs are for the loss, not model inputs.
-        model_inputs = {name: value for name, value in inputs.items()
-                        if name != "labels" and not name.startswith(TEACHER_COLUMN_PREFIX)}  # fmt: skip
-        self.mark_batch_dynamic(model_inputs.get("pixel_values"))
-        outputs = model(**model_inputs)
+        # The model gets the pixels; the labels and whatever else a batch carries (a subclass's columns) are for the
+        # loss.
+        pixel_values = inputs["pixel_values"]
+        self.mark_batch_dynamic(pixel_values)
+        outputs = model(pixel_values=pixel_values)
         if labels is None:
             raise ValueError("ImageClassificationTrainer needs 'labels' in every training batch.")
         # Smoothing shapes training only; the evaluation loss is against the true labels.

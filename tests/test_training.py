@@ -1,12 +1,18 @@
 """ImageClassificationTrainer: the loss, gradient accumulation, and soft targets for models of any origin."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import TrainingArguments, ViTConfig, ViTForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
-from hf_vision_distill.data import ImageClassificationCollator
+from hf_vision_distill.data import (
+    ImageClassificationCollator,
+    build_transforms,
+    load_image_classification_dataset,
+    with_image_transform,
+)
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.profiling import training_flops_per_image
 from hf_vision_distill.training import ImageClassificationTrainer, classification_loss
@@ -227,3 +233,27 @@ def test_the_last_epoch_is_evaluated_beside_the_kept_best_checkpoint_and_the_kep
     assert metrics["last_epoch_test_loss"] != pytest.approx(expected["test_loss"], abs=1e-6)  # another model
     for name, tensor in model.state_dict().items():  # the kept (best) weights are back
         torch.testing.assert_close(tensor, kept[name], atol=0, rtol=0)
+
+
+def test_extra_columns_ride_with_the_batch_and_never_reach_the_model(tmp_path, cifar10_sample_path):
+    # Any per-row array a caller attaches (a distillation's cached teacher logits are one) is stacked by the generic
+    # collator under its own name; the generic trainer gives the model its pixels only.
+    data = load_image_classification_dataset(str(cifar10_sample_path), max_train_samples=8, max_eval_samples=4)
+    rows = max(data.dataset["train"]["row_index"]) + 1  # the table is indexed by source row
+    scores = np.arange(rows * 2, dtype=np.float32).reshape(-1, 2)
+    train = with_image_transform(data.dataset["train"], build_transforms(16, train=False),
+                                 row_outputs={"difficulty": scores})  # fmt: skip
+    collator = ImageClassificationCollator()
+    batch = collator([train[index] for index in range(4)])
+    assert set(batch) == {"pixel_values", "labels", "difficulty"} and batch["difficulty"].shape == (4, 2)
+    with pytest.raises(ValueError, match="turn mixup/cutmix off"):
+        ImageClassificationCollator(num_labels=10, mixup_alpha=0.2)([train[0], train[1]])
+    torch.manual_seed(0)
+    config = VisionTransformerConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, id2label=data.id2label,
+                                     label2id=data.label2id)  # fmt: skip
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, report_to="none",
+                             save_strategy="no", use_cpu=True, remove_unused_columns=False)  # fmt: skip
+    trainer = ImageClassificationTrainer(model=VisionTransformerForImageClassification(config), args=args,
+                                         train_dataset=train, data_collator=collator)  # fmt: skip
+    assert trainer.train().training_loss > 0
