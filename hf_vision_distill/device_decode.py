@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .data import ROW_INDEX_COLUMN, _describe_image, convert_image_to_rgb
+from .data import ROW_INDEX_COLUMN, convert_image_to_rgb
+from .data.images import _describe_image
 from .tensor_data import DeviceImageTransform, outputs_of_rows, random_resized_crop_boxes
 
 logger = logging.getLogger(__name__)

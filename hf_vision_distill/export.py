@@ -41,8 +41,10 @@ from timm.layers import set_layer_config
 from transformers import AutoImageProcessor, PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .data import _decode_image, build_transforms
+from .data import build_transforms
+from .data.images import _decode_image
 from .models.loading import _RESAMPLE_TO_INTERPOLATION, _processor_size, load_image_classifier
+from .profiling import cpu_flags
 
 if TYPE_CHECKING:
     import datasets
@@ -552,6 +554,7 @@ def quantize_int8(
     calibration_method: str = "minmax",
     op_types_to_quantize: Sequence[str] | None = None,
     batch_size: int = 32,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Post-training static int8 quantisation through ONNX Runtime: QDQ format, per-channel int8 weights, uint8
     activations whose ranges are calibrated on `calibration`.
@@ -568,6 +571,9 @@ def quantize_int8(
         op_types_to_quantize (`Sequence[str]`, *optional*): ONNX operator types to quantise; ONNX Runtime's default
             set when `None`.
         batch_size (`int`, *optional*, defaults to 32): images per calibration batch.
+        reduce_range (`bool`, *optional*): 7-bit weights, which x86 CPUs without VNNI need: their uint8 x int8
+            kernel (VPMADDUBSW) saturates int16 sums of full-range products. `None` decides from this CPU
+            ([`int8_needs_reduced_range`]); pass `True` for a model to deploy on such CPUs.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -596,6 +602,7 @@ def quantize_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=int8_needs_reduced_range() if reduce_range is None else reduce_range,
             op_types_to_quantize=list(op_types_to_quantize) if op_types_to_quantize else None,
             calibrate_method=method,
             calibration_providers=["CPUExecutionProvider"],
@@ -642,6 +649,14 @@ def measure_int8_drop(
     return {"fp32_accuracy": fp32, "int8_accuracy": int8, "accuracy_drop_points": 100 * (fp32 - int8)}
 
 
+def int8_needs_reduced_range() -> bool:
+    """Whether this CPU is x86 without an int8 dot-product instruction (AVX2 without AVX512-VNNI, AVX-VNNI or AMX):
+    ONNX Runtime's uint8 x int8 kernels there saturate on full-range weights (up to 0.3 of the logits' spread on a
+    small CNN, benchmarks/RESULTS.md), and its documentation recommends 7-bit weights (`reduce_range`)."""
+    flags = cpu_flags()
+    return flags is not None and "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def quantize_exported(
     exported: ExportedClassifier,
     calibration: CalibrationSet,
@@ -657,17 +672,22 @@ def quantize_exported(
     Returns:
         `dict[str, float]`: `fp32_accuracy`, `int8_accuracy` and `accuracy_drop_points` (empty without a test set).
     """
+    reduce_range = int8_needs_reduced_range()
     int8_path = quantize_int8(
         exported.onnx_path,
         exported.output_dir / INT8_FILE_NAME,
         calibration,
         exported.specification,
         calibration_method=calibration_method,
+        reduce_range=reduce_range,
     )
     metrics = {}
+    weights = "per-channel 7-bit weights (reduce_range, for CPUs without VNNI)" if reduce_range else (
+        "per-channel int8 weights"
+    )  # fmt: skip
     line = (
         f"`{INT8_FILE_NAME}`: `{ONNX_FILE_NAME}` quantised to int8 after training with ONNX Runtime's "
-        f"`quantize_static` (QDQ format, per-channel int8 weights, uint8 activations, {calibration_method} "
+        f"`quantize_static` (QDQ format, {weights}, uint8 activations, {calibration_method} "
         f"calibration on {calibration.description} through the model's eval transform)."
     )
     if test_dataset is not None:
@@ -733,6 +753,7 @@ __all__ = [
     "onnx_session",
     "preprocess_images",
     "quantize_exported",
+    "int8_needs_reduced_range",
     "quantize_int8",
     "write_card_line",
 ]

@@ -48,6 +48,15 @@ def training_flops_per_image(model: nn.Module, image_size: tuple[int, int]) -> i
         model.train(was_training)
 
 
+def cpu_flags() -> set[str] | None:
+    """This CPU's feature flags (`avx2`, `avx512_bf16`, `amx_bf16`, `avx512_vnni`, ...) from /proc/cpuinfo; `None`
+    where that file does not exist (not Linux)."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+
+
 @dataclass
 class Timing:
     """Wall times of repeated forward passes (seconds): the median and the 10th and 90th percentiles of `calls`

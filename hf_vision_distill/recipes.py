@@ -41,6 +41,7 @@ from .device_decode import DeviceJpegTransform, EncodedImageDataset, describe_fi
 from .evaluation import logging_steps_for_curves
 from .hub import build_model_card, results_from_metrics, upload_classifier_folder
 from .models.loading import LoadedClassifier, describe_model_presets, is_convolutional, load_image_classifier
+from .profiling import cpu_flags
 from .tensor_data import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     DecodedImages,
@@ -438,13 +439,10 @@ def setup_run(training_args: TrainingArguments) -> None:
 
 
 def cpu_multiplies_bf16() -> bool | None:
-    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16), read from /proc/cpuinfo's flags; `None`
-    where that file does not exist (not Linux)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return None
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16), from its flags; `None` where they cannot
+    be read (not Linux)."""
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def load_model(model_args: ModelArguments, id2label: dict[int, str], token: str | None = None) -> LoadedClassifier:

@@ -42,12 +42,12 @@ from .data import (
     PAD_CROP_MAX_IMAGE_SIZE,
     ROW_INDEX_COLUMN,
     ImageClassificationCollator,
-    _image_size_pair,
     convert_image_to_rgb,
     pad_crop_padding,
     uint8_normalisation,
     with_image_transform,
 )
+from .data.transforms import _image_size_pair
 
 logger = logging.getLogger(__name__)
 

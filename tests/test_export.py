@@ -16,6 +16,7 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from hf_vision_distill import export
 from hf_vision_distill.data import load_image_classification_dataset
 from hf_vision_distill.export import (
     INT8_FILE_NAME,
@@ -148,8 +149,21 @@ def test_card_lines_replace_their_own_file_only(tmp_path):
 @pytest.fixture(scope="module")
 def exported_cnn(tmp_path_factory, cifar10):
     root = tmp_path_factory.mktemp("quantised")
+    # A fixed start: full-range int8 weights of this one put its logits 0.32 of their spread away on a CPU without
+    # VNNI (ONNX Runtime's uint8 x int8 kernel saturates), 0.04 with the reduced range chosen there.
+    torch.manual_seed(0)
     model_dir = save_classifier("compact-cnn", root / "model", cifar10.id2label)
     return export_classifier(model_dir, root / "onnx")
+
+
+@pytest.mark.parametrize(
+    "flags, reduced",
+    [({"avx2"}, True), ({"avx2", "avx512_vnni"}, False), ({"avx2", "avx_vnni"}, False), ({"asimd"}, False),
+     (None, False)],
+)  # fmt: skip
+def test_int8_weights_keep_a_bit_back_on_x86_without_vnni(monkeypatch, flags, reduced):
+    monkeypatch.setattr(export, "cpu_flags", lambda: flags)
+    assert export.int8_needs_reduced_range() is reduced
 
 
 @pytest.mark.slow
