@@ -207,7 +207,7 @@ def test_two_processes_with_torchrun(tmp_path):
 @pytest.mark.parametrize("fp16, bf16", [(["--fp16"], False), (["--fp16=true"], False), (["--fp16", "false"], True),
                                         ([], True)])  # fmt: skip
 def test_a_users_fp16_replaces_the_bf16_default(monkeypatch, fp16, bf16):
-    monkeypatch.setattr(recipes, "accelerator_bf16", lambda: True)
+    monkeypatch.setattr(recipes.command_line, "accelerator_bf16", lambda: True)
     defaults = {"bf16": recipes.FROM_THE_DEVICE, "output_dir": "unused"}
     (args,) = parse_arguments((TrainingArguments,), defaults, [*fp16, "--use_cpu"])
     assert args.bf16 is bf16 and args.fp16 is not bf16
@@ -226,11 +226,21 @@ def test_bf16_and_tf32_by_default_only_on_gpus_that_have_them(monkeypatch, capab
 
 @pytest.mark.parametrize("hardware_bf16, warned", [(False, True), (True, False), (None, False)])
 def test_bf16_on_a_cpu_that_emulates_it_is_warned_of(tmp_path, monkeypatch, hardware_bf16, warned):
-    monkeypatch.setattr(recipes, "cpu_multiplies_bf16", lambda: hardware_bf16)
+    monkeypatch.setattr(recipes.command_line, "cpu_multiplies_bf16", lambda: hardware_bf16)
     messages = []
-    monkeypatch.setattr(recipes.logger, "warning", lambda message, *args: messages.append(message % args))
+    monkeypatch.setattr(recipes.command_line.logger, "warning", lambda message, *args: messages.append(message % args))
     recipes.setup_run(TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to="none"))
     assert any("--bf16 on a CPU without bf16 arithmetic" in message for message in messages) is warned
+
+
+@pytest.mark.parametrize(
+    "flags, hardware",
+    [({"sse2", "avx2"}, False), ({"sse2", "avx512_bf16"}, True), ({"sse2", "amx_bf16"}, True),
+     ({"asimd", "bf16"}, True), ({"asimd"}, False), (set(), None), (None, None)],
+)  # fmt: skip
+def test_bf16_hardware_is_read_from_the_cpu_flags(monkeypatch, flags, hardware):
+    monkeypatch.setattr(recipes.command_line, "cpu_flags", lambda: flags)
+    assert recipes.cpu_multiplies_bf16() is hardware
 
 
 def test_convolutional_models_train_in_channels_last():
