@@ -62,8 +62,16 @@ class ExportArguments:
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Measure on only this many test images."})
     seed: int = field(default=0, metadata={"help": "Seed of the calibration images' draw."})
+    int8_reduce_range: str = field(
+        default="auto",
+        metadata={"help": "7-bit int8 weights, which x86 CPUs without VNNI need (their int8 kernel saturates): 'auto' "
+                  "decides from this CPU; 'true' for a model to deploy on such CPUs, 'false' for CPUs with VNNI, "
+                  "AMX or Arm."},
+    )  # fmt: skip
 
     def __post_init__(self):
+        if self.int8_reduce_range not in ("auto", "true", "false"):
+            raise ValueError(f"--int8_reduce_range {self.int8_reduce_range!r}: pass auto, true or false.")
         if self.quantize not in (None, "int8"):
             raise ValueError(f"--quantize {self.quantize!r} is not supported; pass int8 or leave it out.")
         if self.quantize and not self.dataset_name:
@@ -129,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 test_dataset=test_dataset,
                 test_description=test_description,
                 calibration_method=args.calibration_method,
+                reduce_range=None if args.int8_reduce_range == "auto" else args.int8_reduce_range == "true",
             )
         )
 

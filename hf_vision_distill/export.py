@@ -664,15 +664,16 @@ def quantize_exported(
     test_dataset: datasets.Dataset | None = None,
     test_description: str = "the test split",
     calibration_method: str = "minmax",
+    reduce_range: bool | None = None,
 ) -> dict[str, float]:
     """Quantises an exported classifier to `model_int8.onnx` beside its `model.onnx` ([`quantize_int8`]), measures
     the accuracy drop on `test_dataset` when one is given ([`measure_int8_drop`]), and writes both into the folder's
-    model card.
+    model card. `reduce_range`: as for [`quantize_int8`] (`None`: decided from this CPU).
 
     Returns:
         `dict[str, float]`: `fp32_accuracy`, `int8_accuracy` and `accuracy_drop_points` (empty without a test set).
     """
-    reduce_range = int8_needs_reduced_range()
+    reduce_range = int8_needs_reduced_range() if reduce_range is None else reduce_range
     int8_path = quantize_int8(
         exported.onnx_path,
         exported.output_dir / INT8_FILE_NAME,

@@ -171,6 +171,12 @@ def test_teacher_by_path_and_missing_teacher(tmp_path):
         DistillationTrainer(model=student_vit(), teacher=teacher_vit())
 
 
+def test_an_offline_run_loads_no_teacher(tmp_path):
+    # The batches bring the teacher's logits; the configured teacher path is the cache's maker, not loaded again.
+    args = config(tmp_path, offline_teacher=True, teacher_model_name_or_path=str(tmp_path / "not-a-model"))
+    assert DistillationTrainer(model=student_vit(), args=args).teacher is None
+
+
 def test_teacher_view_resizes_and_renormalises():
     view = TeacherInputTransform(student_mean=(0.5, 0.5, 0.5), student_std=(0.25, 0.25, 0.25), teacher_size=(32, 32),
                                  teacher_mean=(0.0, 0.0, 0.0), teacher_std=(1.0, 1.0, 1.0))  # fmt: skip

@@ -314,6 +314,7 @@ def test_export_example_writes_both_models_beside_processor_and_card(tmp_path, c
     results = export_recipe.main([
         "--model_path", str(model_dir), "--output_dir", str(output_dir), "--quantize", "int8", "--opset", "18",
         "--dataset_name", str(cifar10_path), "--num_calibration_images", "32", "--max_eval_samples", "16",
+        "--int8_reduce_range", "true",
     ])  # fmt: skip
     assert results["opset"] == 18 and results["max_abs_difference"] < 1e-4
     assert 0 <= results["int8_accuracy"] <= 1 and 0 <= results["fp32_accuracy"] <= 1
@@ -322,7 +323,11 @@ def test_export_example_writes_both_models_beside_processor_and_card(tmp_path, c
     assert onnx.load(str(output_dir / "model.onnx")).opset_import[0].version == 18
     card = (output_dir / "README.md").read_text()
     assert "- `model.onnx`:" in card and "- `model_int8.onnx`:" in card and "(16 images)" in card
+    assert "7-bit weights (reduce_range" in card  # asked for, whatever this CPU is
     assert json.loads((output_dir / "export_results.json").read_text()) == results
 
     with pytest.raises(ValueError, match="pass --dataset_name"):
         export_recipe.main(["--model_path", str(model_dir), "--output_dir", str(output_dir), "--quantize", "int8"])
+    with pytest.raises(ValueError, match="pass auto, true or false"):
+        export_recipe.main(["--model_path", str(model_dir), "--output_dir", str(output_dir), "--int8_reduce_range",
+                            "maybe"])  # fmt: skip

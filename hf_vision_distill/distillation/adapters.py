@@ -56,13 +56,8 @@ class StudentWithAdapters(PreTrainedModel):
 
     @property
     def supports_gradient_checkpointing(self) -> bool:
+        # PreTrainedModel's switch then walks the student's modules.
         return self.student.supports_gradient_checkpointing
-
-    def gradient_checkpointing_enable(self, *args, **kwargs) -> None:
-        self.student.gradient_checkpointing_enable(*args, **kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.student.gradient_checkpointing_disable()
 
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None, **kwargs) -> None:
         if state_dict is not None:  # a gathered state (DeepSpeed): this module's keys, of which the student's

@@ -4,8 +4,10 @@ attention maps."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,7 @@ from ..losses import (
 )
 from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss, on_device
 from .adapters import (
+    ADAPTERS_WEIGHTS_NAME,
     AttentionProjection,
     FeatureAdapter,
     StudentWithAdapters,
@@ -110,7 +113,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     ):
         if not isinstance(args, DistillationConfig):
             raise ValueError(f"args must be a DistillationConfig, got {type(args).__name__}.")
-        teacher = teacher if teacher is not None else args.teacher_model_name_or_path
+        if teacher is None and not args.offline_teacher:  # offline, the batches bring the teacher's logits
+            teacher = args.teacher_model_name_or_path
         if teacher is None and args.needs_teacher:
             raise ValueError(
                 "no teacher: pass teacher= or set teacher_model_name_or_path, train from cached teacher logits "
@@ -155,7 +159,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         if self.is_fsdp_enabled and _has_parameters(adapters):
             raise ValueError(_FSDP_MESSAGE)
         if _has_parameters(adapters):
-            self.add_callback(_AdapterCheckpoints(adapters))
+            self.add_callback(_BestCheckpointAdapters(adapters))
         self.teacher = teacher.place(self.args.device, self.accelerator.autocast) if teacher is not None else None
         self._reset_logged_terms()
 
@@ -223,6 +227,16 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         """The adapters that train with the student, or `None` when the losses need none."""
         model = self.accelerator.unwrap_model(self.model)
         return model.adapters if isinstance(model, StudentWithAdapters) else None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`: the student alone (`StudentWithAdapters.save_pretrained`). Into one of the run's
+        checkpoints the adapters go too, beside the student, before the Trainer writes the state that makes the
+        checkpoint complete and before it pushes the checkpoint (`hub_strategy`)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        adapters = self.adapters
+        if output_dir is not None and _has_parameters(adapters) and self.args.should_save:
+            if _is_checkpoint_of(output_dir, self.args.output_dir):
+                save_adapters(adapters, output_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; resuming also restores the adapters from the checkpoint (the Trainer restores the
@@ -416,13 +430,14 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             return
         args: DistillationConfig = self.args
         autocast = "fp16" if args.fp16 else "bf16" if args.bf16 else None
-        running = f"with {args.teacher_dtype} weights" + (f" under {autocast} autocast" if autocast else "")
+        dtype = str(self.teacher.dtype).removeprefix("torch.")
+        running = f"with {dtype} weights" + (f" under {autocast} autocast" if autocast else "")
         if autocast == "fp16":
             fix = (
                 "fp16's range (largest value 65504) overflows in large teachers; train with --bf16 instead of "
                 "--fp16 (same speed on GPUs that have bf16), or in float32 (without --fp16)."
             )
-        elif args.teacher_dtype != "float32" or autocast:
+        elif dtype != "float32" or autocast:
             fix = "run the teacher in float32: --teacher_dtype float32, and without --bf16 if that is not enough."
         else:
             fix = "the teacher gives them in float32 too: check its checkpoint and its inputs (input_transform)."
@@ -540,22 +555,29 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         return teacher_map.cpu(), student_map.cpu()
 
 
-class _AdapterCheckpoints(TrainerCallback):
-    """Keeps the adapters with the checkpoints: written beside each checkpoint's student, and loaded again with the
-    best checkpoint when `load_best_model_at_end` has restored its student (on resumption:
-    `DistillationTrainer.train`). A run killed between the checkpoint's last file and this one leaves a checkpoint
-    without adapters, which resumption refuses with the reason."""
+class _BestCheckpointAdapters(TrainerCallback):
+    """Loads the adapters of the best checkpoint once `load_best_model_at_end` has restored its student, so the two
+    belong together again (evaluation, attention maps)."""
 
     def __init__(self, adapters: nn.Module):
         self.adapters = adapters
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
-        if args.should_save:  # the folder the Trainer has just written (`Trainer._save_checkpoint`'s name)
-            save_adapters(self.adapters, os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
-
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
-        if args.load_best_model_at_end and state.best_model_checkpoint:
-            load_adapters(self.adapters, state.best_model_checkpoint)
+        best = state.best_model_checkpoint
+        if not (args.load_best_model_at_end and best):
+            return
+        if os.path.isfile(os.path.join(best, ADAPTERS_WEIGHTS_NAME)):
+            load_adapters(self.adapters, best)
+        else:  # as the Trainer does with a best checkpoint it cannot load: say so and go on
+            logger.warning("%s has no %s: the adapters stay those of the last step.", best, ADAPTERS_WEIGHTS_NAME)
+
+
+def _is_checkpoint_of(folder: str | os.PathLike, output_dir: str | os.PathLike) -> bool:
+    """Whether `folder` is one of the run's `checkpoint-N` folders (where `Trainer._save_checkpoint` saves)."""
+    folder = Path(folder)
+    return bool(re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", folder.name)) and (
+        folder.parent.resolve() == Path(output_dir).resolve()
+    )
 
 
 def unused_trainable_parameters(model: nn.Module) -> list[str]:

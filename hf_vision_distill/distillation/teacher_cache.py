@@ -364,7 +364,8 @@ def cache_teacher_views(
         logger.warning("The training transform draws no crop and no flip: the %d cached views are one image.",
                        num_views)  # fmt: skip
     seed = transform.seed if seed is None else seed
-    teacher = _as_teacher(teacher)
+    # Placed first: the key hashes the weights as they run (its dtype), whatever placed the teacher before.
+    teacher = _as_teacher(teacher).place(transform.device)
     key = teacher_views_key(teacher, decoded, transform, num_views=num_views, top_k=top_k, seed=seed)
     path = teacher_views_cache_path(key, cache_dir)
     if path.is_file():
@@ -381,7 +382,6 @@ def cache_teacher_views(
     boxes, flips = torch.stack(boxes, dim=1), torch.stack(flips, dim=1)
 
     device = transform.device
-    teacher.place(device)
     top_logits, top_indices, tail_logits = [], [], []
     num_labels = None
     for start in range(0, rows, batch_size):
