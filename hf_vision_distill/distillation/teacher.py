@@ -9,6 +9,7 @@ the teacher caches and the recipes ask it rather than handling a bare model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -282,13 +283,19 @@ def forward_kwargs(model: nn.Module, hidden_states: bool, attentions: bool) -> d
     if hidden_states:
         kwargs["output_hidden_states"] = True
     if attentions:
-        parameters = inspect.signature(model.forward).parameters
-        if "output_attentions" not in parameters and not any(
-            parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
-        ):
+        if not _forward_takes_attentions(type(model)):
             raise ValueError(NO_ATTENTIONS_MESSAGE)
         kwargs["output_attentions"] = True
     return kwargs
+
+
+@functools.cache
+def _forward_takes_attentions(model_class: type) -> bool:
+    # Once per class: the teacher runs at every step, and reading a signature costs more than a dict lookup.
+    parameters = inspect.signature(model_class.forward).parameters
+    return "output_attentions" in parameters or any(
+        parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
+    )
 
 
 def require_attentions(outputs) -> tuple[torch.Tensor, ...]:
