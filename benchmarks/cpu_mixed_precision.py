@@ -35,7 +35,7 @@ def images_per_second(model_name: str, bf16: bool, attention: str | None, batch_
     loaded = load_image_classifier(model_name, id2label=labels, attn_implementation=attention)
     model = loaded.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    pixel_values = torch.randn(batch_size, 3, *loaded.image_size)
+    pixel_values = torch.randn(batch_size, 3, *loaded.input_specification.image_size)
     targets = torch.randint(0, 10, (batch_size,))
     times = []
     for _ in range(steps + 1):  # the first step warms up the kernels and the allocator

@@ -104,7 +104,9 @@ def last_checkpoint(run: Path) -> Path:
 def test_accuracy(model_path: Path, test) -> float:
     loaded = load_image_classifier(str(model_path), id2label=None)
     loaded.model.float()
-    transform = DeviceImageTransform(loaded.image_size, train=False, mean=loaded.image_mean, std=loaded.image_std)
+    transform = DeviceImageTransform(
+        loaded.input_specification.image_size, train=False, **loaded.input_specification.normalization()
+    )
     return (predict_decoded(loaded.model, test, transform) == test.labels).float().mean().item()
 
 

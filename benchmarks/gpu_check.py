@@ -381,7 +381,14 @@ def time_training_batches(
 ) -> dict:
     """Images/s of the recipe's training batches as its Trainer serves them (decoding, augmentation, collation, the
     collator's device step) for one `--input_pipeline` and worker count, built as examples/train.py builds them."""
-    from hf_vision_distill.recipes import DataArguments, ModelArguments, build_inputs, load_data, load_model
+    from hf_vision_distill.recipes import (
+        DataArguments,
+        ModelArguments,
+        build_inputs,
+        final_training_arguments,
+        load_data,
+        load_model,
+    )
     from hf_vision_distill.training import ImageClassificationTrainer, on_device
 
     argv = [
@@ -398,12 +405,12 @@ def time_training_batches(
     data = load_data(data_args, parsed[-1])
     loaded = load_model(model_args, data.id2label)
     start = time.perf_counter()
-    inputs = build_inputs(data, data_args, parsed[-1], loaded.image_size, loaded.image_mean, loaded.image_std,
-                          interpolation=loaded.interpolation)  # fmt: skip
+    inputs = build_inputs(data, data_args, parsed[-1], loaded.input_specification)
     build_seconds = time.perf_counter() - start  # decoding a split once, for the tensor pipeline
+    training_args = final_training_arguments(parsed[-1], data=data, inputs=inputs, argv=argv)
     trainer = ImageClassificationTrainer(
         model=loaded.model,
-        args=inputs.training_args,
+        args=training_args,
         train_dataset=inputs.train_dataset,
         data_collator=inputs.train_collator,
     )
@@ -429,7 +436,7 @@ def time_training_batches(
     return {
         "requested": pipeline,
         "pipeline": inputs.pipeline,
-        "workers": inputs.training_args.dataloader_num_workers,
+        "workers": training_args.dataloader_num_workers,
         "images_per_second": images / seconds if images else None,
         "images": images,
         "build_seconds": build_seconds,

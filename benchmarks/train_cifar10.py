@@ -65,7 +65,6 @@ def accuracy_at(model_dir: Path, dataset_path: str, image_size: int, max_samples
     """Test accuracy with images resized to `image_size`, interpolating position embeddings when it differs."""
     from hf_vision_distill.data import (
         ImageClassificationCollator,
-        build_transforms,
         load_image_classification_dataset,
         with_image_transform,
     )
@@ -74,13 +73,14 @@ def accuracy_at(model_dir: Path, dataset_path: str, image_size: int, max_samples
     data = load_image_classification_dataset(dataset_path, max_eval_samples=max_samples, validation_size=0.0)
     loaded = load_image_classifier(str(model_dir), id2label=data.id2label)
     model = loaded.model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
-    transform = build_transforms(image_size, train=False, mean=loaded.image_mean, std=loaded.image_std)
+    transform = loaded.input_specification.with_size(image_size).eval_transform()
     test = with_image_transform(data.dataset["test"], transform)
     loader = DataLoader(test, batch_size=256, num_workers=workers, collate_fn=ImageClassificationCollator())
     correct = total = 0
+    resized = image_size != loaded.input_specification.image_size[0]
     for batch in loader:
         pixel_values = batch["pixel_values"].to(model.device)
-        logits = model(pixel_values, interpolate_pos_encoding=image_size != loaded.image_size[0]).logits
+        logits = model(pixel_values, interpolate_pos_encoding=resized).logits
         correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
         total += len(batch["labels"])
     return correct / total

@@ -124,7 +124,7 @@ def build_model(
         config_overrides=config_overrides,
         attn_implementation=attn_implementation,
     )
-    return loaded.model.to(device).train(), tuple(loaded.image_size)
+    return loaded.model.to(device).train(), loaded.input_specification.image_size
 
 
 def training_step(

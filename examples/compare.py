@@ -38,7 +38,6 @@ from transformers import TrainingArguments, set_seed
 from hf_vision_distill.evaluation import (
     build_compute_metrics,
     classification_report_rows,
-    logging_steps_for_curves,
     markdown_table,
     plot_confusion_matrix,
     plot_training_curves,
@@ -50,22 +49,20 @@ from hf_vision_distill.finetuning import (
     apply_strategy,
     describe_trainable,
 )
-from hf_vision_distill.models import MODEL_PRESETS, LoadedClassifier, build_image_processor, load_image_classifier
+from hf_vision_distill.models import MODEL_PRESETS, LoadedClassifier, load_image_classifier
 from hf_vision_distill.profiling import flops_per_image, profile_inference, speed, training_flops_per_image
 from hf_vision_distill.recipes import (
     SHIPPED_SAMPLE,
     TRAINING_DEFAULTS,
     DataArguments,
     build_inputs,
-    evaluation_settings_for,
+    final_training_arguments,
     initialize_from_data,
     is_convolutional,
     load_data,
-    optimizer_steps,
     parse_arguments,
     run_recipe,
     setup_run,
-    user_gave,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,7 +153,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         dataclasses.replace(finetuning_args, strategy=strategy)
     folders = model_folders(comparison_args.models, strategies)
     data = load_data(data_args, training_args)
-    training_args = evaluation_settings_for(data, training_args)
     output_dir = Path(training_args.output_dir)
 
     # Each model: its settings, and its row when its folder holds a finished run with the same settings.
@@ -167,13 +163,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     check_models([(name, strategy) for name, strategy, _, _, row in plan if row is None], data.id2label,
                  comparison_args, finetuning_args)  # fmt: skip
 
-    # None: chosen per model from its number of steps (see compare_one).
-    logging_steps = training_args.logging_steps if user_gave(argv, "logging_steps") else None
     rows = []
     for model_name, strategy, folder, settings, row in plan:
         if row is None:
             row = compare_one(model_name, strategy, settings, data, data_args, finetuning_args, training_args,
-                              comparison_args, output_dir / folder, logging_steps)  # fmt: skip
+                              comparison_args, output_dir / folder, argv)  # fmt: skip
         rows.append(row)
     if training_args.should_save:
         write_comparison(rows, data, training_args, output_dir)
@@ -276,15 +270,15 @@ def load_model_at_size(model_name: str, id2label: dict[int, str], comparison_arg
         loaded = load_image_classifier(model_name, **load)
         if not is_convolutional(loaded.model):
             raise
-    if image_size is not None and loaded.image_size != (image_size, image_size):
+    specification = loaded.input_specification
+    if image_size is not None and specification.image_size != (image_size, image_size):
         if not is_convolutional(loaded.model):
+            height, width = specification.image_size
             raise ValueError(
-                f"{model_name!r} takes {loaded.image_size[0]}x{loaded.image_size[1]} images and cannot be built for "
-                f"--image_size {image_size}; leave it out of the comparison or drop --image_size."
+                f"{model_name!r} takes {height}x{width} images and cannot be built for --image_size {image_size}; "
+                "leave it out of the comparison or drop --image_size."
             )
-        size = (image_size, image_size)
-        processor = build_image_processor(size, loaded.image_mean, loaded.image_std, loaded.interpolation)
-        loaded = dataclasses.replace(loaded, image_size=size, image_processor=processor)
+        loaded = dataclasses.replace(loaded, input_specification=specification.with_size(image_size))
     return loaded
 
 
@@ -298,7 +292,7 @@ def compare_one(
     training_args: TrainingArguments,
     comparison_args: ComparisonArguments,
     model_dir: Path,
-    logging_steps: int | None,
+    argv: list[str] | None,
 ) -> dict:
     set_seed(training_args.seed)  # every model sees the same data order and augmentation draws
     loaded: LoadedClassifier = load_model_at_size(model_name, data.id2label, comparison_args)
@@ -306,18 +300,19 @@ def compare_one(
     model_finetuning = dataclasses.replace(finetuning_args, strategy=strategy)
     apply_strategy(loaded.model, model_finetuning)
     trainable = describe_trainable(loaded.model)
-    logger.info("%s (%s): %d of %d parameters train, input %dx%d.", model_name, strategy,
-                trainable["trainable_parameters"], trainable["total_parameters"], *loaded.image_size)  # fmt: skip
+    image_size = loaded.input_specification.image_size
+    logger.info("%s (%s): %d of %d parameters train, input %s.", model_name, strategy,
+                trainable["trainable_parameters"], trainable["total_parameters"],
+                loaded.input_specification)  # fmt: skip
 
-    inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
-                          interpolation=loaded.interpolation)  # fmt: skip
-    train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
-    initialize_from_data(loaded, inputs, args.device)
-    steps = optimizer_steps(len(train_dataset), args)
-    if logging_steps is None:
-        logging_steps = logging_steps_for_curves(steps, CURVE_POINTS, at_most=int(args.logging_steps))
+    inputs = build_inputs(data, data_args, training_args, loaded.input_specification)
+    train_dataset, eval_datasets = inputs.train_dataset, inputs.eval_datasets
     # TensorBoard logs go to <model folder>/runs.
-    args = dataclasses.replace(args, output_dir=str(model_dir), push_to_hub=False, logging_steps=logging_steps)
+    changes = {"output_dir": (str(model_dir), "the model's folder"),
+               "push_to_hub": (False, "a comparison uploads nothing")}  # fmt: skip
+    args = final_training_arguments(training_args, data=data, inputs=inputs, argv=argv, changes=changes,
+                                    curve_points=CURVE_POINTS)  # fmt: skip
+    initialize_from_data(loaded, inputs, args.device)
     trainer = FineTuningTrainer(
         model=loaded.model,
         args=args,
@@ -347,19 +342,19 @@ def compare_one(
         "f1_macro": prediction.metrics["test_f1_macro"],
         "parameters": trainable["total_parameters"],
         "trainable_parameters": trainable["trainable_parameters"],
-        "gflops_per_image": flops_per_image(model, loaded.image_size) / 1e9,
+        "gflops_per_image": flops_per_image(model, image_size) / 1e9,
         # As the model stands after training (a gradual run ends with everything unfrozen).
-        "training_gflops_per_image": training_flops_per_image(model, loaded.image_size) / 1e9,
+        "training_gflops_per_image": training_flops_per_image(model, image_size) / 1e9,
         **speed(
             model,
-            loaded.image_size,
+            image_size,
             batch_size=comparison_args.speed_batch_size,
             seconds=comparison_args.speed_seconds,
         ),  # fmt: skip
         "training_time_s": train_result.metrics["train_runtime"],
         "training_steps": trainer.state.global_step,
-        "logging_steps": logging_steps,
-        "input_size": f"{loaded.image_size[0]}x{loaded.image_size[1]}",
+        "logging_steps": args.logging_steps,
+        "input_size": "{}x{}".format(*image_size),
         "evaluated_on": f"{evaluation_split} ({len(labels)} images)",
     }
     if not args.should_save:
@@ -375,8 +370,8 @@ def compare_one(
     curves.unlink(missing_ok=True)  # a plot from an earlier run is not this run's
     if not plot_training_curves(trainer.state.log_history, str(curves), model_name):
         logger.warning("%s: no training curves: %d steps, none logged (--logging_steps %s).", model_name,
-                       row["training_steps"], logging_steps)  # fmt: skip
-    operators = profile_inference(model, loaded.image_size, model_dir / "profile_trace.json",
+                       row["training_steps"], args.logging_steps)  # fmt: skip
+    operators = profile_inference(model, image_size, model_dir / "profile_trace.json",
                                   batch_size=comparison_args.profile_batch_size)  # fmt: skip
     (model_dir / "profile_operators.txt").write_text(operators)
     row["report"] = report

@@ -35,9 +35,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import TrainingArguments
 
-from hf_vision_distill.data import build_transforms
 from hf_vision_distill.distillation import (
     DistillationConfig,
     DistillationTrainer,
@@ -49,7 +48,6 @@ from hf_vision_distill.distillation import (
     teacher_outputs_by_row,
 )
 from hf_vision_distill.evaluation import (
-    build_compute_metrics,
     markdown_table,
     paired_accuracy_gain,
     plot_attention_overlays,
@@ -58,29 +56,19 @@ from hf_vision_distill.evaluation import (
 from hf_vision_distill.recipes import (
     SHIPPED_SAMPLE,
     SHIPPED_TEACHER,
+    SPLIT_PREFIXES,
     TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
+    Recipe,
     RunArguments,
-    build_inputs,
-    check_hub_access,
     checkpoint_to_resume,
     choose_input_pipeline,
-    evaluation_settings_for,
-    export_output,
     initialize_from_data,
-    load_data,
-    load_model,
-    log_often_enough,
-    parse_arguments,
-    prepare_output_dir,
-    push_output,
     random_augmentations,
     reported_split,
     run_recipe,
-    setup_run,
     user_gave,
-    write_model_card,
 )
 from hf_vision_distill.training import ImageClassificationTrainer, on_device
 
@@ -142,13 +130,6 @@ def plain_training_arguments(args: DistillationConfig, **changes) -> TrainingArg
     return TrainingArguments(**{**values, **changes})
 
 
-def evaluate_on(trainer, eval_datasets: dict, prefix_by_split: dict[str, str]) -> dict[str, float]:
-    metrics = {}
-    for split, dataset in eval_datasets.items():
-        metrics.update(trainer.evaluate(dataset, metric_key_prefix=prefix_by_split[split]))
-    return metrics
-
-
 def with_last_epoch(trainer, eval_datasets: dict, metrics: dict[str, float]) -> dict[str, float]:
     """`metrics` (the kept model's) plus the reported split's accuracy at the last epoch: the kept model's own when
     it is the last epoch's, else the last checkpoint's (`evaluate_last_epoch`)."""
@@ -161,36 +142,26 @@ def with_last_epoch(trainer, eval_datasets: dict, metrics: dict[str, float]) -> 
     return {**metrics, f"last_epoch_{key}": last.get(f"last_epoch_{key}", metrics.get(key))}
 
 
+ARGUMENTS = (ModelArguments, DataArguments, RunArguments, TeacherArguments, ComparisonArguments, DistillationConfig)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, run_args, teacher_args, comparison_args, args = parse_arguments(
-        (ModelArguments, DataArguments, RunArguments, TeacherArguments, ComparisonArguments, DistillationConfig),
-        DEFAULTS,
-        argv,
-    )
-    setup_run(args)
-    check_hub_access(args)
     # The job (distillation, then the baseline) is finished when its summary is written.
-    output = prepare_output_dir((model_args, data_args, teacher_args, comparison_args, args), args, run_args,
-                                "summary.json")  # fmt: skip
-    if output.finished:
-        return output.results
-    set_seed(args.seed)
+    recipe = Recipe.start("examples/distill.py", ARGUMENTS, DEFAULTS, argv, results_name="summary.json")
+    if recipe.output.finished:
+        return recipe.output.results
+    model_args, data_args, run_args, teacher_args, comparison_args, args = recipe.arguments
     if not args.teacher_model_name_or_path:
         raise ValueError(
             "no teacher: pass --teacher_model_name_or_path (a trained classifier of the dataset's labels, e.g. one "
             "trained with examples/train.py)."
         )
-    data = load_data(data_args, args)
+    data = recipe.load_data(data_args)
     check_offline_teacher_views(teacher_args, data_args, data, args, argv)
-    args = evaluation_settings_for(data, args)
     output_dir = Path(args.output_dir)
-    prefixes = {"validation": "eval", "test": "test"}
 
-    def load_student():
-        set_seed(args.seed)  # the baseline starts from the same weights as the distilled student
-        return load_model(model_args, data.id2label, token=args.hub_token)
-
-    student = load_student()
+    # The baseline starts from the same weights as the distilled student.
+    student = recipe.load_model(model_args, seed=True)
     # Checks, before the teacher runs on anything, that it predicts the student's classes (a teacher of other labels
     # ends in an index error deep in the loss), and takes the student's batches to its own input.
     teacher = Teacher.from_pretrained(
@@ -198,133 +169,122 @@ def main(argv: list[str] | None = None) -> dict:
         trust_remote_code=teacher_args.teacher_trust_remote_code, revision=teacher_args.teacher_revision,
         token=args.hub_token,
     )  # fmt: skip
-    args = fit_attention_to_teacher(args, teacher, argv)
-    row_outputs = None
+    changes = fit_attention_to_teacher(args, teacher, argv)
+    teacher_cache = None
     views = teacher_args.offline_teacher_views
     if args.offline_teacher:
-        row_outputs = cache_teacher(teacher, data, data_args, student, args, output_dir, training_split=not views)
-    inputs = build_inputs(data, data_args, args, student.image_size, student.image_mean, student.image_std,
-                          interpolation=student.interpolation, row_outputs=row_outputs)  # fmt: skip
-    train_dataset, eval_datasets, args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
-    train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
-    initialize_from_data(student, inputs, args.device)
+        teacher_cache = cache_teacher(teacher, data, data_args, student, args, output_dir, training_split=not views)
+    inputs = recipe.prepare_inputs(student, extra_columns=teacher_cache, changes=changes)
+    args = recipe.training_args
+    trainer_arguments = recipe.trainer_arguments(student)
     callbacks = []
     if views:
         train_dataset, train_collator = replay_teacher_views(teacher, inputs, teacher_args, args)
+        trainer_arguments.update(train_dataset=train_dataset, data_collator=train_collator)
         callbacks.append(TeacherViewEpochCallback(train_dataset))
-    args = log_often_enough(args, len(train_dataset), argv)
 
     # ---- distillation ----
     trainer = DistillationTrainer(
-        model=student.model,
-        teacher=None if args.offline_teacher else teacher,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_datasets.get("validation"),
-        data_collator=train_collator,
-        eval_data_collator=eval_collator,
-        compute_metrics=build_compute_metrics(),
-        processing_class=student.image_processor,
-        callbacks=callbacks,
-    )
+        model=student.model, teacher=None if args.offline_teacher else teacher, callbacks=callbacks,
+        **trainer_arguments,
+    )  # fmt: skip
     # The teacher is evaluated as the distillation runs it: placed as the trainer places it (float32 or
     # --teacher_dtype, on its device), run under the same autocast, on its view of the student's test batches (its
     # own size and normalisation), not prepared and cast by an evaluation Trainer of its own.
     teacher.place(args.device, trainer.accelerator.autocast)  # --offline_teacher: the trainer runs no teacher
+    eval_datasets = inputs.eval_datasets
     teacher_metrics = {}
     for split, dataset in eval_datasets.items():
-        teacher_metrics.update(trainer.evaluate_forward(teacher, dataset, prefixes[split]))
+        teacher_metrics.update(trainer.evaluate_forward(teacher, dataset, SPLIT_PREFIXES[split]))
     rows = [{"model": f"teacher ({args.teacher_model_name_or_path})", **teacher_metrics,
              "parameters": teacher.num_parameters}]  # fmt: skip
-    output.record_arguments()  # training starts: what a rerun is compared with
-    train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
-    trainer.save_model(_internal_call=True)  # the student alone; _internal_call: pushed once, at the end
-    trainer.save_state()
+    train_metrics = recipe.train(trainer)  # the student alone is saved; pushed once, at the end
     student_parameters = sum(p.numel() for p in student.model.parameters())
     rows.append({"model": f"distilled student ({model_args.model_name_or_path})",
-                 **with_last_epoch(trainer, eval_datasets, evaluate_on(trainer, eval_datasets, prefixes)),
-                 "parameters": student_parameters,
-                 "train_runtime": train_result.metrics["train_runtime"]})  # fmt: skip
-
-    history = trainer.state.log_history
+                 **with_last_epoch(trainer, eval_datasets, recipe.evaluate(trainer)),
+                 "parameters": student_parameters, "train_runtime": train_metrics["train_runtime"]})  # fmt: skip
     if args.should_save:  # the main process draws; the others would write the same files at once
-        loss_keys = sorted({key for entry in history for key in entry if key.startswith("loss")})
-        plot_log_history(history, loss_keys, str(output_dir / "loss_components.png"), "training loss components")
-        accuracy_keys = [key for key in ("eval_accuracy", "eval_f1_macro") if any(key in entry for entry in history)]
-        plot_log_history(history, accuracy_keys, str(output_dir / "validation_accuracy.png"),
-                         "validation accuracy", x_key="epoch")  # fmt: skip
-        weight_keys = sorted({key for entry in history for key in entry if key.startswith("attention_layer_weight_")})
-        plot_log_history(history, weight_keys, str(output_dir / "layer_weights.png"),
-                         "teacher layer weights (entropy)", x_key="epoch")  # fmt: skip
-        overlay_split = reported_split(eval_datasets)
-        if args.uses("attention_loss_weight") and overlay_split and comparison_args.num_overlay_images:
-            write_attention_overlays(trainer, eval_datasets[overlay_split[0]], eval_collator, data, student,
-                                     comparison_args.num_overlay_images,
-                                     str(output_dir / "attention_overlays.png"))  # fmt: skip
+        write_plots(trainer, inputs, data, student, args, comparison_args, output_dir)
 
     # ---- the baseline: same student, same start, same budget, labels only ----
-    # Side outputs live in folders starting with "_", which the Trainer's Hub uploads skip.
+    baseline = None
     if comparison_args.baseline:
-        baseline_student = load_student()
-        initialize_from_data(baseline_student, inputs, args.device)
-        # Its own folder and no --resume_from_checkpoint: that checkpoint is the distilled student's.
-        baseline_args = plain_training_arguments(
-            args, output_dir=str(output_dir / "_baseline"), resume_from_checkpoint=None, push_to_hub=False
-        )
-        # Fresh augmentation, as any run without a cache: cached views would only narrow what it sees.
-        baseline = ImageClassificationTrainer(
-            model=baseline_student.model,
-            args=evaluation_settings_for(data, baseline_args),
-            train_dataset=inputs.train_dataset,
-            eval_dataset=eval_datasets.get("validation"),
-            data_collator=inputs.train_collator,
-            eval_data_collator=eval_collator,
-            compute_metrics=build_compute_metrics(),
-            processing_class=baseline_student.image_processor,
-        )
-        baseline_result = baseline.train(resume_from_checkpoint=checkpoint_to_resume(baseline_args, run_args))
-        baseline.save_model()
-        rows.append({"model": f"baseline student ({model_args.model_name_or_path}, labels only)",
-                     **with_last_epoch(baseline, eval_datasets, evaluate_on(baseline, eval_datasets, prefixes)),
-                     "parameters": student_parameters,
-                     "train_runtime": baseline_result.metrics["train_runtime"]})  # fmt: skip
+        baseline, row = train_baseline(recipe, model_args, run_args, output_dir)
+        rows.append({**row, "parameters": student_parameters})
 
     gain = None
     split = reported_split(eval_datasets)
-    if comparison_args.baseline and split is not None:
+    if baseline is not None and split is not None:
         dataset = eval_datasets[split[0]]
         gain = paired_accuracy_gain(correct_predictions(trainer, dataset), correct_predictions(baseline, dataset))
     summary = write_summary(rows, args, output_dir, split, gain)
-    write_model_card(trainer, student, recipe="examples/distill.py", argv=argv, model_args=model_args,
-                     data_args=data_args, metrics=rows[1], teacher_name=args.teacher_model_name_or_path,
-                     teacher_parameters=rows[0]["parameters"], distillation_settings=distillation_settings(args),
-                     comparison=rows)  # fmt: skip
-    export_output(args, run_args, model_args.trust_remote_code)
-    if args.push_to_hub:
-        push_output(trainer)  # the student, its image processor, the card, summary and plots
+    # the student, its image processor, the card, summary and plots
+    recipe.publish(trainer, student, rows[1], teacher_name=args.teacher_model_name_or_path,
+                   teacher_parameters=rows[0]["parameters"], distillation_settings=distillation_settings(args),
+                   comparison=rows)  # fmt: skip
     return summary
 
 
-def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] | None) -> DistillationConfig:
-    """Attention distillation needs a teacher with attention maps (a ViT). The recipe's default weight is turned off,
-    with a line saying so, for a teacher without them (a CNN); a weight the user asked for fails here, before any
-    expensive work, with the flag to change."""
-    if not args.uses("attention_loss_weight"):
-        return args
+def train_baseline(recipe: Recipe, model_args, run_args, output_dir: Path):
+    """The same student from the same start, trained on labels alone with the same budget and batches, in
+    `_baseline/` (side outputs live in folders starting with "_", which the Trainer's Hub uploads skip). Returns its
+    trainer and its row of the summary."""
+    baseline_student = recipe.load_model(model_args, seed=True)
+    initialize_from_data(baseline_student, recipe.inputs, recipe.training_args.device)
+    # Its own folder and no --resume_from_checkpoint: that checkpoint is the distilled student's.
+    baseline_args = plain_training_arguments(
+        recipe.training_args, output_dir=str(output_dir / "_baseline"), resume_from_checkpoint=None,
+        push_to_hub=False,
+    )  # fmt: skip
+    # Fresh augmentation, as any run without a cache: cached views would only narrow what it sees.
+    baseline = ImageClassificationTrainer(
+        model=baseline_student.model, **{**recipe.trainer_arguments(baseline_student), "args": baseline_args}
+    )
+    result = baseline.train(resume_from_checkpoint=checkpoint_to_resume(baseline_args, run_args))
+    baseline.save_model()
+    row = {"model": f"baseline student ({model_args.model_name_or_path}, labels only)",
+           **with_last_epoch(baseline, recipe.inputs.eval_datasets, recipe.evaluate(baseline)),
+           "train_runtime": result.metrics["train_runtime"]}  # fmt: skip
+    return baseline, row
+
+
+def write_plots(trainer, inputs, data, student, args, comparison_args, output_dir: Path) -> None:
+    """The run's plots: loss components, validation accuracy, the teacher layers' entropy weights over epochs and,
+    with attention distillation, teacher vs student attention on test images."""
+    history = trainer.state.log_history
+    loss_keys = sorted({key for entry in history for key in entry if key.startswith("loss")})
+    plot_log_history(history, loss_keys, str(output_dir / "loss_components.png"), "training loss components")
+    accuracy_keys = [key for key in ("eval_accuracy", "eval_f1_macro") if any(key in entry for entry in history)]
+    plot_log_history(history, accuracy_keys, str(output_dir / "validation_accuracy.png"),
+                     "validation accuracy", x_key="epoch")  # fmt: skip
+    weight_keys = sorted({key for entry in history for key in entry if key.startswith("attention_layer_weight_")})
+    plot_log_history(history, weight_keys, str(output_dir / "layer_weights.png"),
+                     "teacher layer weights (entropy)", x_key="epoch")  # fmt: skip
+    overlay_split = reported_split(inputs.eval_datasets)
+    if args.can_be_nonzero("attention_loss_weight") and overlay_split and comparison_args.num_overlay_images:
+        write_attention_overlays(trainer, inputs.eval_datasets[overlay_split[0]], inputs.eval_collator, data, student,
+                                 comparison_args.num_overlay_images,
+                                 str(output_dir / "attention_overlays.png"))  # fmt: skip
+
+
+def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] | None) -> dict:
+    """Attention distillation needs a teacher with attention maps (a ViT). The recipe's default weight is turned off
+    for a teacher without them (a CNN): returned as a change for `final_training_arguments`, which logs it. A weight
+    the user asked for fails here, before any expensive work, with the flag to change."""
+    if not args.can_be_nonzero("attention_loss_weight"):
+        return {}
     teacher.supervise_attention()
     if teacher.gives_attention_maps():
-        return args
+        return {}
     if user_gave(argv, "attention_loss_weight"):
         raise ValueError(
             f"--attention_loss_weight {args.attention_loss_weight}: the teacher ({args.teacher_model_name_or_path}, "
             f"{type(teacher.model).__name__}) gives no attention maps to align with (attention distillation needs a "
             "ViT teacher). Pass --attention_loss_weight 0, or a ViT teacher."
         )
-    logger.info(
-        "The teacher (%s) gives no attention maps: attention distillation is off (--attention_loss_weight 0); the "
-        "student learns from the labels and the teacher's soft labels.", type(teacher.model).__name__,
-    )  # fmt: skip
-    return dataclasses.replace(args, attention_loss_weight=0.0)
+    reason = (f"the teacher ({type(teacher.model).__name__}) gives no attention maps: attention distillation is off; "
+              "the student learns from the labels and the teacher's soft labels")  # fmt: skip
+    return {"attention_loss_weight": (0.0, reason)}
 
 
 def cache_teacher(
@@ -342,8 +302,8 @@ def cache_teacher(
             "--input_pipeline tensors), or pass --crop none --horizontal_flip false and leave the other augmentations "
             "off, or distill from the live teacher."
         )
-    transform = build_transforms(student.image_size, train=False, mean=student.image_mean, std=student.image_std)
-    row_outputs = {}
+    transform = student.input_specification.eval_transform()
+    logits_by_split = {}
     # The saving process (one per node with --save_on_each_node) goes first; the rest load what it saved.
     with args.main_process_first(local=args.save_on_each_node, desc="caching the teacher's logits"):
         for split in data.dataset:
@@ -357,8 +317,8 @@ def cache_teacher(
                 cache.save_to_disk(path)
             else:
                 cache = datasets.load_from_disk(path)
-            row_outputs[split] = teacher_outputs_by_row(cache)
-    return row_outputs
+            logits_by_split[split] = teacher_outputs_by_row(cache)
+    return logits_by_split
 
 
 def check_offline_teacher_views(
@@ -424,8 +384,8 @@ def write_attention_overlays(trainer, test_dataset, eval_collator, data, student
     batch = on_device(eval_collator, batch)
     pixel_values = batch["pixel_values"].float().cpu()
     teacher_maps, student_maps = trainer.attention_maps(pixel_values)
-    mean = torch.tensor(student.image_mean)[:, None, None]
-    std = torch.tensor(student.image_std)[:, None, None]
+    mean = torch.tensor(student.input_specification.image_mean)[:, None, None]
+    std = torch.tensor(student.input_specification.image_std)[:, None, None]
     images = (pixel_values * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     labels = [data.id2label[int(label)] for label in batch["labels"]]
     plot_attention_overlays(images, np.asarray(teacher_maps), np.asarray(student_maps), path, labels)

@@ -30,9 +30,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments, set_seed
+from transformers import TrainingArguments
 
-from hf_vision_distill.evaluation import build_compute_metrics
 from hf_vision_distill.finetuning import (
     FineTuningArguments,
     FineTuningTrainer,
@@ -46,20 +45,9 @@ from hf_vision_distill.recipes import (
     TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
+    Recipe,
     RunArguments,
-    build_inputs,
-    check_hub_access,
-    evaluation_settings_for,
-    export_output,
-    load_data,
-    load_model,
-    log_often_enough,
-    parse_arguments,
-    prepare_output_dir,
-    push_output,
     run_recipe,
-    setup_run,
-    write_model_card,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,7 +77,8 @@ class SanityArguments:
 
 
 def sanity_settings(data_args, finetuning_args, training_args, overfit_batches: int):
-    """What an overfitting check changes: few images, nothing random or regularising, evaluation on them."""
+    """What an overfitting check changes: few images, nothing random or regularising, evaluation on them. Returns
+    the data and fine-tuning arguments to use, and the training-argument changes (`final_training_arguments`)."""
     data_args = dataclasses.replace(
         data_args,
         max_train_samples=overfit_batches * training_args.per_device_train_batch_size * training_args.world_size,
@@ -102,94 +91,66 @@ def sanity_settings(data_args, finetuning_args, training_args, overfit_batches: 
         cutmix_alpha=0.0,
     )
     finetuning_args = dataclasses.replace(finetuning_args, head_dropout=0.0)
-    training_args = dataclasses.replace(
-        training_args, weight_decay=0.0, label_smoothing_factor=0.0, warmup_steps=0, lr_scheduler_type="constant"
-    )
-    return data_args, finetuning_args, training_args
+    reason = f"--overfit_batches {overfit_batches}: nothing regularises"
+    training_changes = {"weight_decay": (0.0, reason), "label_smoothing_factor": (0.0, reason),
+                        "warmup_steps": (0, reason), "lr_scheduler_type": ("constant", reason)}  # fmt: skip
+    return data_args, finetuning_args, training_changes
+
+
+ARGUMENTS = (ModelArguments, DataArguments, FineTuningArguments, SanityArguments, RunArguments, TrainingArguments)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, finetuning_args, sanity_args, run_args, training_args = parse_arguments(
-        (ModelArguments, DataArguments, FineTuningArguments, SanityArguments, RunArguments, TrainingArguments),
-        DEFAULTS,
-        argv,
-    )
-    setup_run(training_args)
-    check_hub_access(training_args)
-    output = prepare_output_dir((model_args, data_args, finetuning_args, sanity_args, training_args), training_args,
-                                run_args)  # fmt: skip
-    if output.finished:
-        return output.results
+    recipe = Recipe.start("examples/finetune.py", ARGUMENTS, DEFAULTS, argv)
+    if recipe.output.finished:
+        return recipe.output.results
+    model_args, data_args, finetuning_args, sanity_args, _, _ = recipe.arguments
     if not model_args.model_name_or_path:
         raise ValueError(
             "no backbone: pass --model_name_or_path (a Hub id such as google/vit-base-patch16-224 or "
             "timm/resnet18.a1_in1k, a local folder, or a timm name)."
         )
-    if sanity_args.overfit_batches:
-        data_args, finetuning_args, training_args = sanity_settings(
-            data_args, finetuning_args, training_args, sanity_args.overfit_batches
-        )
-    set_seed(training_args.seed)
-    data = load_data(data_args, training_args)
-    training_args = evaluation_settings_for(data, training_args)
-
-    loaded = load_model(model_args, data.id2label, token=training_args.hub_token)
+    overfit, changes = sanity_args.overfit_batches, {}
+    if overfit:
+        training_args = recipe.training_args
+        data_args, finetuning_args, changes = sanity_settings(data_args, finetuning_args, training_args, overfit)
+    recipe.load_data(data_args)
+    loaded = recipe.load_model(model_args)
+    inputs = recipe.prepare_inputs(loaded, changes=changes)
     model = loaded.model
     apply_strategy(model, finetuning_args)
     trainable = describe_trainable(model)
     logger.info(
-        "%s: %s, %d blocks, input %s; strategy %s: %d of %d parameters train (%.2f%%).",
-        model_args.model_name_or_path, type(model).__name__, len(block_groups(model)[1]), loaded.image_size,
-        finetuning_args.strategy, trainable["trainable_parameters"], trainable["total_parameters"],
-        100 * trainable["trainable_share"],
+        "%s: %d blocks; strategy %s: %d of %d parameters train (%.2f%%).",
+        model_args.model_name_or_path, len(block_groups(model)[1]), finetuning_args.strategy,
+        trainable["trainable_parameters"], trainable["total_parameters"], 100 * trainable["trainable_share"],
     )  # fmt: skip
-
-    inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
-                          interpolation=loaded.interpolation)  # fmt: skip
-    train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
-    training_args = log_often_enough(training_args, len(train_dataset), argv)
-    if sanity_args.overfit_batches:  # augmentation is off, so the training images double as the evaluation set
-        eval_datasets = {"validation": train_dataset}
-    callbacks = [GradualUnfreezing(model, finetuning_args.unfreeze_every_epochs)]
+    trainer_arguments = recipe.trainer_arguments(loaded)
+    if overfit:  # augmentation is off, so the training images double as the evaluation set
+        inputs.eval_datasets = {"validation": inputs.train_dataset}
+        trainer_arguments["eval_dataset"] = inputs.train_dataset
+    gradual = finetuning_args.strategy == "gradual"
     trainer = FineTuningTrainer(
         model=model,
-        args=training_args,
         finetuning_args=finetuning_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_datasets.get("validation"),
-        data_collator=inputs.train_collator,
-        eval_data_collator=inputs.eval_collator,
-        compute_metrics=build_compute_metrics(),
-        processing_class=loaded.image_processor,
-        callbacks=callbacks if finetuning_args.strategy == "gradual" else None,
+        callbacks=[GradualUnfreezing(model, finetuning_args.unfreeze_every_epochs)] if gradual else None,
+        **trainer_arguments,
     )
-    output.record_arguments()  # training starts: what a rerun is compared with
-    train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
-    trainer.save_model(_internal_call=True)  # not pushed yet: push_output does, with the card
-    trainer.save_state()
-    final_trainable = describe_trainable(model)["trainable_parameters"]
-    metrics = {**train_result.metrics, **trainable, "trainable_parameters_at_end": final_trainable}
-    for split, dataset in eval_datasets.items():
-        metrics.update(trainer.evaluate(dataset, metric_key_prefix="eval" if split == "validation" else split))
-    trainer.log_metrics("all", metrics)
-    trainer.save_metrics("all", metrics)
-    if sanity_args.overfit_batches:
+    metrics = {**recipe.train(trainer), **trainable}
+    metrics["trainable_parameters_at_end"] = describe_trainable(model)["trainable_parameters"]
+    metrics.update(recipe.evaluate(trainer))
+    if overfit:
         logger.info("Sanity check: accuracy %.4f on the %d training images it trained on (expect ~1.0).",
-                    metrics["eval_accuracy"], len(train_dataset))  # fmt: skip
-
-    if not sanity_args.overfit_batches:
-        hyperparameters = {
-            "strategy": finetuning_args.strategy,
-            "layer decay": finetuning_args.layer_decay,
-            "head learning rate": finetuning_args.head_learning_rate or training_args.learning_rate,
-            "trainable parameters at the start": f"{trainable['trainable_parameters']:,} "
-            f"({100 * trainable['trainable_share']:.2f}%)",
-        }
-        write_model_card(trainer, loaded, recipe="examples/finetune.py", argv=argv, model_args=model_args,
-                         data_args=data_args, metrics=metrics, extra_hyperparameters=hyperparameters)  # fmt: skip
-        export_output(training_args, run_args, model_args.trust_remote_code)
-    if training_args.push_to_hub:
-        push_output(trainer)
+                    metrics["eval_accuracy"], len(inputs.train_dataset))  # fmt: skip
+    hyperparameters = {
+        "strategy": finetuning_args.strategy,
+        "layer decay": finetuning_args.layer_decay,
+        "head learning rate": finetuning_args.head_learning_rate or recipe.training_args.learning_rate,
+        "trainable parameters at the start": f"{trainable['trainable_parameters']:,} "
+        f"({100 * trainable['trainable_share']:.2f}%)",
+    }
+    # A sanity check trains no model worth a card or an export.
+    recipe.finish(trainer, loaded, metrics, card=not overfit, extra_hyperparameters=hyperparameters)
     return metrics
 
 

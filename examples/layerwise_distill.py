@@ -32,30 +32,22 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainingArguments, set_seed
+from transformers import TrainingArguments
 
 from hf_vision_distill.distillation import LayerwiseDistillationTrainer, block_names
-from hf_vision_distill.evaluation import build_compute_metrics, markdown_table, plot_log_history
+from hf_vision_distill.evaluation import markdown_table, plot_log_history
 from hf_vision_distill.models.hybrid_resnet import HybridResNetConfig
 from hf_vision_distill.models.hybrid_resnet.convert_hybrid_resnet import hybrid_from_resnet, resnet_as_hybrid
 from hf_vision_distill.recipes import (
     SHIPPED_SAMPLE,
+    SPLIT_PREFIXES,
     TRAINING_DEFAULTS,
     DataArguments,
     ModelArguments,
+    Recipe,
     RunArguments,
-    build_inputs,
-    check_hub_access,
-    evaluation_settings_for,
-    load_data,
     load_model,
-    log_often_enough,
-    parse_arguments,
-    prepare_output_dir,
-    push_output,
     run_recipe,
-    setup_run,
-    write_model_card,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,25 +91,21 @@ def stage_parameters(model) -> list[int]:
     return [sum(parameter.numel() for parameter in stage.parameters()) for stage in model.base_model.stages]
 
 
+ARGUMENTS = (HybridArguments, DataArguments, RunArguments, TrainingArguments)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    hybrid_args, data_args, run_args, training_args = parse_arguments(
-        (HybridArguments, DataArguments, RunArguments, TrainingArguments), DEFAULTS, argv
-    )
-    setup_run(training_args)
-    check_hub_access(training_args)
-    output = prepare_output_dir((hybrid_args, data_args, training_args), training_args, run_args)
-    if output.finished:
-        return output.results
+    recipe = Recipe.start("examples/layerwise_distill.py", ARGUMENTS, DEFAULTS, argv)
+    if recipe.output.finished:
+        return recipe.output.results
+    hybrid_args, data_args, _, _ = recipe.arguments
     if not hybrid_args.teacher_model_name_or_path:
         raise ValueError("no teacher: pass --teacher_model_name_or_path (a trained ResNet-18 folder or Hub id).")
-    set_seed(training_args.seed)
-    data = load_data(data_args, training_args)
-    training_args = evaluation_settings_for(data, training_args)
-    output_dir = Path(training_args.output_dir)
+    data = recipe.load_data(data_args)
 
     # ---- conversion ----
     teacher_args = ModelArguments(model_name_or_path=hybrid_args.teacher_model_name_or_path)
-    loaded = load_model(teacher_args, data.id2label, token=training_args.hub_token)
+    loaded = load_model(teacher_args, data.id2label, token=recipe.training_args.hub_token)
     if loaded.from_scratch:
         raise ValueError(
             f"{hybrid_args.teacher_model_name_or_path!r} names an architecture, not a trained model; pass the folder "
@@ -126,21 +114,18 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = resnet_as_hybrid(loaded.model)
     hybrid_fields = {name: getattr(hybrid_args, name) for name in
                      ("block_types", "value_dim_ratio", "key_dim", "mlp_ratio", "locality_strength")}  # fmt: skip
-    hybrid = hybrid_from_resnet(teacher, **hybrid_fields, image_size=loaded.image_size[0])
+    specification = loaded.input_specification  # the hybrid takes the teacher's input
+    hybrid = hybrid_from_resnet(teacher, **hybrid_fields, image_size=specification.image_size[0])
     names = block_names(hybrid)
-
-    inputs = build_inputs(data, data_args, training_args, loaded.image_size, loaded.image_mean, loaded.image_std,
-                          interpolation=loaded.interpolation)  # fmt: skip
-    train_dataset, eval_datasets, training_args = inputs.train_dataset, inputs.eval_datasets, inputs.training_args
-    training_args = log_often_enough(training_args, len(train_dataset), argv)
-    train_collator, eval_collator = inputs.train_collator, inputs.eval_collator
+    inputs = recipe.prepare_inputs(loaded)
+    eval_datasets = inputs.eval_datasets
 
     def evaluate(model_trainer, prefix: str, teacher=None) -> dict[str, float]:
         """`{prefix}_{split}_{metric}` for every evaluation split (logged under the Trainer's eval_/test_ names): the
         trainer's model, or the teacher as the trainer runs it."""
         metrics = {}
         for split, dataset in eval_datasets.items():
-            key = "eval" if split == "validation" else split
+            key = SPLIT_PREFIXES[split]
             if teacher is None:
                 results = model_trainer.evaluate(dataset, metric_key_prefix=key)
             else:
@@ -149,17 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                             for name, value in results.items() if name.startswith(key + "_")})  # fmt: skip
         return metrics
 
-    trainer = LayerwiseDistillationTrainer(
-        model=hybrid,
-        teacher_model=teacher,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_datasets.get("validation"),
-        data_collator=train_collator,
-        eval_data_collator=eval_collator,
-        compute_metrics=build_compute_metrics(),
-        processing_class=loaded.image_processor,
-    )
+    trainer = LayerwiseDistillationTrainer(model=hybrid, teacher=teacher, **recipe.trainer_arguments(loaded))
     trained = [names[index] for index in trainer.blocks]
     logger.info("Hybrid: %s; training blocks %s.", hybrid_args.block_types, trained)
 
@@ -168,27 +143,21 @@ def main(argv: list[str] | None = None) -> dict:
     metrics.update(evaluate(trainer, "converted"))
 
     # ---- stage 1 ----
-    output.record_arguments()  # training starts: what a rerun is compared with
-    train_result = trainer.train(resume_from_checkpoint=output.checkpoint)
-    trainer.save_model(_internal_call=True)
-    trainer.save_state()
-    metrics.update(train_result.metrics)
+    metrics.update(recipe.train(trainer))
     metrics.update(evaluate(trainer, "stage1"))
     trainer.log_metrics("all", metrics)
     trainer.save_metrics("all", metrics)
 
     report = write_report(teacher, hybrid, metrics, trained, list(eval_datasets), hybrid_args)
-    if training_args.should_save:
+    output_dir = Path(recipe.training_args.output_dir)
+    if recipe.training_args.should_save:
         save_report(report, list(eval_datasets), trained, output_dir)
         plot_log_history(trainer.state.log_history, [f"mse_{name}" for name in trained],
                          str(output_dir / "block_errors.png"), "Stage 1: relative squared error")  # fmt: skip
-        # the card's results under the Trainer's names (eval_accuracy, test_accuracy, ...)
-        results = {key.removeprefix("stage1_").replace("validation_", "eval_", 1): value
-                   for key, value in metrics.items() if key.startswith("stage1_")}  # fmt: skip
-        write_model_card(trainer, loaded, recipe="examples/layerwise_distill.py", argv=argv, model_args=teacher_args,
-                         data_args=data_args, metrics=results, extra_hyperparameters=hybrid_fields)  # fmt: skip
-    if training_args.push_to_hub:
-        push_output(trainer)
+    # the card's results under the Trainer's names (eval_accuracy, test_accuracy, ...)
+    results = {key.removeprefix("stage1_").replace("validation_", "eval_", 1): value
+               for key, value in metrics.items() if key.startswith("stage1_")}  # fmt: skip
+    recipe.publish(trainer, loaded, results, model_args=teacher_args, extra_hyperparameters=hybrid_fields)
     return report
 
 

@@ -36,7 +36,7 @@ from torchvision.transforms import v2
 
 from .data import ROW_INDEX_COLUMN, convert_image_to_rgb
 from .data.images import _describe_image
-from .tensor_data import DeviceImageTransform, outputs_of_rows, random_resized_crop_boxes
+from .tensor_data import DeviceImageTransform, columns_for_rows, random_resized_crop_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -155,15 +155,15 @@ class EncodedImageDataset(Dataset):
 
     Args:
         split (`datasets.Dataset`): a split of `ImageClassificationData.dataset` (`image`, `label`, `row_index`).
-        row_outputs (`dict[str, np.ndarray]`, *optional*): per-row arrays indexed by `row_index` (cached teacher
+        extra_columns (`dict[str, np.ndarray]`, *optional*): per-row arrays indexed by `row_index` (cached teacher
             logits), carried with each batch.
     """
 
-    def __init__(self, split: datasets.Dataset, row_outputs: dict[str, np.ndarray] | None = None):
+    def __init__(self, split: datasets.Dataset, extra_columns: dict[str, np.ndarray] | None = None):
         self.images = split.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
         self.labels = torch.as_tensor(split["label"], dtype=torch.long)
         self.row_index = torch.as_tensor(split[ROW_INDEX_COLUMN], dtype=torch.long)
-        self.row_outputs = outputs_of_rows(row_outputs, self.row_index)
+        self.extra_columns = columns_for_rows(extra_columns, self.row_index)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -179,7 +179,7 @@ class EncodedImageDataset(Dataset):
         )
         # "labels" first: the Trainer takes a batch's size from its first tensor.
         batch = {"labels": self.labels[index], ENCODED_IMAGES_KEY: encoded}
-        batch.update({name: values[index] for name, values in self.row_outputs.items()})
+        batch.update({name: values[index] for name, values in self.extra_columns.items()})
         return batch
 
 

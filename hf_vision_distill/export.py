@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from timm.layers import set_layer_config
-from transformers import AutoImageProcessor, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .data import build_transforms
 from .data.images import _decode_image
-from .models.loading import _RESAMPLE_TO_INTERPOLATION, _processor_size, load_image_classifier
+from .models.input_specification import InputSpecification
+from .models.loading import load_image_classifier
 from .profiling import cpu_flags
 
 if TYPE_CHECKING:
@@ -61,70 +61,6 @@ _PROTOBUF_LIMIT_BYTES = 2**31 - 1
 # Normalised pixel values may leave [(0 - mean) / std, (1 - mean) / std] by this much (float rounding, resampling
 # overshoot of bicubic interpolation) and still count as normalised with that mean and std.
 _NORMALISATION_SLACK = 0.05
-
-
-@dataclass(frozen=True)
-class InputSpecification:
-    """What a classifier expects at its input, as one object: the image size, the normalisation and the resize
-    interpolation of its evaluation transform (its image processor's settings).
-
-    Args:
-        image_size (`tuple[int, int]`): `(height, width)`.
-        image_mean (`tuple[float, ...]`): per-channel mean subtracted after rescaling to [0, 1].
-        image_std (`tuple[float, ...]`): per-channel standard deviation divided by.
-        interpolation (`str`): `"bilinear"`, `"bicubic"` or `"nearest"`.
-    """
-
-    image_size: tuple[int, int]
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def from_image_processor(
-        cls, image_processor: BaseImageProcessor, fallback_size: int | tuple[int, int] = 224
-    ) -> InputSpecification:
-        """The specification an image processor applies (its crop size when it crops, else its resize size)."""
-        data_config = getattr(image_processor, "data_config", None)  # transformers' TimmWrapperImageProcessor
-        if data_config:
-            return cls(
-                image_size=tuple(int(side) for side in data_config["input_size"][-2:]),
-                image_mean=tuple(float(value) for value in data_config["mean"]),
-                image_std=tuple(float(value) for value in data_config["std"]),
-                interpolation=data_config.get("interpolation", "bilinear"),
-            )
-        fallback = list(fallback_size) if isinstance(fallback_size, tuple) else fallback_size
-        size = _processor_size(image_processor, fallback)
-        resample = getattr(image_processor, "resample", None)
-        interpolation = "bilinear" if resample is None else _RESAMPLE_TO_INTERPOLATION.get(int(resample), "bilinear")
-        return cls(
-            image_size=size,
-            image_mean=tuple(float(value) for value in image_processor.image_mean),
-            image_std=tuple(float(value) for value in image_processor.image_std),
-            interpolation=interpolation,
-        )
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> InputSpecification:
-        """The specification of the image processor saved in `directory`."""
-        return cls.from_image_processor(AutoImageProcessor.from_pretrained(str(directory)))
-
-    def eval_transform(self) -> Callable:
-        """The evaluation transform of the recipes for this input: PIL image in, normalised float tensor out."""
-        return build_transforms(
-            self.image_size, train=False, mean=self.image_mean, std=self.image_std, interpolation=self.interpolation
-        )
-
-    def mismatches(self, other: InputSpecification, atol: float = 1e-6) -> list[str]:
-        """How `other` differs from this specification in image size or normalisation (empty when it does not)."""
-        problems = []
-        if tuple(other.image_size) != tuple(self.image_size):
-            problems.append(f"image size {tuple(other.image_size)} instead of {tuple(self.image_size)}")
-        for name in ("image_mean", "image_std"):
-            ours, theirs = getattr(self, name), getattr(other, name)
-            if len(ours) != len(theirs) or any(abs(a - b) > atol for a, b in zip(ours, theirs)):
-                problems.append(f"{name.removeprefix('image_')} {_rounded(theirs)} instead of {_rounded(ours)}")
-        return problems
 
 
 @dataclass
@@ -297,12 +233,7 @@ def export_classifier(
             str(model_path), id2label=None, image_size=image_size, trust_remote_code=trust_remote_code
         )
     model = loaded.model.float().eval()
-    specification = InputSpecification(
-        image_size=tuple(loaded.image_size),
-        image_mean=tuple(loaded.image_mean),
-        image_std=tuple(loaded.image_std),
-        interpolation=loaded.interpolation,
-    )
+    specification = loaded.input_specification
     onnx_path = output_dir / ONNX_FILE_NAME
     num_channels = int(getattr(model.config, "num_channels", None) or 3)
     written_opset, max_difference = export_to_onnx(

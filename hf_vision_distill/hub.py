@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .evaluation import markdown_table
+from .models.input_specification import InputSpecification
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -64,9 +65,7 @@ def build_model_card(
     recipe: str,
     results: dict[str, dict[str, float]],
     hyperparameters: dict[str, Any],
-    input_size: tuple[int, int],
-    image_mean: list[float],
-    image_std: list[float],
+    input_specification: InputSpecification,
     command: str | None = None,
     base_model: str | None = None,
     teacher_name: str | None = None,
@@ -89,7 +88,7 @@ def build_model_card(
         results (`dict`): per split (`"test"`, `"eval"`), metric name (`"accuracy"`, `"f1_macro"`) to value; the test
             results become `model-index` metadata.
         hyperparameters (`dict`): the training settings worth repeating (epochs, batch size, learning rate, ...).
-        input_size, image_mean, image_std: the input the model expects (its image processor's).
+        input_specification (`InputSpecification`): the input the model expects (its image processor's).
         command (`str`, *optional*): the command line that trained it.
         base_model (`str`, *optional*): the checkpoint it was fine-tuned from (`None`: from scratch).
         teacher_name, teacher_parameters, distillation_settings: the teacher and the distillation settings.
@@ -170,9 +169,10 @@ def build_model_card(
         architecture=architecture,
         model_type=config.model_type,
         parameters=f"{parameters:,}",
-        input_size=f"{input_size[0]}x{input_size[1]}",
-        image_mean=[round(value, 4) for value in image_mean],
-        image_std=[round(value, 4) for value in image_std],
+        input_size="{}x{}".format(*input_specification.image_size),
+        image_mean=[round(value, 4) for value in input_specification.image_mean],
+        image_std=[round(value, 4) for value in input_specification.image_std],
+        interpolation=input_specification.interpolation,
         num_labels=len(labels),
         label_names=", ".join(labels) if len(labels) <= 20 else ", ".join(labels[:20]) + ", ...",
         dataset_link=_dataset_link(dataset_name),

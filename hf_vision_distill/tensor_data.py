@@ -199,11 +199,11 @@ def _save_atomically(decoded: DecodedImages, path: Path) -> None:
     os.replace(partial, path)
 
 
-def outputs_of_rows(row_outputs: dict[str, np.ndarray] | None, row_index: torch.Tensor) -> dict[str, torch.Tensor]:
+def columns_for_rows(extra_columns: dict[str, np.ndarray] | None, row_index: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-row arrays indexed by source row (e.g. cached teacher logits) taken for a split's rows, in its
     order; refused when a row has no value (a cache computed for another subset of the split)."""
     outputs = {}
-    for name, table in (row_outputs or {}).items():
+    for name, table in (extra_columns or {}).items():
         table = torch.as_tensor(np.asarray(table, dtype=np.float32))
         rows = row_index
         if len(rows) and (rows.max() >= len(table) or torch.isnan(table[rows.clamp(max=len(table) - 1)]).any()):
@@ -223,27 +223,27 @@ class TensorImageDataset(Dataset):
 
     Args:
         decoded (`DecodedImages`): the split.
-        row_outputs (`dict[str, np.ndarray]`, *optional*): per-row arrays indexed by `row_index` (cached teacher
+        extra_columns (`dict[str, np.ndarray]`, *optional*): per-row arrays indexed by `row_index` (cached teacher
             logits), carried with each example as in `data.make_batch_transform`.
     """
 
-    def __init__(self, decoded: DecodedImages, row_outputs: dict[str, np.ndarray] | None = None):
+    def __init__(self, decoded: DecodedImages, extra_columns: dict[str, np.ndarray] | None = None):
         self.decoded = decoded
-        self.row_outputs = outputs_of_rows(row_outputs, decoded.row_index)
+        self.extra_columns = columns_for_rows(extra_columns, decoded.row_index)
 
     def __len__(self) -> int:
         return len(self.decoded)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = {"pixel_values": self.decoded.images[index], "labels": self.decoded.labels[index]}
-        example.update({name: values[index] for name, values in self.row_outputs.items()})
+        example.update({name: values[index] for name, values in self.extra_columns.items()})
         return example
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         batch = {"pixel_values": self.decoded.images[index], "labels": self.decoded.labels[index],
                  SAMPLE_INDICES_KEY: index}  # fmt: skip
-        batch.update({name: values[index] for name, values in self.row_outputs.items()})
+        batch.update({name: values[index] for name, values in self.extra_columns.items()})
         return batch
 
 

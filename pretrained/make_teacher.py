@@ -136,7 +136,9 @@ def test_metrics(loaded, dataset_name: str) -> dict[str, float]:
     """Accuracy and macro-F1 of the model as it will be stored, on the dataset's test split, in float32."""
     data = load_image_classification_dataset(dataset_name)
     test = decode_images(data.dataset["test"], source_split="test")
-    transform = DeviceImageTransform(loaded.image_size, train=False, mean=loaded.image_mean, std=loaded.image_std)
+    transform = DeviceImageTransform(
+        loaded.input_specification.image_size, train=False, **loaded.input_specification.normalization()
+    )
     metric = ClassificationMetrics()
     metric.add_batch(predictions=predict_decoded(loaded.model, test, transform), references=test.labels)
     return metric.compute()
@@ -188,9 +190,7 @@ def main() -> None:
             ),
         },
         hyperparameters=hyperparameters,
-        input_size=loaded.image_size,
-        image_mean=loaded.image_mean,
-        image_std=loaded.image_std,
+        input_specification=loaded.input_specification,
         command=teacher.command,
         description=teacher.description,
         limitations=teacher.limitations,

@@ -178,7 +178,7 @@ def test_total_flos_of_a_linear_probe(tmp_path, cifar10_path):
     from transformers import TrainingArguments
 
     from hf_vision_distill.finetuning import FineTuningTrainer
-    from hf_vision_distill.recipes import DataArguments, build_inputs, load_data
+    from hf_vision_distill.recipes import DataArguments, build_inputs, final_training_arguments, load_data
 
     data_args = DataArguments(dataset_name=str(cifar10_path), max_train_samples=32, max_eval_samples=16)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=1,
@@ -188,9 +188,10 @@ def test_total_flos_of_a_linear_probe(tmp_path, cifar10_path):
     loaded = load_image_classifier("vit-cifar", id2label=data.id2label)
     probe = FineTuningArguments(strategy="linear_probe")
     apply_strategy(loaded.model, probe)
-    expected = 32 * training_flops_per_image(loaded.model, loaded.image_size)
-    inputs = build_inputs(data, data_args, args, loaded.image_size, loaded.image_mean, loaded.image_std)
-    trainer = FineTuningTrainer(model=loaded.model, args=inputs.training_args, finetuning_args=probe,
+    expected = 32 * training_flops_per_image(loaded.model, loaded.input_specification.image_size)
+    inputs = build_inputs(data, data_args, args, loaded.input_specification)
+    final_args = final_training_arguments(args, data=data, inputs=inputs, argv=[])
+    trainer = FineTuningTrainer(model=loaded.model, args=final_args, finetuning_args=probe,
                                 train_dataset=inputs.train_dataset, data_collator=inputs.train_collator)  # fmt: skip
     assert trainer.train().metrics["total_flos"] == pytest.approx(expected, rel=0.05)
 

@@ -27,7 +27,7 @@ from hf_vision_distill.device_decode import (
 )
 from hf_vision_distill.evaluation import build_compute_metrics
 from hf_vision_distill.models import load_image_classifier
-from hf_vision_distill.recipes import DataArguments, build_inputs, choose_input_pipeline
+from hf_vision_distill.recipes import DataArguments, build_inputs, choose_input_pipeline, final_training_arguments
 from hf_vision_distill.tensor_data import random_resized_crop_boxes
 from hf_vision_distill.training import ImageClassificationTrainer
 
@@ -165,10 +165,10 @@ def test_decoding_on_the_device_evaluates_a_model_as_the_workers_do(sample, tmp_
                              remove_unused_columns=False, dataloader_num_workers=0)  # fmt: skip
     metrics = {}
     for pipeline in ("decode_on_device", "workers"):
-        inputs = build_inputs(sample, DataArguments(input_pipeline=pipeline), args, loaded.image_size,
-                              loaded.image_mean, loaded.image_std)  # fmt: skip
+        inputs = build_inputs(sample, DataArguments(input_pipeline=pipeline), args, loaded.input_specification)
         assert inputs.pipeline == pipeline
-        evaluator = ImageClassificationTrainer(model=loaded.model, args=inputs.training_args,
+        final_args = final_training_arguments(args, data=sample, inputs=inputs, argv=[])
+        evaluator = ImageClassificationTrainer(model=loaded.model, args=final_args,
                                                data_collator=inputs.eval_collator,
                                                compute_metrics=build_compute_metrics())  # fmt: skip
         prediction = evaluator.predict(inputs.eval_datasets["test"], metric_key_prefix="test")

@@ -17,12 +17,12 @@ from transformers import pipeline
 from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
 from hf_vision_distill.data import (
     ImageClassificationCollator,
-    build_transforms,
     load_image_classification_dataset,
     with_image_transform,
 )
 from hf_vision_distill.distillation import teacher as teacher_module
 from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.recipes import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -46,7 +46,7 @@ def teacher_dir(tmp_path) -> Path:
 @torch.no_grad()
 def accuracy_on_test_split(loaded, data) -> float:
     """One process evaluating a loaded classifier on `data`'s test split through its own eval transform."""
-    transform = build_transforms(loaded.image_size, train=False, mean=loaded.image_mean, std=loaded.image_std)
+    transform = loaded.input_specification.eval_transform()
     test = with_image_transform(data.dataset["test"], transform)
     model = loaded.model.eval()
     batches = DataLoader(test, batch_size=100, collate_fn=ImageClassificationCollator())
@@ -217,7 +217,7 @@ def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypa
         return real(name, **kwargs)
 
     monkeypatch.setattr(teacher_module, "load_image_classifier", recording)  # how Teacher.from_pretrained loads
-    monkeypatch.setattr(recipe, "build_inputs", lambda *args, **kwargs: pytest.skip("stopped after loading"))
+    monkeypatch.setattr(Recipe, "prepare_inputs", lambda *args, **kwargs: pytest.skip("stopped after loading"))
     teacher = str(REPO / "pretrained" / "vit-cifar-teacher")
     with pytest.raises(pytest.skip.Exception):
         recipe.main(["--output_dir", str(tmp_path / "run"), "--trust_remote_code", "--max_train_samples", "32",

@@ -29,6 +29,7 @@ from hf_vision_distill.losses import (
     soft_distillation_loss,
     standardize_logits,
 )
+from hf_vision_distill.models import InputSpecification
 from hf_vision_distill.training import classification_loss
 
 LABELS = {0: "cat", 1: "dog", 2: "ship"}
@@ -178,8 +179,8 @@ def test_an_offline_run_loads_no_teacher(tmp_path):
 
 
 def test_teacher_view_resizes_and_renormalises():
-    view = TeacherInputTransform(student_mean=(0.5, 0.5, 0.5), student_std=(0.25, 0.25, 0.25), teacher_size=(32, 32),
-                                 teacher_mean=(0.0, 0.0, 0.0), teacher_std=(1.0, 1.0, 1.0))  # fmt: skip
+    view = TeacherInputTransform(InputSpecification(16, (0.5,) * 3, (0.25,) * 3),
+                                 InputSpecification(32, (0.0,) * 3, (1.0,) * 3))  # fmt: skip
     images = torch.rand(2, 3, 16, 16)
     student_batch = (images - 0.5) / 0.25
     teacher_batch = view(student_batch)
@@ -198,8 +199,8 @@ def test_vit_teacher_at_32_distills_into_cnn_student_at_16(tmp_path):
     student = CompactCNNForImageClassification(
         CompactCNNConfig(hidden_sizes=[4, 8, 8], depths=[1, 1, 1], id2label=LABELS, label2id=LABEL_IDS)
     )
-    view = TeacherInputTransform(student_mean=(0.5,) * 3, student_std=(0.5,) * 3, teacher_size=(32, 32),
-                                 teacher_mean=(0.485, 0.456, 0.406), teacher_std=(0.229, 0.224, 0.225))  # fmt: skip
+    view = TeacherInputTransform(InputSpecification(16, (0.5,) * 3, (0.5,) * 3),
+                                 InputSpecification(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))  # fmt: skip
     trainer = DistillationTrainer(model=student, teacher=Teacher(teacher, view), args=config(tmp_path),
                                   train_dataset=rows(), data_collator=stack)  # fmt: skip
     result = trainer.train()

@@ -21,7 +21,6 @@ from hf_vision_distill.data import load_image_classification_dataset
 from hf_vision_distill.export import (
     INT8_FILE_NAME,
     CalibrationSet,
-    InputSpecification,
     OnnxExportError,
     calibration_set_from_dataset,
     export_classifier,
@@ -32,7 +31,7 @@ from hf_vision_distill.export import (
     quantize_int8,
     write_card_line,
 )
-from hf_vision_distill.models import build_image_processor, load_image_classifier
+from hf_vision_distill.models import InputSpecification, load_image_classifier
 
 # Our presets (and a timm architecture, as the recipes build one by name), shrunk.
 PRESETS = {
@@ -78,7 +77,7 @@ def save_classifier(family: str, directory, id2label: dict[int, str]):
         else:
             config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], **label_kwargs)
             model = ResNetForImageClassification(config)
-        processor = build_image_processor(32, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+        processor = InputSpecification(32, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]).image_processor()
     _perturb(model)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)

@@ -30,6 +30,7 @@ from hf_vision_distill.distillation import (
     distillation_trainer,
 )
 from hf_vision_distill.distillation.adapters import AttentionProjection, FeatureAdapter, resize_feature_map
+from hf_vision_distill.models import InputSpecification
 from hf_vision_distill.training import classification_loss
 
 # ---- 1. every tensor on the device (and in the dtype) of the module that consumes it ----
@@ -65,8 +66,8 @@ def test_the_probe_follows_a_teacher_on_another_device(tmp_path):
 
 
 def test_teacher_view_builds_its_constants_once_per_device(monkeypatch):
-    view = TeacherInputTransform(student_mean=(0.5,) * 3, student_std=(0.25,) * 3, teacher_size=(32, 32),
-                                 teacher_mean=(0.4,) * 3, teacher_std=(0.2,) * 3)  # fmt: skip
+    view = TeacherInputTransform(InputSpecification(16, (0.5,) * 3, (0.25,) * 3),
+                                 InputSpecification(32, (0.4,) * 3, (0.2,) * 3))  # fmt: skip
     batch = torch.randn(2, 3, 16, 16)
     first = view(batch)
     assert view(torch.zeros(1, 3, 16, 16, device="meta")).device.type == "meta"  # columns of its own for meta

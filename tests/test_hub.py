@@ -174,7 +174,7 @@ def test_cached_teacher_logits_round_trip_as_a_hub_dataset(hub, hub_env, tmp_pat
         cache.push_to_hub("user/teacher-logits")
         reloaded = load_dataset("user/teacher-logits", split="train")
         assert reloaded.column_names == cache.column_names and reloaded.num_rows == cache.num_rows == 24
-        rows = with_image_transform(data.dataset["train"], transform, row_outputs=teacher_outputs_by_row(reloaded))
+        rows = with_image_transform(data.dataset["train"], transform, extra_columns=teacher_outputs_by_row(reloaded))
         first = rows[0]
         print(json.dumps({{"logits": first["teacher_logits"].tolist(), "cached": cache[0]["teacher_logits"],
                            "row": cache[0]["row_index"]}}))
@@ -228,7 +228,7 @@ def test_push_a_classifier_from_python(hub, hub_env, tmp_path):
         loaded = load_image_classifier("compact-cnn", id2label=labels, config_overrides={TINY_CNN})
         card = build_model_card(loaded.model, repo_id="user/cnn", dataset_name="uoft-cs/cifar10",
                                 recipe="(from Python)", results={{"test": {{"accuracy": 0.1}}}}, hyperparameters={{}},
-                                input_size=loaded.image_size, image_mean=loaded.image_mean, image_std=loaded.image_std)
+                                input_specification=loaded.input_specification)
         push_classifier(loaded.model, "user/cnn", image_processor=loaded.image_processor, card=card)
         torch.manual_seed(0)
         with torch.no_grad():

@@ -255,7 +255,7 @@ def test_stage1_trains_only_the_transformer_blocks_and_reduces_their_error(tmp_p
     args = TrainingArguments(output_dir=str(tmp_path / "stage1"), per_device_train_batch_size=16, num_train_epochs=6,
                              learning_rate=3e-3, logging_steps=1, report_to=[], save_strategy="no",
                              use_cpu=True, dataloader_num_workers=0)  # fmt: skip
-    trainer = LayerwiseDistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=images)
+    trainer = LayerwiseDistillationTrainer(model=student, teacher=teacher, args=args, train_dataset=images)
     names = block_names(student)
     assert [names[index] for index in trainer.blocks] == ["stage3.block0", "stage4.block0"]
     trainer.train()
@@ -288,7 +288,7 @@ def test_stage1_evaluates_under_mixed_precision_before_training(tmp_path):
     student.classifier.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to=[], use_cpu=True,
                              bf16=True, dataloader_num_workers=0)  # fmt: skip
-    trainer = LayerwiseDistillationTrainer(model=student, teacher_model=tiny_teacher(), args=args)
+    trainer = LayerwiseDistillationTrainer(model=student, teacher=tiny_teacher(), args=args)
     metrics = trainer.evaluate(RandomImages(8))
     assert autocast_seen == [True]
     assert math.isfinite(metrics["eval_loss"]) and metrics["eval_mse_stage3.block0"] > 0
@@ -299,7 +299,7 @@ def test_stage1_refuses_a_teacher_of_another_layout(tmp_path):
     other = HybridResNetForImageClassification(HybridResNetConfig(block_types=["conv"] * 4, num_labels=2))
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match="differ in embedding_size"):
-        LayerwiseDistillationTrainer(model=student, teacher_model=other, args=args, train_dataset=RandomImages(4))
+        LayerwiseDistillationTrainer(model=student, teacher=other, args=args, train_dataset=RandomImages(4))
 
 
 # ---- the recipes: train a CNN, layer-wise distill it, fine-tune the hybrid ----

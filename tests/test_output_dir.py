@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from hf_vision_distill.data import load_image_classification_dataset
-from hf_vision_distill.recipes import RUN_ARGUMENTS_NAME
+from hf_vision_distill.recipes import RUN_ARGUMENTS_NAME, Recipe
 from hf_vision_distill.training import checkpoint_problem, last_complete_checkpoint
 
 TINY_CNN = json.dumps({"hidden_sizes": [4, 8, 8]})
@@ -92,7 +92,7 @@ def test_a_rerun_with_other_arguments_is_refused_before_any_work(tmp_path, monke
     recipe = load_example("train")
     run = tmp_path / "run"
     recipe.main(arguments(run))
-    monkeypatch.setattr(recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(Recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
     with pytest.raises(ValueError, match=r"--learning_rate 0.0003 \(the run there: 0.001\).*--overwrite_output_dir"):
         recipe.main(arguments(run, "--learning_rate", "3e-4"))
     with pytest.raises(ValueError, match=r"--dataset_name .*fashion.*--overwrite_output_dir"):
@@ -183,7 +183,7 @@ def test_a_teacher_of_another_label_space_is_refused_before_it_runs(tmp_path, mo
     ))  # fmt: skip
     teacher.save_pretrained(tmp_path / "teacher")
     recipe = load_example("distill")
-    monkeypatch.setattr(recipe, "build_inputs", lambda *args, **kwargs: pytest.fail("the images were prepared"))
+    monkeypatch.setattr(Recipe, "prepare_inputs", lambda *args, **kwargs: pytest.fail("the images were prepared"))
     with pytest.raises(ValueError, match="the teacher predicts 5 classes but the student 10"):
         recipe.main(arguments(tmp_path / "run", "--teacher_model_name_or_path", str(tmp_path / "teacher")))
 
@@ -216,6 +216,6 @@ def test_the_recipe_exports_to_onnx_beside_the_model(tmp_path, monkeypatch):
     assert (run / "onnx" / "model.onnx").is_file() and (run / "onnx" / "preprocessor_config.json").is_file()
     card = (run / "README.md").read_text()
     assert re.search(r"`onnx/model.onnx`: this model at 32x32 in ONNX .* match PyTorch's to \d", card)
-    monkeypatch.setattr(recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(Recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
     with pytest.raises(ValueError, match="--export 'tflite' is not supported; pass --export onnx"):
         recipe.main(arguments(tmp_path / "other", "--export", "tflite"))

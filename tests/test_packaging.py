@@ -37,7 +37,7 @@ from hf_vision_distill.recipes import DataArguments
 loaded = load_image_classifier("compact-cnn", id2label={labels!r}, config_overrides={tiny_cnn!r})
 card = build_model_card(loaded.model, repo_id="user/cnn", dataset_name="user/pets", recipe="(from Python)",
                         results={{"test": {{"accuracy": 0.5}}}}, hyperparameters={{"epochs": 1}},
-                        input_size=loaded.image_size, image_mean=loaded.image_mean, image_std=loaded.image_std)
+                        input_specification=loaded.input_specification)
 try:
     check_shipped_defaults([DataArguments(dataset_name=SHIPPED_SAMPLE)])
     refusal = None
@@ -148,7 +148,7 @@ def test_a_missing_shipped_teacher_is_refused_before_any_work(tmp_path, monkeypa
     monkeypatch.setitem(recipes.SHIPPED_DEFAULTS, missing, recipes.SHIPPED_DEFAULTS[recipes.SHIPPED_TEACHER])
     recipe = load_example("distill")
     monkeypatch.setitem(recipe.DEFAULTS, "teacher_model_name_or_path", missing)
-    monkeypatch.setattr(recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
+    monkeypatch.setattr(recipes.Recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
     refusal = r"--teacher_model_name_or_path defaults to the CIFAR ViT teacher.*\(pretrained/vit-cifar-teacher\)"
     with pytest.raises(FileNotFoundError, match=refusal + r".*Pass --teacher_model_name_or_path"):
         recipe.main(["--output_dir", str(tmp_path / "run"), "--report_to", "none"])
@@ -173,8 +173,8 @@ def test_the_trainer_writes_the_recipes_card_when_it_has_one(tmp_path):
     assert "Trained with hf_vision_distill." not in readme.read_text()  # the Trainer's generic card
 
     card = build_model_card(loaded.model, repo_id="user/run", dataset_name="user/pets", recipe="(test)",
-                            results={"test": {"accuracy": 0.5}}, hyperparameters={}, input_size=loaded.image_size,
-                            image_mean=loaded.image_mean, image_std=loaded.image_std)  # fmt: skip
+                            results={"test": {"accuracy": 0.5}}, hyperparameters={},
+                            input_specification=loaded.input_specification)  # fmt: skip
     trainer.model_card = card
     readme.write_text("stale")
     trainer.create_model_card(model_name="run")  # what push_to_hub calls

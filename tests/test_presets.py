@@ -26,8 +26,11 @@ def test_imagenet_stem_resnet18_quarters_the_resolution_before_stage_one():
     tiny = {"embedding_size": 8, "hidden_sizes": [8, 8, 8, 8]}
     imagenet = load_image_classifier("resnet18-imagenet-stem", id2label=LABELS, image_size=64, config_overrides=tiny)
     cifar = load_image_classifier("resnet18-cifar", id2label=LABELS, image_size=64, config_overrides=tiny)
-    assert imagenet.image_size == (64, 64) and imagenet.model.config.stem == "imagenet"
-    assert load_image_classifier("resnet18-imagenet-stem", id2label=LABELS).image_size == (224, 224)
+    assert imagenet.input_specification.image_size == (64, 64) and imagenet.model.config.stem == "imagenet"
+    assert load_image_classifier("resnet18-imagenet-stem", id2label=LABELS).input_specification.image_size == (
+        224,
+        224,
+    )
     pixel_values = torch.randn(2, 3, 64, 64)
     imagenet_outputs = imagenet.model(pixel_values, output_hidden_states=True)
     cifar_outputs = cifar.model(pixel_values, output_hidden_states=True)

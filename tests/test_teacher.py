@@ -37,8 +37,8 @@ def test_from_pretrained_beside_a_student_takes_its_batches_to_the_teacher_input
     teacher = Teacher.from_pretrained(saved_vit(tmp_path / "teacher"), student=student)
     assert not teacher.model.training
     assert not any(parameter.requires_grad for parameter in teacher.model.parameters())
-    assert teacher.image_size == (32, 32) and teacher.input_transform.teacher_size == (32, 32)
-    batch = torch.randn(2, 3, *student.image_size)
+    assert teacher.image_size == (32, 32) and teacher.input_transform.teacher.image_size == (32, 32)
+    batch = torch.randn(2, 3, *student.input_specification.image_size)
     assert teacher.inputs(batch).shape == (2, 3, 32, 32)
     assert teacher(batch).shape == (2, 3) and teacher(batch).dtype == torch.float32
     # Same input as the student: nothing to transform.

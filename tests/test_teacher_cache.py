@@ -25,6 +25,7 @@ from hf_vision_distill.distillation import (
     cache_teacher_logits,
     teacher_outputs_by_row,
 )
+from hf_vision_distill.models import InputSpecification
 from hf_vision_distill.recipes import DataArguments
 
 
@@ -68,13 +69,13 @@ def test_random_transforms_are_refused(data):
 def test_batches_carry_the_cached_logits_and_missing_rows_fail(data):
     transform = build_transforms(16, train=False)
     cache = cache_teacher_logits(tiny_vit(1, data), data.dataset["train"], transform)
-    prepared = with_image_transform(data.dataset["train"], transform, row_outputs=teacher_outputs_by_row(cache))
+    prepared = with_image_transform(data.dataset["train"], transform, extra_columns=teacher_outputs_by_row(cache))
     batch = ImageClassificationCollator()([prepared[index] for index in range(4)])
     assert batch["teacher_logits"].shape == (4, 10)
     torch.testing.assert_close(batch["teacher_logits"], torch.tensor(cache["teacher_logits"][:4]))
     # The validation rows were never cached.
     validation = with_image_transform(data.dataset["validation"], transform,
-                                      row_outputs=teacher_outputs_by_row(cache))  # fmt: skip
+                                      extra_columns=teacher_outputs_by_row(cache))  # fmt: skip
     with pytest.raises(ValueError, match="no precomputed 'teacher_logits' for rows"):
         validation[0]
     with pytest.raises(ValueError, match="turn mixup/cutmix off"):
@@ -93,8 +94,8 @@ def test_training_from_the_cache_equals_training_with_the_live_teacher(data, tmp
                                   optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0,
                                   report_to="none", save_strategy="no", use_cpu=True, seed=3, hard_loss_weight=0.3,
                                   offline_teacher=offline)  # fmt: skip
-        row_outputs = teacher_outputs_by_row(cache) if offline else None
-        train = with_image_transform(data.dataset["train"], transform, row_outputs=row_outputs)
+        extra_columns = teacher_outputs_by_row(cache) if offline else None
+        train = with_image_transform(data.dataset["train"], transform, extra_columns=extra_columns)
         DistillationTrainer(model=student, teacher=None if offline else teacher, args=args, train_dataset=train,
                             data_collator=ImageClassificationCollator()).train()  # fmt: skip
         return student
@@ -133,7 +134,7 @@ def test_the_recipe_caches_once_and_the_other_processes_read_it(data, tmp_path):
         return types.SimpleNamespace(should_save=should_save, save_on_each_node=False, per_device_eval_batch_size=8,
                                      device=torch.device("cpu"), main_process_first=main_process_first)  # fmt: skip
 
-    student = types.SimpleNamespace(image_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    student = types.SimpleNamespace(input_specification=InputSpecification(16, (0.5,) * 3, (0.5,) * 3))
     data_args = DataArguments(crop="none", horizontal_flip=False)
     saving = recipe.cache_teacher(Teacher(tiny_vit(1, data)), data, data_args, student, arguments(should_save=True),
                                   tmp_path)  # fmt: skip

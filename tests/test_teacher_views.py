@@ -26,6 +26,7 @@ from hf_vision_distill.distillation import (
 )
 from hf_vision_distill.distillation.teacher_cache import teacher_views_cache_path, top_k_with_tail
 from hf_vision_distill.losses import generalized_jsd_loss, reverse_distillation_loss, standardize_logits
+from hf_vision_distill.models import InputSpecification
 from hf_vision_distill.tensor_data import (
     SAMPLE_INDICES_KEY,
     VIEW_BOXES_KEY,
@@ -78,7 +79,9 @@ def test_a_replayed_view_is_the_view_the_teacher_saw_and_carries_its_logits(crop
     decoded = decoded_images()
     transform = train_transform(crop)
     # The teacher takes its own size and normalisation (24 pixels): it sees its view of each student view.
-    teacher_view = TeacherInputTransform(MEAN, STD, (24, 24), (0.5,) * 3, (0.5,) * 3)
+    teacher_view = TeacherInputTransform(
+        InputSpecification(16, MEAN, STD), InputSpecification(24, (0.5,) * 3, (0.5,) * 3)
+    )
     teacher = RecordingTeacher(tiny_vit(1, image_size=24))
     cache = cache_teacher_views(Teacher(teacher, teacher_view), decoded, transform, num_views=3, top_k=4,
                                 batch_size=len(decoded), cache_dir=tmp_path)  # fmt: skip

@@ -31,6 +31,7 @@ from hf_vision_distill.recipes import (
     DataArguments,
     build_inputs,
     choose_input_pipeline,
+    final_training_arguments,
 )
 from hf_vision_distill.tensor_data import (
     DeviceImageTransform,
@@ -238,10 +239,10 @@ def test_both_pipelines_evaluate_a_model_alike(sample, tmp_path):
                              remove_unused_columns=False, dataloader_num_workers=0)  # fmt: skip
     metrics = {}
     for pipeline in ("tensors", "workers"):
-        inputs = build_inputs(sample, DataArguments(input_pipeline=pipeline), args, loaded.image_size,
-                              loaded.image_mean, loaded.image_std)  # fmt: skip
+        inputs = build_inputs(sample, DataArguments(input_pipeline=pipeline), args, loaded.input_specification)
         assert inputs.pipeline == pipeline
-        evaluator = ImageClassificationTrainer(model=loaded.model, args=inputs.training_args,
+        final_args = final_training_arguments(args, data=sample, inputs=inputs, argv=[])
+        evaluator = ImageClassificationTrainer(model=loaded.model, args=final_args,
                                                data_collator=inputs.eval_collator,
                                                compute_metrics=build_compute_metrics())  # fmt: skip
         metrics[pipeline] = evaluator.evaluate(inputs.eval_datasets["test"], metric_key_prefix="test")

@@ -242,7 +242,7 @@ def test_extra_columns_ride_with_the_batch_and_never_reach_the_model(tmp_path, c
     rows = max(data.dataset["train"]["row_index"]) + 1  # the table is indexed by source row
     scores = np.arange(rows * 2, dtype=np.float32).reshape(-1, 2)
     train = with_image_transform(data.dataset["train"], build_transforms(16, train=False),
-                                 row_outputs={"difficulty": scores})  # fmt: skip
+                                 extra_columns={"difficulty": scores})  # fmt: skip
     collator = ImageClassificationCollator()
     batch = collator([train[index] for index in range(4)])
     assert set(batch) == {"pixel_values", "labels", "difficulty"} and batch["difficulty"].shape == (4, 2)

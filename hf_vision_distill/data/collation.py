@@ -114,7 +114,7 @@ class ImageClassificationCollator:
                 "dataset.with_transform(make_batch_transform(...)) first."
             )
         batch = {"pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples])}
-        # Per-example arrays the transform carried (its `row_outputs`) are stacked as they are; the row index was
+        # Per-example arrays the transform carried (its `extra_columns`) are stacked as they are; the row index was
         # for the transform's messages.
         for name in examples[0].keys() - {"pixel_values", "labels", ROW_INDEX_COLUMN}:
             batch[name] = torch.stack([torch.as_tensor(example[name], dtype=torch.float32) for example in examples])

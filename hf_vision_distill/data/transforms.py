@@ -176,14 +176,14 @@ class _ImageBatchTransform:
         image_transform: Callable[[PIL.Image.Image], torch.Tensor],
         on_bad_image: str,
         source_split: str | None,
-        row_outputs: dict[str, np.ndarray] | None = None,
+        extra_columns: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.image_transform = image_transform
         self.on_bad_image = on_bad_image
         self.source_split = source_split
         # Per-row arrays indexed by row_index (e.g. a distillation's cached teacher logits), looked up for each
         # batch and carried with the images under their names.
-        self.row_outputs = row_outputs or {}
+        self.extra_columns = extra_columns or {}
         # Rows dropped so far in this process (each dataloader worker counts its own).
         self.num_skipped = 0
 
@@ -197,10 +197,10 @@ class _ImageBatchTransform:
         labels = batch.get("label")
         row_indices = batch.get(ROW_INDEX_COLUMN)
         passthrough = {}
-        if self.row_outputs:
+        if self.extra_columns:
             if row_indices is None:
                 raise ValueError("per-row outputs need the loader's 'row_index' column in the dataset.")
-            for name, table in self.row_outputs.items():
+            for name, table in self.extra_columns.items():
                 rows = np.asarray(row_indices)
                 if rows.max() >= len(table) or np.isnan(table[rows]).any():
                     missing = [int(row) for row in rows if row >= len(table) or np.isnan(table[row]).any()]
@@ -258,7 +258,7 @@ def make_batch_transform(
     *,
     on_bad_image: str = "error",
     source_split: str | None = None,
-    row_outputs: dict[str, np.ndarray] | None = None,
+    extra_columns: dict[str, np.ndarray] | None = None,
 ) -> Callable[[dict], dict]:
     """Wrap an image transform into a batch function for `Dataset.with_transform`.
 
@@ -278,7 +278,7 @@ def make_batch_transform(
             once with [`drop_undecodable_images`].
         source_split (`str`, *optional*):
             The source split the rows come from, named in messages (see `ImageClassificationData.source_splits`).
-        row_outputs (`dict[str, np.ndarray]`, *optional*):
+        extra_columns (`dict[str, np.ndarray]`, *optional*):
             Arrays indexed by `row_index` whose rows are added to each example under their name (e.g. a
             distillation's cached teacher logits); a row that is NaN or out of range is an error.
 
@@ -295,7 +295,7 @@ def make_batch_transform(
     ```
     """
     _check_on_bad_image(on_bad_image)
-    return _ImageBatchTransform(image_transform, on_bad_image, source_split, row_outputs)
+    return _ImageBatchTransform(image_transform, on_bad_image, source_split, extra_columns)
 
 
 def with_image_transform(
@@ -304,7 +304,7 @@ def with_image_transform(
     *,
     on_bad_image: str = "error",
     source_split: str | None = None,
-    row_outputs: dict[str, np.ndarray] | None = None,
+    extra_columns: dict[str, np.ndarray] | None = None,
 ) -> datasets.Dataset:
     """The dataset with `image_transform` applied lazily, ready for a `DataLoader` or the `Trainer`.
 
@@ -321,7 +321,7 @@ def with_image_transform(
             `"error"` or `"skip"`.
         source_split (`str`, *optional*):
             The split the rows come from, for messages (`data.source_splits[split]`).
-        row_outputs (`dict[str, np.ndarray]`, *optional*):
+        extra_columns (`dict[str, np.ndarray]`, *optional*):
             Per-row arrays indexed by `row_index` to add to each example (see [`make_batch_transform`]).
 
     Returns:
@@ -336,7 +336,7 @@ def with_image_transform(
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
     return dataset.with_transform(
         make_batch_transform(
-            image_transform, on_bad_image=on_bad_image, source_split=source_split, row_outputs=row_outputs
+            image_transform, on_bad_image=on_bad_image, source_split=source_split, extra_columns=extra_columns
         )
     )
 

@@ -213,7 +213,9 @@ class DistillationConfig(TrainingArguments):
         if self.layer_weighting_temperature <= 0:
             raise ValueError(f"layer_weighting_temperature={self.layer_weighting_temperature} must be positive.")
         self.feature_layer_pairs = [self._parse_pair(pair) for pair in self.feature_layers]
-        if self.offline_teacher and (self.uses("feature_loss_weight") or self.uses("attention_loss_weight")):
+        if self.offline_teacher and (
+            self.can_be_nonzero("feature_loss_weight") or self.can_be_nonzero("attention_loss_weight")
+        ):
             raise ValueError(
                 "offline_teacher caches logits only; feature and attention distillation need the teacher's "
                 "activations. Set feature_loss_weight and attention_loss_weight to 0, or use a live teacher."
@@ -248,7 +250,7 @@ class DistillationConfig(TrainingArguments):
                 f"soft_loss_type={self.soft_loss_type!r} ignores {'; '.join(ignored)}: set soft_loss_type to the loss "
                 "they belong to, or drop them."
             )
-        if (self.soft_loss_type != "kd" or self.logit_standardization) and not self.uses("soft_loss_weight"):
+        if (self.soft_loss_type != "kd" or self.logit_standardization) and not self.can_be_nonzero("soft_loss_weight"):
             raise ValueError(
                 f"soft_loss_type={self.soft_loss_type!r} with logit_standardization={self.logit_standardization} "
                 "has no effect: soft_loss_weight is 0 and not scheduled. Give soft_loss_weight a positive value, or "
@@ -282,7 +284,7 @@ class DistillationConfig(TrainingArguments):
                 f"feature_layers entry {pair!r} must be 'student_index:teacher_index', e.g. '-1:-1' or '2:6'."
             ) from None
 
-    def uses(self, name: str) -> bool:
+    def can_be_nonzero(self, name: str) -> bool:
         """Whether the loss term `name` (a *_loss_weight field) can be non-zero at some point of training."""
         return getattr(self, name) > 0 or name in self.parsed_schedules
 
@@ -291,7 +293,7 @@ class DistillationConfig(TrainingArguments):
         """Whether any loss term needs a live teacher model."""
         if self.offline_teacher:
             return False
-        return any(self.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
+        return any(self.can_be_nonzero(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
 
 
 __all__ = ["LOSS_WEIGHT_NAMES", "SOFT_LOSS_TYPES", "DistillationConfig"]

@@ -128,7 +128,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         if teacher is not None:
             if hasattr(model, "config"):
                 teacher.check_labels(model.config)
-            if args.uses("attention_loss_weight"):
+            if args.can_be_nonzero("attention_loss_weight"):
                 teacher.supervise_attention()
         # Non-finite teacher logits counted on the device since the last log (no host sync per step).
         self._teacher_nonfinite_logits: torch.Tensor | None = None
@@ -141,7 +141,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         # A CNN student's spatial map comes from its features; a ViT student's from its own attention.
         self._student_map_from_features = True
         self._student_prefix_tokens = num_prefix_tokens(model)
-        if args.uses("feature_loss_weight") or args.uses("attention_loss_weight"):
+        if args.can_be_nonzero("feature_loss_weight") or args.can_be_nonzero("attention_loss_weight"):
             set_seed(args.seed)  # the adapters' initialisation follows the run's seed
             collator = kwargs.get("eval_data_collator") or kwargs.get("data_collator")
             probe = _probe_batch(model, kwargs.get("train_dataset"), collator)
@@ -176,11 +176,13 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             student_outputs = student(pixel_values=_on_device_of(probe, student), output_hidden_states=True)
             teacher_outputs = teacher.model(
                 pixel_values=teacher.inputs(probe),
-                **forward_kwargs(teacher.model, hidden_states=True, attentions=args.uses("attention_loss_weight")),
+                **forward_kwargs(
+                    teacher.model, hidden_states=True, attentions=args.can_be_nonzero("attention_loss_weight")
+                ),
             )
         student.train()
         adapters = nn.ModuleDict()
-        if args.uses("feature_loss_weight"):
+        if args.can_be_nonzero("feature_loss_weight"):
             for index, (student_layer, teacher_layer) in enumerate(args.feature_layer_pairs):
                 student_map = as_feature_map(
                     _pick(student_outputs.hidden_states, student_layer, "student hidden state"),
@@ -193,7 +195,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 adapters[f"feature_{index}"] = FeatureAdapter(
                     student_map.shape[1], teacher_map.shape[1], tuple(teacher_map.shape[-2:])
                 )
-        if args.uses("attention_loss_weight"):
+        if args.can_be_nonzero("attention_loss_weight"):
             attentions = require_attentions(teacher_outputs)
             layers = args.attention_teacher_layers or list(range(len(attentions)))
             for layer in layers:
@@ -274,8 +276,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         temperature = self.scheduled("temperature")
         # A term that a schedule can turn on is computed even while its weight is 0: its adapters must take part in
         # every step, or DDP stops waiting for their gradients.
-        use_features = args.uses("feature_loss_weight")
-        use_attention = args.uses("attention_loss_weight")
+        use_features = args.can_be_nonzero("feature_loss_weight")
+        use_attention = args.can_be_nonzero("attention_loss_weight")
         student_needs_hidden = use_features or (use_attention and self._student_map_from_features)
         student_needs_attentions = use_attention and not self._student_map_from_features
 
@@ -292,12 +294,14 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         components: dict[str, torch.Tensor] = {}
         # Logged beside the components, not added to the loss (e.g. DKD's two parts of the soft term).
         details: dict[str, torch.Tensor] = {}
-        if args.uses("label_loss_weight"):
+        if args.can_be_nonzero("label_loss_weight"):
             if labels is None:
                 raise ValueError("label_loss_weight > 0 needs 'labels' in every batch.")
             label_smoothing = args.label_smoothing_factor if model.training else 0.0
             components["label"] = classification_loss(student_logits, labels, label_smoothing)
-        uses_teacher_terms = any(args.uses(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
+        uses_teacher_terms = any(
+            args.can_be_nonzero(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight"
+        )
         # Evaluation measures the student's agreement with whatever teacher there is, even one no loss term uses.
         evaluating_with_teacher = not model.training and (self.teacher is not None or TEACHER_LOGITS_COLUMN in inputs)
         if uses_teacher_terms or evaluating_with_teacher:
@@ -305,7 +309,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 if TEACHER_LOGITS_COLUMN not in inputs:
                     raise ValueError(
                         "offline_teacher is on but the batch has no 'teacher_logits'; prepare the splits with "
-                        "with_image_transform(..., row_outputs=teacher_outputs_by_row(cache))."
+                        "with_image_transform(..., extra_columns=teacher_outputs_by_row(cache))."
                     )
                 teacher_outputs = None
                 teacher_logits = inputs[TEACHER_LOGITS_COLUMN].float()
@@ -315,10 +319,10 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 )
                 teacher_logits = teacher_outputs.logits
                 self._count_nonfinite_teacher_logits(teacher_logits)
-            if args.uses("soft_loss_weight"):
+            if args.can_be_nonzero("soft_loss_weight"):
                 components["soft"], soft_details = self._soft_loss(student_logits, teacher_logits, labels, temperature)
                 details.update(soft_details)
-            if args.uses("hard_loss_weight"):
+            if args.can_be_nonzero("hard_loss_weight"):
                 components["hard"] = hard_distillation_loss(student_logits, teacher_logits)
             if use_features:
                 components["feature"] = self._feature_loss(student_outputs, teacher_outputs, adapters)

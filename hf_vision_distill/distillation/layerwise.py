@@ -66,8 +66,9 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
     Args:
         model (`HybridResNetForImageClassification`):
             The student, e.g. from `hybrid_from_resnet`.
-        teacher_model (`HybridResNetForImageClassification`):
-            The CNN in our layout (`resnet_as_hybrid`), with the same stem, widths and depths.
+        teacher (`Teacher` or `HybridResNetForImageClassification`):
+            The CNN in our layout (`resnet_as_hybrid`), with the same stem, widths and depths; a bare model becomes
+            a float32 `Teacher`.
         args (`TrainingArguments`):
             As for any Trainer (no distillation fields are needed).
         blocks (`list[int]`, *optional*):
@@ -79,12 +80,13 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
     def __init__(
         self,
         model: PreTrainedModel,
-        teacher_model: PreTrainedModel,
+        teacher: Teacher | PreTrainedModel,
         args: TrainingArguments,
         blocks: Sequence[int] | None = None,
         **kwargs,
     ):
-        _check_same_layout(model, teacher_model)
+        teacher = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
+        _check_same_layout(model, teacher.model)
         self.blocks = list(transformer_blocks(model) if blocks is None else blocks)
         if not self.blocks:
             raise ValueError("no block to train: the student has no transformer blocks and none were named.")
@@ -100,7 +102,7 @@ class LayerwiseDistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer)
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith("mlp.")
         ]  # fmt: skip
         super().__init__(model=model, args=args, **kwargs)
-        self.teacher = Teacher(teacher_model).place(self.args.device, self.accelerator.autocast)
+        self.teacher = teacher.place(self.args.device, self.accelerator.autocast)
         self._reset_logged_terms()
 
     def modules_kept_in_eval(self) -> list[nn.Module]:

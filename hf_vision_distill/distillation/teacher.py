@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 from transformers.utils import logging
 
-from ..models import LoadedClassifier, is_convolutional, load_image_classifier
+from ..models import InputSpecification, LoadedClassifier, is_convolutional, load_image_classifier
 from .adapters import num_prefix_tokens
 
 logger = logging.get_logger(__name__)
@@ -35,40 +35,40 @@ class TeacherInputTransform:
     """Turns the student's normalised batch into the teacher's input: same images, the teacher's size and statistics.
 
     The teacher sees exactly the augmented (and mixed) images the student sees: the batch is un-normalised with the
-    student's mean/std, resized to the teacher's size, and normalised with the teacher's mean/std, on the device.
-    Upsampling a 32-pixel image to 224 adds no detail, so this is exact for data stored at the student's size
-    (CIFAR); for larger source images the teacher sees them at the student's resolution.
+    student's mean/std, resized to the teacher's size with the teacher's interpolation, and normalised with the
+    teacher's mean/std, on the device. Upsampling a 32-pixel image to 224 adds no detail, so this is exact for data
+    stored at the student's size (CIFAR); for larger source images the teacher sees them at the student's resolution.
+
+    Args:
+        student (`InputSpecification`): the input the batches are prepared for.
+        teacher (`InputSpecification`): the teacher's.
     """
 
-    student_mean: tuple[float, ...]
-    student_std: tuple[float, ...]
-    teacher_size: tuple[int, int]
-    teacher_mean: tuple[float, ...]
-    teacher_std: tuple[float, ...]
-    interpolation: str = "bilinear"
+    student: InputSpecification
+    teacher: InputSpecification
     # (student std, student mean, teacher mean, teacher std) as (1, C, 1, 1) columns, per (device, dtype).
     _columns: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def between(cls, student: LoadedClassifier, teacher: LoadedClassifier) -> TeacherInputTransform | None:
+    def between(cls, student: InputSpecification, teacher: InputSpecification) -> TeacherInputTransform | None:
         """The transform from `student`'s inputs to `teacher`'s, or `None` when they take the same input."""
-        if (student.image_size, student.image_mean, student.image_std) == (
-            teacher.image_size, teacher.image_mean, teacher.image_std,
-        ):  # fmt: skip
+        if not teacher.mismatches(student):
             return None
-        return cls(tuple(student.image_mean), tuple(student.image_std), tuple(teacher.image_size),
-                   tuple(teacher.image_mean), tuple(teacher.image_std))  # fmt: skip
+        return cls(student, teacher)
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         student_std, student_mean, teacher_mean, teacher_std = self._statistics(
             pixel_values.device, pixel_values.dtype
         )
         images = pixel_values * student_std + student_mean
-        if tuple(images.shape[-2:]) != tuple(self.teacher_size):
-            downsampling = images.shape[-1] > self.teacher_size[1] or images.shape[-2] > self.teacher_size[0]
+        size = self.teacher.image_size
+        if tuple(images.shape[-2:]) != size:
+            downsampling = images.shape[-1] > size[1] or images.shape[-2] > size[0]
+            mode = self.teacher.interpolation
             images = F.interpolate(
-                images, size=self.teacher_size, mode=self.interpolation, align_corners=False, antialias=downsampling
-            )
+                images, size=size, mode=mode, antialias=downsampling and mode != "nearest",
+                **({} if mode == "nearest" else {"align_corners": False}),
+            )  # fmt: skip
         return (images - teacher_mean) / teacher_std
 
     def _statistics(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -77,7 +77,12 @@ class TeacherInputTransform:
         if key not in self._columns:
             self._columns[key] = tuple(
                 torch.tensor(values, device=device, dtype=dtype)[None, :, None, None]
-                for values in (self.student_std, self.student_mean, self.teacher_mean, self.teacher_std)
+                for values in (
+                    self.student.image_std,
+                    self.student.image_mean,
+                    self.teacher.image_mean,
+                    self.teacher.image_std,
+                )
             )
         return self._columns[key]
 
@@ -134,8 +139,8 @@ class Teacher:
         transform = None
         if student is not None:
             check_label_spaces(student.model.config, loaded.model.config)
-            transform = TeacherInputTransform.between(student, loaded)
-        return cls(loaded.model, transform, dtype=dtype, image_size=loaded.image_size)
+            transform = TeacherInputTransform.between(student.input_specification, loaded.input_specification)
+        return cls(loaded.model, transform, dtype=dtype, image_size=loaded.input_specification.image_size)
 
     @property
     def name(self) -> str:

@@ -9,7 +9,7 @@ mixup or cutmix). `cache_teacher_logits` checks that by transforming one image t
     cache = cache_teacher_logits(teacher, data.dataset["train"], build_transforms(32, train=False))
     cache.save_to_disk("outputs/teacher_cache")            # or cache.push_to_hub("user/cifar10-vit-logits")
     train = with_image_transform(data.dataset["train"], build_transforms(32, train=False),
-                                 row_outputs=teacher_outputs_by_row(cache))
+                                 extra_columns=teacher_outputs_by_row(cache))
 
 Every split the trainer evaluates on needs its own cache too (its evaluation loss includes the teacher terms);
 examples/distill.py --offline_teacher caches train, validation and test.
@@ -117,7 +117,8 @@ def cache_teacher_logits(
 
 
 def teacher_outputs_by_row(cache: datasets.Dataset) -> dict[str, np.ndarray]:
-    """The cache as arrays indexed by `row_index` (rows it lacks are NaN), for `with_image_transform(row_outputs=)`."""
+    """The cache as arrays indexed by `row_index` (rows it lacks are NaN), for
+    `with_image_transform(extra_columns=)`."""
     rows = np.asarray(cache[ROW_INDEX_COLUMN])
     logits = np.asarray(cache.with_format("numpy")[TEACHER_LOGITS_COLUMN], dtype=np.float32)
     table = np.full((int(rows.max()) + 1, logits.shape[1]), np.nan, dtype=np.float32)

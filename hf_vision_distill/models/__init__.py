@@ -5,11 +5,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from .airbench_cnn import AirbenchCNNConfig, AirbenchCNNForImageClassification, AirbenchCNNModel
 from .compact_cnn import CompactCNNConfig, CompactCNNForImageClassification, CompactCNNModel
 from .hybrid_resnet import HybridResNetConfig, HybridResNetForImageClassification, HybridResNetModel
+from .input_specification import InputSpecification
 from .loading import (
     MODEL_PRESETS,
     LoadedClassifier,
     ModelPreset,
-    build_image_processor,
     config_from_preset,
     describe_model_presets,
     is_convolutional,
@@ -44,7 +44,7 @@ __all__ = [
     "MODEL_PRESETS",
     "LoadedClassifier",
     "ModelPreset",
-    "build_image_processor",
+    "InputSpecification",
     "describe_model_presets",
     "is_convolutional",
     "load_image_classifier",

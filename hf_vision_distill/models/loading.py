@@ -21,13 +21,13 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedModel,
     TimmWrapperPreTrainedModel,
-    ViTImageProcessor,
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .airbench_cnn import AirbenchCNNConfig
 from .compact_cnn import CompactCNNConfig
 from .hybrid_resnet import HYBRID_RESNET_PRESETS, HybridResNetConfig
+from .input_specification import RESAMPLE_TO_INTERPOLATION, InputSpecification, known_interpolation, processor_size
 from .simple_cnn import SimpleCNNConfig
 from .vit import VIT_PRESETS, VisionTransformerConfig
 
@@ -89,42 +89,21 @@ def config_from_preset(name: str, **overrides) -> PreTrainedConfig:
     return preset.config_class(**{**preset.fields, **overrides})
 
 
-# PIL's resampling codes, as image processors store them (`resample`), and the names build_transforms takes.
-_RESAMPLE_TO_INTERPOLATION = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-_INTERPOLATION_TO_RESAMPLE = {name: code for code, name in _RESAMPLE_TO_INTERPOLATION.items()}
-
-
-def build_image_processor(
-    image_size: int | tuple[int, int],
-    image_mean: list[float],
-    image_std: list[float],
-    interpolation: str = "bilinear",
-) -> ViTImageProcessor:
-    """The processor saved beside a trained model so `pipeline("image-classification", model=dir)` works: resize to
-    the model's size (with the eval transform's interpolation), rescale to [0, 1], normalise."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    return ViTImageProcessor(
-        do_resize=True,
-        size={"height": height, "width": width},
-        resample=_INTERPOLATION_TO_RESAMPLE.get(interpolation, 2),
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-    )
-
-
 @dataclass
 class LoadedClassifier:
     """A classifier ready to train, with the input settings its data pipeline must follow."""
 
     model: PreTrainedModel
-    image_processor: BaseImageProcessor
-    image_size: tuple[int, int]
-    image_mean: list[float]
-    image_std: list[float]
+    # The input the model was built or trained for: a preset's size with ImageNet statistics, timm's data config, a
+    # checkpoint's image processor (its interpolation included).
+    input_specification: InputSpecification
     from_scratch: bool
-    # How images are resized to image_size: the backbone's pretrained setting (timm's data config, the checkpoint's
-    # image processor); bilinear for models built from scratch.
-    interpolation: str = "bilinear"
+
+    @property
+    def image_processor(self) -> BaseImageProcessor:
+        """The processor saved beside the trained model: it mirrors the evaluation transform the recipes build from
+        the same specification, so pipelines see exactly what evaluation saw."""
+        return self.input_specification.image_processor()
 
 
 def is_convolutional(model: nn.Module) -> bool:
@@ -139,9 +118,9 @@ def _is_timm_name(name: str) -> bool:
     return "/" not in name and timm.is_model(name)
 
 
-def _checkpoint_input_settings(
+def _checkpoint_input_specification(
     model: PreTrainedModel, name_or_path: str, config: PreTrainedConfig, trust_remote_code: bool, hub_kwargs: dict
-) -> tuple[tuple[int, int], list[float], list[float], str]:
+) -> InputSpecification:
     """The input size, mean, std and resize interpolation a loaded checkpoint was trained with."""
     if isinstance(model, TimmWrapperPreTrainedModel):
         import timm.data
@@ -156,7 +135,7 @@ def _checkpoint_input_settings(
         size = tuple(data_config["input_size"][1:])
         mean, std, interpolation = data_config["mean"], data_config["std"], data_config.get("interpolation")
         if pretrained_cfg:
-            return size, list(mean), list(std), _known_interpolation(interpolation)
+            return InputSpecification(size, mean, std, known_interpolation(interpolation))
         # Built by name and saved here: the processor saved beside it knows the size it trained at (a CNN's can be
         # any); the timm model itself only knows its architecture's defaults.
     else:
@@ -168,28 +147,13 @@ def _checkpoint_input_settings(
         )
     except OSError:
         image_processor = None
-    size = _processor_size(image_processor, size)
+    size = processor_size(image_processor, size)
     mean = list(getattr(image_processor, "image_mean", None) or mean)
     std = list(getattr(image_processor, "image_std", None) or std)
     resample = getattr(image_processor, "resample", None)
     if resample is not None:
-        interpolation = _RESAMPLE_TO_INTERPOLATION.get(int(resample))
-    return size, mean, std, _known_interpolation(interpolation)
-
-
-def _known_interpolation(interpolation: str | None) -> str:
-    """An interpolation `build_transforms` knows (timm's "random" and others, and none given: bilinear)."""
-    return interpolation if interpolation in _INTERPOLATION_TO_RESAMPLE else "bilinear"
-
-
-def _processor_size(image_processor: BaseImageProcessor | None, fallback: int | list[int]) -> tuple[int, int]:
-    size = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", False) else None
-    size = size or getattr(image_processor, "size", None) or {}
-    if "height" in size and "width" in size:
-        return int(size["height"]), int(size["width"])
-    if "shortest_edge" in size:
-        return int(size["shortest_edge"]), int(size["shortest_edge"])
-    return (fallback, fallback) if isinstance(fallback, int) else (int(fallback[0]), int(fallback[1]))
+        interpolation = RESAMPLE_TO_INTERPOLATION.get(int(resample))
+    return InputSpecification(size, mean, std, known_interpolation(interpolation))
 
 
 def load_image_classifier(
@@ -252,10 +216,8 @@ def load_image_classifier(
             config_overrides["image_size"] = image_size
         config = config_from_preset(name_or_path, id2label=id2label, label2id=label2id, **config_overrides)
         model = AutoModelForImageClassification.from_config(config, **attention_kwargs)
-        size = config.image_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        mean, std = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
-        return LoadedClassifier(model, build_image_processor(size, mean, std), size, mean, std, from_scratch=True)
+        specification = InputSpecification(config.image_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+        return LoadedClassifier(model, specification, from_scratch=True)
 
     if not os.path.isdir(name_or_path) and _is_timm_name(name_or_path) and "." in name_or_path:
         # "resnet18.a1_in1k" names pretrained weights: they live on the Hub as timm/resnet18.a1_in1k.
@@ -285,11 +247,11 @@ def load_image_classifier(
         data_config = timm.data.resolve_data_config(
             {"img_size": image_size} if image_size is not None else {}, model=model.timm_model
         )
-        size = tuple(data_config["input_size"][1:])
-        mean, std = list(data_config["mean"]), list(data_config["std"])
-        interpolation = _known_interpolation(data_config.get("interpolation"))
-        processor = build_image_processor(size, mean, std, interpolation)
-        return LoadedClassifier(model, processor, size, mean, std, from_scratch=True, interpolation=interpolation)
+        specification = InputSpecification(
+            tuple(data_config["input_size"][1:]), data_config["mean"], data_config["std"],
+            known_interpolation(data_config.get("interpolation")),
+        )  # fmt: skip
+        return LoadedClassifier(model, specification, from_scratch=True)
 
     if config_overrides:
         raise ValueError(
@@ -351,9 +313,10 @@ def _load_checkpoint(
         trust_remote_code=trust_remote_code,
         **hub_kwargs,
     )
-    size, mean, std, interpolation = _checkpoint_input_settings(
+    specification = _checkpoint_input_specification(
         model, name_or_path, checkpoint_config, trust_remote_code, hub_kwargs
     )
+    size = specification.image_size
     if image_size is not None and (image_size, image_size) != size:
         if isinstance(model, TimmWrapperPreTrainedModel):
             # timm's own word on resizability: a model takes any size unless its pretrained config fixes it. A Hub
@@ -368,11 +331,8 @@ def _load_checkpoint(
             model.set_input_size(image_size)  # ours declare it (our ViT resamples its position embeddings for good)
         else:
             raise ValueError(_fixed_size_message(image_size, name_or_path, model, size))
-        size = (image_size, image_size)
-    # The processor saved beside the model mirrors the eval transform the recipes build from (size, mean, std), so
-    # pipelines see exactly what evaluation saw.
-    image_processor = build_image_processor(size, mean, std, interpolation)
-    return LoadedClassifier(model, image_processor, size, mean, std, from_scratch=False, interpolation=interpolation)
+        specification = specification.with_size(image_size)
+    return LoadedClassifier(model, specification, from_scratch=False)
 
 
 def _fixed_size_message(image_size: int, name_or_path: str, model: nn.Module, size: tuple[int, int]) -> str:
@@ -386,7 +346,7 @@ __all__ = [
     "MODEL_PRESETS",
     "LoadedClassifier",
     "ModelPreset",
-    "build_image_processor",
+    "InputSpecification",
     "config_from_preset",
     "describe_model_presets",
     "load_image_classifier",

@@ -1,6 +1,8 @@
-"""What the recipes in examples/ share, by concern: `command_line.py` (argument dataclasses, parsing over per-recipe
-defaults, checks before any work, logging, the entry point), `inputs.py` (model, data, datasets, collators, input
-pipeline), `output_folder.py` (reruns and resumption) and `publishing.py` (ONNX export, model card, Hub upload)."""
+"""What the recipes in examples/ share, by concern: `pipeline.py` (a recipe as one pipeline, `Recipe`: start ->
+prepare -> train -> finish, and the one place the training arguments change, `final_training_arguments`),
+`command_line.py` (argument dataclasses, parsing over per-recipe defaults, checks before any work, logging, the entry
+point), `inputs.py` (model, data, datasets, collators, input pipeline), `output_folder.py` (reruns and resumption)
+and `publishing.py` (ONNX export, model card, Hub upload)."""
 
 from ..models.loading import is_convolutional
 from .command_line import (
@@ -33,14 +35,12 @@ from .inputs import (
     build_datasets,
     build_inputs,
     choose_input_pipeline,
-    evaluation_settings_for,
+    collator_label_smoothing,
     initialize_from_data,
     load_data,
     load_model,
-    log_often_enough,
     optimizer_steps,
     reported_split,
-    smoothing_in_the_collator,
 )
 from .output_folder import (
     BUDGET_ARGUMENTS,
@@ -51,6 +51,7 @@ from .output_folder import (
     checkpoint_to_resume,
     prepare_output_dir,
 )
+from .pipeline import SPLIT_PREFIXES, Recipe, final_training_arguments
 from .publishing import (
     ONNX_FOLDER,
     check_hub_access,
@@ -71,12 +72,14 @@ __all__ = [
     "REPOSITORY",
     "RUN_ARGUMENTS_NAME",
     "SHIPPED_DEFAULTS",
+    "SPLIT_PREFIXES",
     "SHIPPED_SAMPLE",
     "SHIPPED_TEACHER",
     "TRAINING_DEFAULTS",
     "DataArguments",
     "ModelArguments",
     "OutputFolder",
+    "Recipe",
     "RecipeInputs",
     "RunArguments",
     "accelerator_bf16",
@@ -88,16 +91,16 @@ __all__ = [
     "check_shipped_defaults",
     "checkpoint_to_resume",
     "choose_input_pipeline",
+    "collator_label_smoothing",
     "cpu_multiplies_bf16",
-    "evaluation_settings_for",
     "export_output",
+    "final_training_arguments",
     "hyperparameters_for_card",
     "initialize_from_data",
     "is_convolutional",
     "launched_on_cpu",
     "load_data",
     "load_model",
-    "log_often_enough",
     "optimizer_steps",
     "parse_arguments",
     "prepare_output_dir",
@@ -109,7 +112,6 @@ __all__ = [
     "run_recipe",
     "setup_logging",
     "setup_run",
-    "smoothing_in_the_collator",
     "user_gave",
     "write_model_card",
 ]

@@ -19,13 +19,12 @@ from transformers import TrainingArguments
 from ..data import (
     ImageClassificationCollator,
     ImageClassificationData,
-    build_transforms,
     drop_undecodable_images,
     load_image_classification_dataset,
     with_image_transform,
 )
 from ..device_decode import DeviceJpegTransform, EncodedImageDataset, describe_first_image, split_is_jpeg
-from ..evaluation import logging_steps_for_curves
+from ..models.input_specification import InputSpecification
 from ..models.loading import LoadedClassifier, is_convolutional, load_image_classifier
 from ..tensor_data import (
     DEFAULT_MEMORY_BUDGET_BYTES,
@@ -37,7 +36,7 @@ from ..tensor_data import (
     estimated_bytes,
 )
 from ..training import on_device
-from .command_line import DATALOADER_WORKERS, DataArguments, ModelArguments, user_gave
+from .command_line import DATALOADER_WORKERS, DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +110,6 @@ def optimizer_steps(train_images: int, training_args: TrainingArguments) -> int:
     return math.ceil(per_epoch * training_args.num_train_epochs)
 
 
-def log_often_enough(
-    training_args: TrainingArguments, train_images: int, argv: list[str] | None, points: int = 20
-) -> TrainingArguments:
-    """`--logging_steps` lowered so that a run's loss curves get about `points` points (every step for short runs;
-    `evaluation.logging_steps_for_curves`), unless the user set it."""
-    if user_gave(argv, "logging_steps"):
-        return training_args
-    steps = optimizer_steps(train_images, training_args)
-    logging_steps = logging_steps_for_curves(steps, points, at_most=int(training_args.logging_steps))
-    return dataclasses.replace(training_args, logging_steps=logging_steps)
-
-
 def reported_split(eval_splits: Iterable[str]) -> tuple[str, str] | None:
     """The split a run's results are reported on, and its metric prefix: the test split, else the validation split
     (a dataset without a test split), else `None`."""
@@ -140,48 +127,30 @@ def _scan_processes(data: ImageClassificationData, splits: list[str]) -> int | N
     return DATALOADER_WORKERS if DATALOADER_WORKERS > 1 and rows > 20_000 else None
 
 
-def evaluation_settings_for(data: ImageClassificationData, training_args: TrainingArguments) -> TrainingArguments:
-    """Without a validation split there is nothing to evaluate during training or to pick a best checkpoint by."""
-    evaluates = training_args.eval_strategy != "no" or training_args.load_best_model_at_end
-    if "validation" in data.dataset or not evaluates:
-        return training_args
-    logger.warning("No validation split (validation_size=0?): evaluating at the end only, keeping the last model.")
-    return dataclasses.replace(training_args, eval_strategy="no", load_best_model_at_end=False)
-
-
 def build_datasets(
     data: ImageClassificationData,
     data_args: DataArguments,
-    image_size: tuple[int, int],
-    mean: list[float],
-    std: list[float],
-    row_outputs: dict[str, dict] | None = None,
-    interpolation: str = "bilinear",
+    specification: InputSpecification,
+    extra_columns: dict[str, dict] | None = None,
     normalize: bool = True,
 ) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
-    """The training split with augmentation and the validation/test splits with the eval transform, all lazy.
+    """The training split with augmentation and the validation/test splits with the eval transform, all lazy, for
+    the model's input (`specification`).
 
-    `row_outputs` maps a split name to per-row arrays (e.g. cached teacher logits) its batches carry;
-    `interpolation` is the model's resize interpolation (`LoadedClassifier.interpolation`); `normalize=False` leaves
-    images uint8 for collators that normalise on the device (`build_collators(..., mean=, std=)`).
+    `extra_columns` maps a split name to per-row arrays (e.g. cached teacher logits) its batches carry;
+    `normalize=False` leaves images uint8 for collators that normalise on the device (`build_collators(...,
+    specification)`).
     """
-    train_transform = build_transforms(
-        image_size,
-        train=True,
-        mean=mean,
-        std=std,
+    train_transform = specification.train_transform(
         crop=data_args.crop,
         crop_padding=data_args.crop_padding,
         horizontal_flip=data_args.horizontal_flip,
         color_jitter=data_args.color_jitter,
         auto_augment=data_args.auto_augment,
         random_erasing=data_args.random_erasing,
-        interpolation=interpolation,
         normalize=normalize,
     )
-    eval_transform = build_transforms(
-        image_size, train=False, mean=mean, std=std, interpolation=interpolation, normalize=normalize
-    )
+    eval_transform = specification.eval_transform(normalize=normalize)
 
     def prepare(split: str, transform) -> datasets.Dataset:
         return with_image_transform(
@@ -189,7 +158,7 @@ def build_datasets(
             transform,
             on_bad_image=data_args.on_bad_image,
             source_split=data.source_splits[split],
-            row_outputs=(row_outputs or {}).get(split),
+            extra_columns=(extra_columns or {}).get(split),
         )
 
     eval_splits = [split for split in ("validation", "test") if split in data.dataset]
@@ -199,37 +168,33 @@ def build_datasets(
 def build_collators(
     data: ImageClassificationData,
     data_args: DataArguments,
-    training_args: TrainingArguments,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-) -> tuple[ImageClassificationCollator, ImageClassificationCollator, TrainingArguments]:
-    """Training and evaluation collators, and the training arguments to use with them.
-
-    Mixed batches carry soft targets, which the Trainer's label smoother cannot take: with mixup/cutmix the label
-    smoothing moves into the training collator. With `mean` and `std` the collators take uint8 images and normalise
-    (and mix) them on the training device.
-    """
-    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
+    label_smoothing: float = 0.0,
+    specification: InputSpecification | None = None,
+) -> tuple[ImageClassificationCollator, ImageClassificationCollator]:
+    """Training and evaluation collators of the worker pipeline. `label_smoothing`: the collator's share of it
+    (`collator_label_smoothing`). With `specification`, the collators take uint8 images and normalise (and mix) them
+    on the training device."""
+    statistics = {}
+    if specification is not None:
+        statistics = {"mean": list(specification.image_mean), "std": list(specification.image_std)}
     train_collator = ImageClassificationCollator(
         num_labels=data.num_labels,
         mixup_alpha=data_args.mixup_alpha,
         cutmix_alpha=data_args.cutmix_alpha,
         label_smoothing=label_smoothing,
-        mean=mean,
-        std=std,
+        **statistics,
     )
-    return train_collator, ImageClassificationCollator(mean=mean, std=std), training_args
+    return train_collator, ImageClassificationCollator(**statistics)
 
 
-def smoothing_in_the_collator(
-    data_args: DataArguments, training_args: TrainingArguments
-) -> tuple[float, TrainingArguments]:
-    """Mixed batches carry soft targets, which the Trainer's label smoother cannot take: with mixup/cutmix the label
-    smoothing moves from the training arguments into the training collator. Returns the collator's smoothing and the
-    training arguments to use with it."""
+def collator_label_smoothing(data_args: DataArguments, training_args: TrainingArguments) -> float:
+    """Where label smoothing happens, decided once for a run: mixed batches (mixup/cutmix) carry soft targets, which
+    the Trainer's label smoother cannot take, so with mixing the training collator smooths (this value) and the
+    Trainer's `label_smoothing_factor` becomes 0 (`pipeline.final_training_arguments`); without, the Trainer smooths
+    and this is 0."""
     if data_args.mixup_alpha == 0 and data_args.cutmix_alpha == 0:
-        return 0.0, training_args
-    return training_args.label_smoothing_factor, dataclasses.replace(training_args, label_smoothing_factor=0.0)
+        return 0.0
+    return training_args.label_smoothing_factor
 
 
 INPUT_PIPELINE_CHOICES = ("auto", "tensors", "workers", "decode_on_device")
@@ -237,15 +202,18 @@ INPUT_PIPELINE_CHOICES = ("auto", "tensors", "workers", "decode_on_device")
 
 @dataclass
 class RecipeInputs:
-    """What a recipe trains and evaluates on: the datasets, their collators, the training arguments that go with them
-    (the tensor pipeline needs no dataloader workers) and which input pipeline was chosen."""
+    """What a recipe trains and evaluates on: the datasets, their collators, which input pipeline was chosen, what it
+    needs of the Trainer's dataloaders (`dataloader_settings`: the tensor pipeline wants no workers, ...), and the
+    training collator's label smoothing (`collator_label_smoothing`). `pipeline.final_training_arguments` applies
+    the last two to the run's training arguments."""
 
     train_dataset: torch.utils.data.Dataset
     eval_datasets: dict[str, torch.utils.data.Dataset]
     train_collator: Callable
     eval_collator: Callable
-    training_args: TrainingArguments
     pipeline: str
+    dataloader_settings: dict[str, Any]
+    label_smoothing: float = 0.0
 
 
 def choose_input_pipeline(
@@ -301,19 +269,18 @@ def build_inputs(
     data: ImageClassificationData,
     data_args: DataArguments,
     training_args: TrainingArguments,
-    image_size: tuple[int, int],
-    mean: list[float],
-    std: list[float],
-    interpolation: str = "bilinear",
-    row_outputs: dict[str, dict] | None = None,
+    specification: InputSpecification,
+    extra_columns: dict[str, dict] | None = None,
 ) -> RecipeInputs:
-    """The datasets and collators for a model's input (`image_size`, `mean`, `std`, `interpolation`, from
-    `LoadedClassifier`), on the input pipeline `choose_input_pipeline` picks.
+    """The datasets and collators for a model's input (`specification`, from `LoadedClassifier`), on the input
+    pipeline `choose_input_pipeline` picks. `training_args` are read (device, seed, workers, label smoothing), not
+    changed: what the pipeline needs of them comes back in `RecipeInputs`.
 
     Tensor pipeline: every split decoded once (by the main process first; the others read its cache file), batches
     augmented on `training_args.device`, no dataloader workers. Worker pipeline: `build_datasets` and
-    `build_collators`. `row_outputs` maps a split to per-row arrays (cached teacher logits) its batches carry.
+    `build_collators`. `extra_columns` maps a split to per-row arrays (cached teacher logits) its batches carry.
     """
+    label_smoothing = collator_label_smoothing(data_args, training_args)
     pipeline = choose_input_pipeline(data, data_args)
     if pipeline == "tensors":
         decoded, error = {}, None
@@ -330,30 +297,28 @@ def build_inputs(
             logger.info("Input pipeline: workers (%s)", str(error).split(", so ")[0])
             pipeline = "workers"
     if pipeline == "decode_on_device":
-        return _decode_on_device_inputs(data, data_args, training_args, image_size, mean, std, interpolation,
-                                        row_outputs)  # fmt: skip
+        return _decode_on_device_inputs(data, data_args, training_args, specification, extra_columns, label_smoothing)
     if pipeline == "workers":
         # uint8 images leave the workers (a quarter of float32's bytes) and are normalised on the device, unless
         # random erasing, which erases normalised images to the mean colour, must run in the workers.
         normalize_on_device = data_args.random_erasing == 0
         train_dataset, eval_datasets = build_datasets(
-            data, data_args, image_size, mean, std, row_outputs=row_outputs, interpolation=interpolation,
-            normalize=not normalize_on_device,
-        )  # fmt: skip
-        statistics = {"mean": mean, "std": std} if normalize_on_device else {}
-        train_collator, eval_collator, training_args = build_collators(data, data_args, training_args, **statistics)
+            data, data_args, specification, extra_columns=extra_columns, normalize=not normalize_on_device
+        )
+        train_collator, eval_collator = build_collators(
+            data, data_args, label_smoothing, specification if normalize_on_device else None
+        )
         # Workers kept from epoch to epoch (and from one evaluation to the next) instead of started afresh each time;
         # batches in pinned memory copied to the device without waiting for the copy.
         persistent = training_args.dataloader_num_workers > 0
-        accelerator_config = training_args.accelerator_config
+        settings = {"dataloader_persistent_workers": persistent}
         if training_args.dataloader_pin_memory:
-            accelerator_config = dataclasses.replace(accelerator_config, non_blocking=True)
-        training_args = dataclasses.replace(training_args, dataloader_persistent_workers=persistent,
-                                            accelerator_config=accelerator_config)  # fmt: skip
+            settings["accelerator_config"] = dataclasses.replace(training_args.accelerator_config, non_blocking=True)
         logger.info("Input pipeline: workers (%d per process, persistent: %s).",
                     training_args.dataloader_num_workers, persistent)  # fmt: skip
-        return RecipeInputs(train_dataset, eval_datasets, train_collator, eval_collator, training_args, "workers")
-    return _tensor_inputs(decoded, data, data_args, training_args, image_size, mean, std, interpolation, row_outputs)
+        return RecipeInputs(train_dataset, eval_datasets, train_collator, eval_collator, "workers", settings,
+                            label_smoothing)  # fmt: skip
+    return _tensor_inputs(decoded, data, data_args, training_args, specification, extra_columns, label_smoothing)
 
 
 def initialize_from_data(loaded: LoadedClassifier, inputs: RecipeInputs, device: torch.device,
@@ -379,27 +344,24 @@ def _device_collators(
     data: ImageClassificationData,
     data_args: DataArguments,
     training_args: TrainingArguments,
-    image_size: tuple[int, int],
-    mean: list[float],
-    std: list[float],
-    interpolation: str,
+    specification: InputSpecification,
+    label_smoothing: float,
     train_only: dict[str, Any] | None = None,
     **extra: Any,
-) -> tuple[DeviceImageTransform, DeviceImageTransform, TrainingArguments]:
+) -> tuple[DeviceImageTransform, DeviceImageTransform]:
     """The training and evaluation collators of a pipeline that augments on the device (`extra` arguments for both,
-    `train_only` for the training one), and the training arguments with label smoothing moved into the collator
-    (`smoothing_in_the_collator`)."""
-    label_smoothing, training_args = smoothing_in_the_collator(data_args, training_args)
-    common = {"mean": mean, "std": std, "interpolation": interpolation, "device": training_args.device,
+    `train_only` for the training one)."""
+    common = {**specification.normalization(), "device": training_args.device,
               "seed": training_args.data_seed if training_args.data_seed is not None else training_args.seed,
               **extra}  # fmt: skip
+    size = specification.image_size
     train_collator = collator_class(
-        image_size, train=True, crop=data_args.crop, crop_padding=data_args.crop_padding,
+        size, train=True, crop=data_args.crop, crop_padding=data_args.crop_padding,
         horizontal_flip=data_args.horizontal_flip,
         num_labels=data.num_labels, mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
         label_smoothing=label_smoothing, **common, **(train_only or {}),
     )  # fmt: skip
-    return train_collator, collator_class(image_size, train=False, **common), training_args
+    return train_collator, collator_class(size, train=False, **common)
 
 
 def _tensor_inputs(
@@ -407,23 +369,20 @@ def _tensor_inputs(
     data: ImageClassificationData,
     data_args: DataArguments,
     training_args: TrainingArguments,
-    image_size: tuple[int, int],
-    mean: list[float],
-    std: list[float],
-    interpolation: str,
-    row_outputs: dict[str, dict] | None,
+    specification: InputSpecification,
+    extra_columns: dict[str, dict] | None,
+    label_smoothing: float,
 ) -> RecipeInputs:
     device = training_args.device
-    train_collator, eval_collator, training_args = _device_collators(
-        DeviceImageTransform, data, data_args, training_args, image_size, mean, std, interpolation
+    train_collator, eval_collator = _device_collators(
+        DeviceImageTransform, data, data_args, training_args, specification, label_smoothing
     )
     # Batches are one indexing operation in the main process and come out on the device: workers would only add
     # processes, and pinning applies to host memory. The collator takes whole batches, which the Trainer's column
     # remover (for datasets that are not a datasets.Dataset) would take for lists of examples.
-    changes = {"remove_unused_columns": False, "dataloader_num_workers": 0, "dataloader_pin_memory": False,
-               "dataloader_persistent_workers": False, "dataloader_prefetch_factor": None}  # fmt: skip
-    training_args = dataclasses.replace(training_args, **changes)
-    datasets_by_split = {split: TensorImageDataset(images, (row_outputs or {}).get(split))
+    settings = {"remove_unused_columns": False, "dataloader_num_workers": 0, "dataloader_pin_memory": False,
+                "dataloader_persistent_workers": False, "dataloader_prefetch_factor": None}  # fmt: skip
+    datasets_by_split = {split: TensorImageDataset(images, (extra_columns or {}).get(split))
                          for split, images in decoded.items()}  # fmt: skip
     first = next(iter(decoded.values()))
     logger.info(
@@ -432,35 +391,33 @@ def _tensor_inputs(
         sum(images.images.numel() for images in decoded.values()) / 2**30, device,
     )  # fmt: skip
     eval_datasets = {split: dataset for split, dataset in datasets_by_split.items() if split != "train"}
-    return RecipeInputs(datasets_by_split["train"], eval_datasets, train_collator, eval_collator, training_args,
-                        "tensors")  # fmt: skip
+    return RecipeInputs(datasets_by_split["train"], eval_datasets, train_collator, eval_collator, "tensors", settings,
+                        label_smoothing)  # fmt: skip
 
 
 def _decode_on_device_inputs(
     data: ImageClassificationData,
     data_args: DataArguments,
     training_args: TrainingArguments,
-    image_size: tuple[int, int],
-    mean: list[float],
-    std: list[float],
-    interpolation: str,
-    row_outputs: dict[str, dict] | None,
+    specification: InputSpecification,
+    extra_columns: dict[str, dict] | None,
+    label_smoothing: float,
 ) -> RecipeInputs:
-    train_collator, eval_collator, training_args = _device_collators(
-        DeviceJpegTransform, data, data_args, training_args, image_size, mean, std, interpolation,
+    train_collator, eval_collator = _device_collators(
+        DeviceJpegTransform, data, data_args, training_args, specification, label_smoothing,
         train_only={"source_split": data.source_splits.get("train")}, on_bad_image=data_args.on_bad_image,
     )  # fmt: skip
-    datasets_by_split = {split: EncodedImageDataset(images, (row_outputs or {}).get(split))
+    datasets_by_split = {split: EncodedImageDataset(images, (extra_columns or {}).get(split))
                          for split, images in data.dataset.items()}  # fmt: skip
     # Workers read files and EXIF headers only; the batch holds encoded bytes, which the Trainer's column remover
     # (for datasets that are not a datasets.Dataset) would take for examples, and pinning does not apply to.
-    accelerator_config = dataclasses.replace(training_args.accelerator_config, non_blocking=True)
-    training_args = dataclasses.replace(
-        training_args, remove_unused_columns=False, dataloader_pin_memory=False, accelerator_config=accelerator_config,
-        dataloader_persistent_workers=training_args.dataloader_num_workers > 0,
-    )  # fmt: skip
+    settings = {
+        "remove_unused_columns": False, "dataloader_pin_memory": False,
+        "accelerator_config": dataclasses.replace(training_args.accelerator_config, non_blocking=True),
+        "dataloader_persistent_workers": training_args.dataloader_num_workers > 0,
+    }  # fmt: skip
     logger.info("Input pipeline: decode_on_device (%d workers per process read encoded images; %s decodes them).",
                 training_args.dataloader_num_workers, training_args.device)  # fmt: skip
     eval_datasets = {split: dataset for split, dataset in datasets_by_split.items() if split != "train"}
-    return RecipeInputs(datasets_by_split["train"], eval_datasets, train_collator, eval_collator, training_args,
-                        "decode_on_device")  # fmt: skip
+    return RecipeInputs(datasets_by_split["train"], eval_datasets, train_collator, eval_collator, "decode_on_device",
+                        settings, label_smoothing)  # fmt: skip
