@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
         trust_remote_code=teacher_args.teacher_trust_remote_code, revision=teacher_args.teacher_revision,
         token=args.hub_token,
     )  # fmt: skip
+    # More teachers (--extra_teachers): soft labels only, each through its own input transform, labels checked.
+    extra_teachers = [
+        Teacher.from_pretrained(name, student=student, dtype=args.teacher_dtype,
+                                trust_remote_code=teacher_args.teacher_trust_remote_code, token=args.hub_token)
+        for name in args.extra_teachers
+    ]  # fmt: skip
     changes = fit_attention_to_teacher(args, teacher, argv)
     teacher_cache = None
     views = teacher_args.offline_teacher_views
@@ -185,19 +191,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- distillation ----
     trainer = DistillationTrainer(
-        model=student.model, teacher=None if args.offline_teacher else teacher, callbacks=callbacks,
+        model=student.model, teacher=None if args.offline_teacher else [teacher, *extra_teachers], callbacks=callbacks,
         **trainer_arguments,
     )  # fmt: skip
     # The teacher is evaluated as the distillation runs it: placed as the trainer places it (float32 or
     # --teacher_dtype, on its device), run under the same autocast, on its view of the student's test batches (its
     # own size and normalisation), not prepared and cast by an evaluation Trainer of its own.
-    teacher.place(args.device, trainer.accelerator.autocast)  # --offline_teacher: the trainer runs no teacher
     eval_datasets = inputs.eval_datasets
-    teacher_metrics = {}
-    for split, dataset in eval_datasets.items():
-        teacher_metrics.update(trainer.evaluate_forward(teacher, dataset, SPLIT_PREFIXES[split]))
-    rows = [{"model": f"teacher ({args.teacher_model_name_or_path})", **teacher_metrics,
-             "parameters": teacher.num_parameters}]  # fmt: skip
+    rows = []
+    for name, each in zip([args.teacher_model_name_or_path, *args.extra_teachers], [teacher, *extra_teachers]):
+        each.place(args.device, trainer.accelerator.autocast)  # --offline_teacher: the trainer runs no teacher
+        teacher_metrics = {}
+        for split, dataset in eval_datasets.items():
+            teacher_metrics.update(trainer.evaluate_forward(each, dataset, SPLIT_PREFIXES[split]))
+        rows.append({"model": f"teacher ({name})", **teacher_metrics, "parameters": each.num_parameters})
+    distilled_row = len(rows)
     train_metrics = recipe.train(trainer)  # the student alone is saved; pushed once, at the end
     student_parameters = sum(p.numel() for p in student.model.parameters())
     rows.append({"model": f"distilled student ({model_args.model_name_or_path})",
@@ -219,9 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
         gain = paired_accuracy_gain(correct_predictions(trainer, dataset), correct_predictions(baseline, dataset))
     summary = write_summary(rows, args, output_dir, split, gain)
     # the student, its image processor, the card, summary and plots
-    recipe.publish(trainer, student, rows[1], teacher_name=args.teacher_model_name_or_path,
-                   teacher_parameters=rows[0]["parameters"], distillation_settings=distillation_settings(args),
-                   comparison=rows)  # fmt: skip
+    teacher_names = ", ".join([args.teacher_model_name_or_path, *args.extra_teachers])
+    recipe.publish(trainer, student, rows[distilled_row], teacher_name=teacher_names,
+                   teacher_parameters=sum(row["parameters"] for row in rows[:distilled_row]),
+                   distillation_settings=distillation_settings(args), comparison=rows)  # fmt: skip
     return summary
 
 
@@ -397,6 +406,8 @@ def distillation_settings(args: DistillationConfig) -> dict:
              "student_attention", "schedules"]  # fmt: skip
     # The divergence's own parameters, only for the divergence that uses them.
     names += {"dkd": ["dkd_alpha", "dkd_beta"], "jsd": ["jsd_beta"]}.get(args.soft_loss_type, [])
+    if args.extra_teachers:
+        names += ["extra_teachers", "teacher_weights", "teacher_ensemble"]
     return {name: getattr(args, name) for name in names}
 
 

@@ -7,6 +7,8 @@
 - `decoupled_distillation_terms`, `decoupled_distillation_loss`: decoupled KD (DKD, Zhao et al., 2022), the
   target-class (TCKD) and non-target-class (NCKD) parts of KD with their own weights.
 - `standardize_logits`: logit standardisation (Sun et al., 2024), z-scored logits before the temperature softmax.
+- `teacher_ensemble_logits`: several teachers as one, the weighted average of their temperature-softened
+  probabilities as logits, so every soft loss takes it as it takes one teacher.
 - `hard_distillation_loss`: DeiT's hard distillation (Touvron et al., 2021), cross-entropy on the teacher's argmax.
 - `feature_distillation_loss`: MSE or cosine distance between aligned features (FitNets, Romero et al., 2015).
 - `cls_attention_map`, `feature_energy_map`, `attention_alignment_loss`: a ViT's [CLS]-to-patch attention against a
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +242,35 @@ def standardize_logits(logits: torch.Tensor, epsilon: float = 1e-7) -> torch.Ten
     return (logits - mean) / (standard_deviation + epsilon)
 
 
+def teacher_ensemble_logits(
+    teacher_logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float = 1.0
+) -> torch.Tensor:
+    """Logits of several teachers as one: `T * log(sum_i w_i softmax(z_i / T))`, whose temperature softmax is the
+    weighted average of the teachers' (`softmax(result / T) = sum_i w_i softmax(z_i / T)`), so KD, DKD, reverse KL
+    and JSD distil the averaged probabilities as they distil one teacher's. With one teacher it gives that teacher's
+    distribution.
+
+    Args:
+        teacher_logits (sequence of `torch.Tensor` of shape `(batch, num_labels)`): each teacher's logits.
+        weights (sequence of `float`): one per teacher, non-negative, summing to 1.
+        temperature (`float`, *optional*, defaults to 1.0): the temperature the result will be softened at.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_labels)`, float32.
+    """
+    if len(weights) != len(teacher_logits):
+        raise ValueError(f"{len(weights)} weights for {len(teacher_logits)} teachers: pass one weight per teacher.")
+    if any(weight < 0 for weight in weights) or abs(sum(weights) - 1) > 1e-6:
+        raise ValueError(f"teacher weights {list(weights)} must be non-negative and sum to 1.")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive (e.g. 1.0 to 4.0).")
+    for logits in teacher_logits[1:]:
+        _check_same_shape(teacher_logits[0], logits, "teacher_logits[0]", "another teacher's logits")
+    log_probabilities = torch.stack([F.log_softmax(logits.float() / temperature, dim=-1) for logits in teacher_logits])
+    log_weights = torch.log(torch.tensor(list(weights), dtype=torch.float32, device=log_probabilities.device))
+    return temperature * torch.logsumexp(log_probabilities + log_weights[:, None, None], dim=0)
+
+
 def hard_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the student against the teacher's predicted class (DeiT's hard distillation).
 
@@ -439,5 +471,6 @@ __all__ = [
     "reverse_distillation_loss",
     "soft_distillation_loss",
     "standardize_logits",
+    "teacher_ensemble_logits",
     "uniform_entropy",
 ]

@@ -21,7 +21,7 @@ from hf_vision_distill.data import (
     with_image_transform,
 )
 from hf_vision_distill.distillation import teacher as teacher_module
-from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.models import InputSpecification, load_image_classifier
 from hf_vision_distill.recipes import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +203,30 @@ def test_a_cnn_teacher_turns_the_default_attention_term_off(tmp_path, caplog):
     with pytest.raises(ValueError, match="--attention_loss_weight 0, or a ViT teacher"):
         load_recipe().main([*arguments, "--attention_loss_weight", "0.2", "--output_dir", str(tmp_path / "asked")])
     assert not (tmp_path / "asked").exists()
+
+
+@pytest.mark.slow
+def test_two_teachers_each_evaluated_and_distilled_together(tmp_path):
+    """--extra_teachers: a CNN teacher at another input (48 pixels, its own statistics) beside the shipped ViT; each
+    gets its row in the summary, and the student learns from their average."""
+    torch.manual_seed(0)
+    id2label = dict(enumerate(CIFAR_NAMES))
+    cnn = load_image_classifier("compact-cnn", id2label=id2label, image_size=48,
+                                config_overrides=json.loads(TINY_STUDENT))  # fmt: skip
+    cnn.model.save_pretrained(tmp_path / "cnn-teacher")
+    InputSpecification(48, (0.5,) * 3, (0.5,) * 3).image_processor().save_pretrained(tmp_path / "cnn-teacher")
+    summary = load_recipe().main([
+        "--extra_teachers", str(tmp_path / "cnn-teacher"), "--teacher_weights", "3", "1",
+        "--output_dir", str(tmp_path / "run"), "--config_overrides", TINY_STUDENT, "--max_train_samples", "32",
+        "--max_eval_samples", "16", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
+        "--report_to", "none",
+    ])  # fmt: skip
+    names = [row["model"] for row in summary["models"]]
+    assert names[0].startswith("teacher (") and names[1] == f"teacher ({tmp_path / 'cnn-teacher'})"
+    assert names[2].startswith("distilled student") and "test_agreement" in summary["models"][2]
+    assert summary["settings"]["teacher_weights"] == [3.0, 1.0]
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert str(tmp_path / "cnn-teacher") in card
 
 
 def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 from .schedules import Schedule
 
 SOFT_LOSS_TYPES = ("kd", "dkd", "reverse_kl", "jsd")
+TEACHER_ENSEMBLES = ("average", "per_teacher")
 
 LOSS_WEIGHT_NAMES = (
     "label_loss_weight",
@@ -48,6 +49,13 @@ class DistillationConfig(TrainingArguments):
     evaluation with a teacher (live, or cached logits in the batches) also logs the student's top-1 agreement with the
     teacher (`eval_agreement`) and KL(teacher || student) at T = 1 on raw logits (`eval_teacher_student_kl`), over the
     whole evaluated split.
+
+    Several teachers (`extra_teachers`, or a list given to the trainer) teach with `teacher_weights`: by default
+    (`teacher_ensemble="average"`) the soft term distils the weighted average of their temperature-softened
+    probabilities (`losses.teacher_ensemble_logits`), and the hard term and the agreement use that average at T = 1;
+    `"per_teacher"` sums one soft term per teacher, weighted (each logged, `loss_soft_teacher_<i>`). With
+    `logit_standardization` each teacher's logits are standardised before they are combined. Features and attention
+    maps come from the first teacher.
     """
 
     teacher_model_name_or_path: str | None = field(
@@ -55,6 +63,25 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "The teacher, when the trainer is not given a model: a local directory or Hub id that "
             "AutoModelForImageClassification loads (ours, transformers', timm/...). Its labels must be the student's."
+        },
+    )
+    extra_teachers: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "More teachers (local directories or Hub ids), whose soft labels join the first teacher's: logits "
+            "only (features and attention maps come from teacher_model_name_or_path). Each gets its own view of the "
+            "student's batch (its size and normalisation); all must predict the student's labels."
+        },
+    )
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "One weight per teacher, the first teacher's first (default: equal); normalised to sum 1."},
+    )
+    teacher_ensemble: str = field(
+        default="average",
+        metadata={
+            "help": "How several teachers teach: 'average' distils the weighted average of their temperature-softened "
+            "probabilities; 'per_teacher' adds one weighted soft term per teacher."
         },
     )
     teacher_dtype: str = field(
@@ -213,6 +240,7 @@ class DistillationConfig(TrainingArguments):
         if self.layer_weighting_temperature <= 0:
             raise ValueError(f"layer_weighting_temperature={self.layer_weighting_temperature} must be positive.")
         self.feature_layer_pairs = [self._parse_pair(pair) for pair in self.feature_layers]
+        self._check_teachers()
         if self.offline_teacher and (
             self.can_be_nonzero("feature_loss_weight") or self.can_be_nonzero("attention_loss_weight")
         ):
@@ -221,6 +249,21 @@ class DistillationConfig(TrainingArguments):
                 "activations. Set feature_loss_weight and attention_loss_weight to 0, or use a live teacher."
             )
         super().__post_init__()
+
+    def _check_teachers(self) -> None:
+        if self.teacher_ensemble not in TEACHER_ENSEMBLES:
+            raise ValueError(
+                f"teacher_ensemble={self.teacher_ensemble!r}: use 'average' (the teachers' averaged probabilities) or "
+                "'per_teacher' (one soft term per teacher)."
+            )
+        weights = self.teacher_weights
+        if weights is not None and (any(weight < 0 for weight in weights) or sum(weights) <= 0):
+            raise ValueError(f"teacher_weights={weights}: pass non-negative weights, not all 0, one per teacher.")
+        if self.offline_teacher and self.extra_teachers:
+            raise ValueError(
+                f"offline_teacher caches one teacher's logits, and extra_teachers={self.extra_teachers} asks for "
+                "more; distill several teachers live, or leave extra_teachers out."
+            )
 
     def _check_soft_loss(self) -> None:
         if self.soft_loss_type not in SOFT_LOSS_TYPES:
@@ -296,4 +339,4 @@ class DistillationConfig(TrainingArguments):
         return any(self.can_be_nonzero(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight")
 
 
-__all__ = ["LOSS_WEIGHT_NAMES", "SOFT_LOSS_TYPES", "DistillationConfig"]
+__all__ = ["LOSS_WEIGHT_NAMES", "SOFT_LOSS_TYPES", "TEACHER_ENSEMBLES", "DistillationConfig"]

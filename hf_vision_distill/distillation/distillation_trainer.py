@@ -37,6 +37,7 @@ from ..losses import (
     reverse_distillation_loss,
     soft_distillation_loss,
     standardize_logits,
+    teacher_ensemble_logits,
     uniform_entropy,
 )
 from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss, on_device
@@ -94,10 +95,12 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     Args:
         model (`PreTrainedModel`):
             The student.
-        teacher (`Teacher`, `nn.Module` or `str`, *optional*):
+        teacher (`Teacher`, `nn.Module`, `str`, or a list of them, *optional*):
             The teacher (a `Teacher` carries its input transform when its input differs from the student's), its
             model, or a local directory / Hub id for `Teacher.from_pretrained`; defaults to
-            `args.teacher_model_name_or_path`. Its `id2label` must match the student's.
+            `args.teacher_model_name_or_path`, with `args.extra_teachers` after it. A list gives every teacher (the
+            first supplies features and attention maps; `args.teacher_weights` weigh them). Every teacher's
+            `id2label` must match the student's.
         args (`DistillationConfig`):
             Training arguments, temperature, loss weights, layers and schedules.
         kwargs:
@@ -107,29 +110,16 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     def __init__(
         self,
         model: PreTrainedModel,
-        teacher: Teacher | nn.Module | str | None = None,
+        teacher: Teacher | nn.Module | str | list[Teacher | nn.Module | str] | None = None,
         args: DistillationConfig | None = None,
         **kwargs,
     ):
         if not isinstance(args, DistillationConfig):
             raise ValueError(f"args must be a DistillationConfig, got {type(args).__name__}.")
-        if teacher is None and not args.offline_teacher:  # offline, the batches bring the teacher's logits
-            teacher = args.teacher_model_name_or_path
-        if teacher is None and args.needs_teacher:
-            raise ValueError(
-                "no teacher: pass teacher= or set teacher_model_name_or_path, train from cached teacher logits "
-                "(offline_teacher=True), or set every teacher loss weight (soft, hard, feature, attention) to 0 to "
-                "train the student on labels alone."
-            )
-        if isinstance(teacher, str):
-            teacher = Teacher.from_pretrained(teacher, dtype=args.teacher_dtype)
-        elif isinstance(teacher, nn.Module):
-            teacher = Teacher(teacher, dtype=args.teacher_dtype)
-        if teacher is not None:
-            if hasattr(model, "config"):
-                teacher.check_labels(model.config)
-            if args.can_be_nonzero("attention_loss_weight"):
-                teacher.supervise_attention()
+        teachers = self._teachers(model, teacher, args)
+        teacher = teachers[0] if teachers else None
+        if teacher is not None and args.can_be_nonzero("attention_loss_weight"):
+            teacher.supervise_attention()
         # Non-finite teacher logits counted on the device since the last log (no host sync per step).
         self._teacher_nonfinite_logits: torch.Tensor | None = None
         # Teacher-student agreement of the current evaluation: (agreeing, summed KL, examples) on the device.
@@ -160,8 +150,51 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             raise ValueError(_FSDP_MESSAGE)
         if _has_parameters(adapters):
             self.add_callback(_BestCheckpointAdapters(adapters))
-        self.teacher = teacher.place(self.args.device, self.accelerator.autocast) if teacher is not None else None
+        # The first teacher supplies features and attention maps; all of them soft labels.
+        self.teachers = [each.place(self.args.device, self.accelerator.autocast) for each in teachers]
+        self.teacher = self.teachers[0] if self.teachers else None
         self._reset_logged_terms()
+
+    @staticmethod
+    def _teachers(model: nn.Module, teacher, args: DistillationConfig) -> list[Teacher]:
+        """Every teacher as a `Teacher` (see the `teacher` argument), checked against the student's labels, and the
+        normalised `teacher_weights` for them; none when the batches bring cached logits or nothing needs one."""
+        if isinstance(teacher, (list, tuple)):
+            given = list(teacher)
+        elif teacher is not None:
+            given = [teacher, *args.extra_teachers]
+        elif not args.offline_teacher and args.teacher_model_name_or_path:  # offline, the batches bring the logits
+            given = [args.teacher_model_name_or_path, *args.extra_teachers]
+        else:
+            given = []
+        if not given and args.needs_teacher:
+            raise ValueError(
+                "no teacher: pass teacher= or set teacher_model_name_or_path, train from cached teacher logits "
+                "(offline_teacher=True), or set every teacher loss weight (soft, hard, feature, attention) to 0 to "
+                "train the student on labels alone."
+            )
+        teachers = []
+        for each in given:
+            if isinstance(each, str):
+                each = Teacher.from_pretrained(each, dtype=args.teacher_dtype)
+            elif not isinstance(each, Teacher):
+                each = Teacher(each, dtype=args.teacher_dtype)
+            if hasattr(model, "config"):
+                each.check_labels(model.config)
+            teachers.append(each)
+        weights = args.teacher_weights
+        if weights is not None and teachers and len(weights) != len(teachers):
+            raise ValueError(
+                f"teacher_weights has {len(weights)} weights for {len(teachers)} teachers: pass one per teacher, the "
+                "first teacher's first."
+            )
+        return teachers
+
+    @property
+    def teacher_weights(self) -> list[float]:
+        """The teachers' weights, normalised to sum to 1 (equal unless `teacher_weights` says otherwise)."""
+        weights = self.args.teacher_weights or [1.0] * max(1, len(self.teachers))
+        return [weight / sum(weights) for weight in weights]
 
     # ---- set-up ----
 
@@ -319,8 +352,16 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 )
                 teacher_logits = teacher_outputs.logits
                 self._count_nonfinite_teacher_logits(teacher_logits)
+            all_teacher_logits = [teacher_logits]
+            for extra_teacher in self.teachers[1:]:
+                all_teacher_logits.append(extra_teacher(pixel_values))
+                self._count_nonfinite_teacher_logits(all_teacher_logits[-1])
+            if len(all_teacher_logits) > 1:  # the hard term and the agreement follow the teachers' average
+                teacher_logits = teacher_ensemble_logits(all_teacher_logits, self.teacher_weights)
             if args.can_be_nonzero("soft_loss_weight"):
-                components["soft"], soft_details = self._soft_loss(student_logits, teacher_logits, labels, temperature)
+                components["soft"], soft_details = self._soft_loss(
+                    student_logits, all_teacher_logits, labels, temperature
+                )
                 details.update(soft_details)
             if args.can_be_nonzero("hard_loss_weight"):
                 components["hard"] = hard_distillation_loss(student_logits, teacher_logits)
@@ -347,14 +388,37 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     def _soft_loss(
         self,
         student_logits: torch.Tensor,
+        teacher_logits: list[torch.Tensor],
+        labels: torch.Tensor | None,
+        temperature: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The soft term chosen by `soft_loss_type` (after logit standardisation if asked), against the teachers'
+        average or one per teacher (`teacher_ensemble`), and its parts to log."""
+        args: DistillationConfig = self.args
+        if args.logit_standardization:
+            student_logits = standardize_logits(student_logits)
+            teacher_logits = [standardize_logits(logits) for logits in teacher_logits]
+        weights = self.teacher_weights
+        if len(teacher_logits) > 1 and args.teacher_ensemble == "average":
+            teacher_logits, weights = [teacher_ensemble_logits(teacher_logits, weights, temperature)], [1.0]
+        if len(teacher_logits) == 1:
+            return self._soft_term(student_logits, teacher_logits[0], labels, temperature)
+        total, details = 0.0, {}
+        for index, (weight, logits) in enumerate(zip(weights, teacher_logits)):
+            soft, _ = self._soft_term(student_logits, logits, labels, temperature)
+            total = total + weight * soft
+            details[f"soft_teacher_{index}"] = soft
+        return total, details
+
+    def _soft_term(
+        self,
+        student_logits: torch.Tensor,
         teacher_logits: torch.Tensor,
         labels: torch.Tensor | None,
         temperature: float,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The soft term chosen by `soft_loss_type` (after logit standardisation if asked), and its parts to log."""
+        """One soft term, chosen by `soft_loss_type`, and its parts to log."""
         args: DistillationConfig = self.args
-        if args.logit_standardization:
-            student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
         if args.soft_loss_type == "dkd":
             if labels is None:
                 raise ValueError(
@@ -446,7 +510,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         else:
             fix = "the teacher gives them in float32 too: check its checkpoint and its inputs (input_transform)."
         raise ValueError(
-            f"the teacher ({self.teacher.name}) returned {count} non-finite logits (inf/NaN) since the last log, "
+            f"the teacher ({', '.join(teacher.name for teacher in self.teachers)}) returned {count} non-finite logits "
+            "(inf/NaN) since the last log, "
             f"running {running}; every loss that uses them is NaN. {fix}"
         )
 
