@@ -4,9 +4,10 @@ each teacher's own input view, and the checks made before any work."""
 import pytest
 import torch
 import torch.nn.functional as F
+from test_distillation_trainer import config, rows, stack
 
 from hf_vision_distill import VisionTransformerConfig, VisionTransformerForImageClassification
-from hf_vision_distill.distillation import DistillationConfig, DistillationTrainer, Teacher, TeacherInputTransform
+from hf_vision_distill.distillation import DistillationTrainer, Teacher, TeacherInputTransform
 from hf_vision_distill.losses import (
     hard_distillation_loss,
     soft_distillation_loss,
@@ -26,24 +27,6 @@ def vit(seed: int, image_size: int = 16, hidden_size: int = 16, **label_fields):
     config = VisionTransformerConfig(image_size=image_size, patch_size=8, hidden_size=hidden_size, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=32, **label_fields)  # fmt: skip
     return VisionTransformerForImageClassification(config)
-
-
-def rows(count: int = 8) -> list[dict]:
-    generator = torch.Generator().manual_seed(2)
-    return [
-        {"pixel_values": torch.randn(3, 16, 16, generator=generator), "labels": index % 3} for index in range(count)
-    ]
-
-
-def stack(batch: list[dict]) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.stack([row["pixel_values"] for row in batch]),
-            "labels": torch.tensor([row["labels"] for row in batch])}  # fmt: skip
-
-
-def config(tmp_path, **fields) -> DistillationConfig:
-    defaults = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=0.05,
-                    report_to="none", save_strategy="no", use_cpu=True, logging_steps=1, seed=3)  # fmt: skip
-    return DistillationConfig(**{**defaults, **fields})
 
 
 def test_the_ensemble_softmax_is_the_weighted_average_of_the_teachers():
