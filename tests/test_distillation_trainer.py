@@ -25,6 +25,7 @@ from hf_vision_distill.losses import (
     decoupled_distillation_loss,
     decoupled_distillation_terms,
     generalized_jsd_loss,
+    hard_distillation_loss,
     reverse_distillation_loss,
     soft_distillation_loss,
     standardize_logits,
@@ -120,6 +121,30 @@ def test_loss_is_the_weighted_sum_of_the_pure_losses(tmp_path):
         student_logits, teacher_logits, 2.0
     )
     torch.testing.assert_close(loss, expected)
+
+
+def test_a_distillation_token_learns_from_the_teacher_and_cls_from_the_labels(tmp_path):
+    """DeiT: the [CLS] head takes the label term, the distillation head the teacher's terms; the prediction (and the
+    agreement) is their mean."""
+    torch.manual_seed(0)
+    student = VisionTransformerForImageClassification(VisionTransformerConfig(
+        image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        id2label=LABELS, label2id=LABEL_IDS, distillation_token=True,
+    ))  # fmt: skip
+    teacher = teacher_vit()
+    args = config(tmp_path, temperature=2.0, label_loss_weight=0.3, soft_loss_weight=0.7, hard_loss_weight=0.1)
+    trainer = DistillationTrainer(model=student, teacher=teacher, args=args, data_collator=stack)
+    batch = stack(rows(4))
+    student.eval()
+    loss, outputs = trainer.compute_loss(student, batch, return_outputs=True)
+    with torch.no_grad():
+        student_outputs, teacher_logits = student(batch["pixel_values"]), teacher(batch["pixel_values"]).logits
+    cls_logits, distillation_logits = student_outputs.cls_logits, student_outputs.distillation_logits
+    expected = (0.3 * classification_loss(cls_logits, batch["labels"])
+                + 0.7 * soft_distillation_loss(distillation_logits, teacher_logits, 2.0)
+                + 0.1 * hard_distillation_loss(distillation_logits, teacher_logits))  # fmt: skip
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(outputs.logits, (cls_logits + distillation_logits) / 2)
 
 
 # The soft losses beside classic KD: (name, DistillationConfig fields).

@@ -32,6 +32,9 @@ def build(family: str) -> nn.Module:
     torch.manual_seed(0)
     if family == "vit":
         return VisionTransformerForImageClassification(VisionTransformerConfig(**TINY_VIT)).eval()
+    if family == "vit_distillation_token":  # DeiT's second prefix token and head
+        config = VisionTransformerConfig(**TINY_VIT, distillation_token=True)
+        return VisionTransformerForImageClassification(config).eval()
     if family == "simple_cnn":
         return SimpleCNNForImageClassification(SimpleCNNConfig(num_labels=4, hidden_sizes=[8, 16, 32])).eval()
     if family == "compact_cnn":
@@ -45,6 +48,7 @@ def build(family: str) -> nn.Module:
 # family: (has a stem, number of blocks, the classifier's weight)
 EXPECTED = {
     "vit": (True, 3, "classifier.weight"),
+    "vit_distillation_token": (True, 3, "distillation_classifier.weight"),
     "simple_cnn": (False, 3, "classifier.4.weight"),
     "compact_cnn": (False, 3, "classifier.weight"),
     "airbench_cnn": (True, 3, "classifier.weight"),  # the whitening layer is the stem
@@ -105,9 +109,10 @@ def test_num_prefix_tokens_matches_the_hidden_states(family):
     pixel_values = torch.randn(2, 3, 32, 32)
     hidden_states = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
     assert num_prefix_tokens(model) == model.num_prefix_tokens
-    if family == "vit":
-        assert model.num_prefix_tokens == 1
-        assert all(state.shape[1] == 1 + (32 // 8) ** 2 for state in hidden_states)
+    if family.startswith("vit"):
+        prefix = 2 if family == "vit_distillation_token" else 1  # [CLS], and DeiT's distillation token
+        assert model.num_prefix_tokens == prefix
+        assert all(state.shape[1] == prefix + (32 // 8) ** 2 for state in hidden_states)
     else:  # maps: no tokens at all
         assert model.num_prefix_tokens == 0
         assert all(state.ndim == 4 for state in hidden_states)

@@ -232,6 +232,25 @@ def test_import_from_timm_matches_logits_and_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in timm_model.parameters())
 
 
+def test_a_distilled_deit_from_timm_keeps_its_distillation_token_and_head():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    timm_model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                   depth=2, num_classes=5).eval()  # fmt: skip
+    model = vit_from_timm(timm_model)
+    assert model.config.distillation_token and model.num_prefix_tokens == 2
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = timm_model(pixel_values)  # eval: the mean of its two heads
+        outputs = model(pixel_values)
+        torch.testing.assert_close(outputs.logits, expected, atol=1e-4, rtol=0)
+        # timm's distillation head alone, on its token
+        timm_tokens = timm_model.forward_features(pixel_values)
+        torch.testing.assert_close(outputs.distillation_logits, timm_model.head_dist(timm_tokens[:, 1]), atol=1e-4,
+                                   rtol=0)  # fmt: skip
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in timm_model.parameters())
+
+
 @pytest.mark.parametrize(
     ("variant", "reason"),
     [
@@ -242,7 +261,7 @@ def test_import_from_timm_matches_logits_and_parameter_count():
         ({"pos_embed": "none"}, "no learned position embeddings"),
         ({"final_norm": False}, "no final LayerNorm"),
         ({"init_values": 1e-5}, "LayerScale"),
-        ({"reg_tokens": 4}, "one prefix token"),
+        ({"reg_tokens": 4}, "no registers"),
     ],
 )
 def test_import_from_timm_rejects_unsupported_variants(variant, reason):

@@ -322,6 +322,11 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         self.mark_batch_dynamic(pixel_values)
         student_outputs = model(pixel_values=pixel_values, **student_kwargs)
         student_logits = student_outputs.logits
+        # A student with DeiT's distillation token (our ViT with config.distillation_token): its [CLS] head learns
+        # from the labels, its distillation head from the teacher; its prediction (the logits) is their mean.
+        distillation_logits = getattr(student_outputs, "distillation_logits", None)
+        label_logits = student_outputs.cls_logits if distillation_logits is not None else student_logits
+        taught_logits = distillation_logits if distillation_logits is not None else student_logits
         adapters = self.adapters
 
         components: dict[str, torch.Tensor] = {}
@@ -331,7 +336,7 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             if labels is None:
                 raise ValueError("label_loss_weight > 0 needs 'labels' in every batch.")
             label_smoothing = args.label_smoothing_factor if model.training else 0.0
-            components["label"] = classification_loss(student_logits, labels, label_smoothing)
+            components["label"] = classification_loss(label_logits, labels, label_smoothing)
         uses_teacher_terms = any(
             args.can_be_nonzero(name) for name in LOSS_WEIGHT_NAMES if name != "label_loss_weight"
         )
@@ -360,11 +365,11 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 teacher_logits = teacher_ensemble_logits(all_teacher_logits, self.teacher_weights)
             if args.can_be_nonzero("soft_loss_weight"):
                 components["soft"], soft_details = self._soft_loss(
-                    student_logits, all_teacher_logits, labels, temperature
+                    taught_logits, all_teacher_logits, labels, temperature
                 )
                 details.update(soft_details)
             if args.can_be_nonzero("hard_loss_weight"):
-                components["hard"] = hard_distillation_loss(student_logits, teacher_logits)
+                components["hard"] = hard_distillation_loss(taught_logits, teacher_logits)
             if use_features:
                 components["feature"] = self._feature_loss(student_outputs, teacher_outputs, adapters)
             if use_attention:

@@ -17,6 +17,7 @@ the weights for `trust_remote_code=True` loading.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,8 @@ class PatchEmbedding(nn.Module):
 
 
 class VisionTransformerEmbeddings(nn.Module):
-    """Patch embeddings with a learned [CLS] token in front and learned position embeddings added."""
+    """Patch embeddings with a learned [CLS] token in front (and DeiT's distillation token after it, with
+    `config.distillation_token`) and learned position embeddings added."""
 
     def __init__(self, config: VisionTransformerConfig):
         super().__init__()
@@ -85,19 +87,26 @@ class VisionTransformerEmbeddings(nn.Module):
         self.patch_embedding = PatchEmbedding(config)
         grid_height, grid_width = config.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + grid_height * grid_width, config.hidden_size))
+        self.distillation_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.distillation_token else None
+        )
+        self.num_prefix_tokens = 2 if config.distillation_token else 1
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, self.num_prefix_tokens + grid_height * grid_width, config.hidden_size)
+        )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def interpolate_pos_encoding(self, grid_height: int, grid_width: int) -> torch.Tensor:
         """Position embeddings for a `grid_height` x `grid_width` patch grid.
 
         The patch embeddings are laid out on the training grid and resampled bicubically on it (the ViT paper's
-        recipe for fine-tuning at a higher resolution); the [CLS] embedding is kept as is.
+        recipe for fine-tuning at a higher resolution); the [CLS] (and distillation token) embeddings are kept as is.
         """
         trained_height, trained_width = self.config.grid_size
         if (grid_height, grid_width) == (trained_height, trained_width):
             return self.position_embeddings
-        cls_position, patch_positions = self.position_embeddings[:, :1], self.position_embeddings[:, 1:]
+        prefix = self.num_prefix_tokens
+        cls_position, patch_positions = self.position_embeddings[:, :prefix], self.position_embeddings[:, prefix:]
         hidden_size = patch_positions.shape[-1]
         patch_positions = patch_positions.reshape(1, trained_height, trained_width, hidden_size).permute(0, 3, 1, 2)
         # Bicubic resampling in float32: half-precision interpolation is not implemented everywhere and loses detail.
@@ -123,8 +132,10 @@ class VisionTransformerEmbeddings(nn.Module):
         embeddings = self.patch_embedding(pixel_values)
         patch_height, patch_width = self.patch_embedding.patch_size
         position_embeddings = self.interpolate_pos_encoding(height // patch_height, width // patch_width)
-        cls_tokens = self.cls_token.expand(embeddings.shape[0], -1, -1)
-        embeddings = torch.cat([cls_tokens, embeddings], dim=1) + position_embeddings
+        prefix_tokens = [self.cls_token.expand(embeddings.shape[0], -1, -1)]
+        if self.distillation_token is not None:
+            prefix_tokens.append(self.distillation_token.expand(embeddings.shape[0], -1, -1))
+        embeddings = torch.cat([*prefix_tokens, embeddings], dim=1) + position_embeddings
         return self.dropout(embeddings)
 
 
@@ -260,8 +271,12 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
     # What `output_hidden_states` / `output_attentions` collect (transformers' output capturing): the embeddings and
     # each block's output, and each attention's probabilities.
     _can_record_outputs = {"hidden_states": EncoderBlock, "attentions": MultiHeadSelfAttention}
-    # Tokens before the patch tokens in the hidden states: the [CLS] token (timm's `num_prefix_tokens`).
-    num_prefix_tokens = 1
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens in the hidden states (timm's `num_prefix_tokens`): [CLS], and DeiT's
+        distillation token when the config has it."""
+        return 2 if self.config.distillation_token else 1
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """The parameters in depth order, in timm's `group_matcher` format (regexes over this model's parameter
@@ -275,10 +290,13 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
         }
 
     def no_weight_decay(self) -> set[str]:
-        """Parameters that take no weight decay besides biases and norms: the [CLS] token and the position
-        embeddings (timm's `no_weight_decay`), as full parameter names of this model."""
+        """Parameters that take no weight decay besides biases and norms: the [CLS] (and distillation) token and the
+        position embeddings (timm's `no_weight_decay`), as full parameter names of this model."""
         prefix = "" if self.base_model is self else f"{self.base_model_prefix}."
-        return {f"{prefix}embeddings.cls_token", f"{prefix}embeddings.position_embeddings"}
+        names = {f"{prefix}embeddings.cls_token", f"{prefix}embeddings.position_embeddings"}
+        if self.config.distillation_token:
+            names.add(f"{prefix}embeddings.distillation_token")
+        return names
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -293,6 +311,8 @@ class VisionTransformerPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VisionTransformerEmbeddings):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if module.distillation_token is not None:
+                init.trunc_normal_(module.distillation_token, mean=0.0, std=std)
 
     def forward_intermediates(
         self,
@@ -437,14 +457,31 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits.float(), labels.long())
 
 
+@dataclass
+class DistilledImageClassifierOutput(ImageClassifierOutput):
+    """`ImageClassifierOutput` of a ViT with DeiT's distillation token: `logits` is the mean of `cls_logits` (the
+    [CLS] head's, which learns from the labels) and `distillation_logits` (the distillation token's head's, which
+    learns from a teacher), as in DeiT and transformers' `DeiTForImageClassificationWithTeacher`."""
+
+    cls_logits: torch.Tensor | None = None
+    distillation_logits: torch.Tensor | None = None
+
+
 class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
-    """The ViT with a linear classifier on the final [CLS] token."""
+    """The ViT with a linear classifier on the final [CLS] token, and with `config.distillation_token` a second one
+    on the distillation token (DeiT): the logits are their mean, and a distillation trainer supervises the second
+    head with the teacher."""
 
     def __init__(self, config: VisionTransformerConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.vit = VisionTransformerModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.distillation_classifier = None
+        if config.distillation_token:
+            self.distillation_classifier = (
+                nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+            )
         self.post_init()
 
     @can_return_tuple
@@ -458,7 +495,8 @@ class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
         r"""
         Args:
             labels (`torch.Tensor`, *optional*):
-                Class indices `(batch_size,)` or soft targets `(batch_size, num_labels)`; the loss is cross-entropy.
+                Class indices `(batch_size,)` or soft targets `(batch_size, num_labels)`; the loss is cross-entropy
+                (of the mean logits, with a distillation token: trained alone, both heads learn the labels).
             Other arguments (`output_hidden_states`, `output_attentions`, `return_dict`, ...): see
             [`VisionTransformerModel.forward`].
         """
@@ -466,13 +504,22 @@ class VisionTransformerForImageClassification(VisionTransformerPreTrainedModel):
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
         logits = self.classifier(outputs.pooler_output)
+        if self.distillation_classifier is None:
+            loss = classification_loss(logits, labels) if labels is not None else None
+            return ImageClassifierOutput(
+                loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            )
+        cls_logits, distillation_logits = logits, self.distillation_classifier(outputs.last_hidden_state[:, 1])
+        logits = (cls_logits + distillation_logits) / 2
         loss = classification_loss(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return DistilledImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            cls_logits=cls_logits, distillation_logits=distillation_logits,
+        )  # fmt: skip
 
 
 __all__ = [
+    "DistilledImageClassifierOutput",
     "EncoderBlock",
     "MultiHeadSelfAttention",
     "PatchEmbedding",

@@ -61,6 +61,10 @@ class VisionTransformerConfig(PreTrainedConfig):
             Whether the fused QKV projection has a bias.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the truncated normal used for weights, position embeddings and the [CLS] token.
+        distillation_token (`bool`, *optional*, defaults to `False`):
+            DeiT's distillation token (Touvron et al., 2021): a second learned token after [CLS] with its own
+            classifier, which learns from a teacher while [CLS] learns from the labels; the prediction is the mean
+            of both heads' logits.
 
     Example:
 
@@ -87,6 +91,7 @@ class VisionTransformerConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     initializer_range: float = 0.02
+    distillation_token: bool = False
 
     def __post_init__(self, **kwargs):
         for name in ("image_size", "patch_size"):

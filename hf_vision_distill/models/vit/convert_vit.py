@@ -23,8 +23,9 @@ def _check_timm_vit_is_supported(timm_model: nn.Module) -> None:
     if not isinstance(timm_model, VisionTransformer):
         problems.append(f"it is a {type(timm_model).__name__}, not a timm VisionTransformer")
     else:
-        if not timm_model.has_class_token or timm_model.num_prefix_tokens != 1:
-            problems.append("it needs exactly one prefix token ([CLS]; no register or distillation tokens)")
+        distilled = getattr(timm_model, "dist_token", None) is not None  # timm's VisionTransformerDistilled (DeiT)
+        if not timm_model.has_class_token or timm_model.num_prefix_tokens != 1 + int(distilled):
+            problems.append("it needs a [CLS] token and at most DeiT's distillation token after it (no registers)")
         if timm_model.no_embed_class:
             problems.append("its position embeddings leave out the [CLS] slot (no_embed_class=True)")
         if timm_model.global_pool != "token":
@@ -62,7 +63,7 @@ def _check_timm_vit_is_supported(timm_model: nn.Module) -> None:
             "cannot import this timm model into VisionTransformerForImageClassification: "
             + "; ".join(problems)
             + ". Supported: standard pre-norm ViTs with a [CLS] token such as vit_tiny_patch16_224, "
-            "vit_small_patch16_224, vit_base_patch16_224 and deit_*_patch16_224."
+            "vit_small_patch16_224, vit_base_patch16_224, deit_*_patch16_224 and deit_*_distilled_patch16_224."
         )
 
 
@@ -105,6 +106,7 @@ def vit_from_timm(
         layer_norm_eps=block.norm1.eps,
         qkv_bias=block.attn.qkv.bias is not None,
         num_labels=num_labels,
+        distillation_token=getattr(timm_model, "dist_token", None) is not None,
     )
     model = VisionTransformerForImageClassification(config)
 
@@ -131,9 +133,14 @@ def vit_from_timm(
                 key = f"blocks.{index}.{timm_name}.{kind}"
                 if key in source:
                     state_dict[f"vit.layers.{index}.{our_name}.{kind}"] = source[key]
+    if config.distillation_token:
+        state_dict["vit.embeddings.distillation_token"] = source["dist_token"]
     if num_labels:
         state_dict["classifier.weight"] = source["head.weight"]
         state_dict["classifier.bias"] = source["head.bias"]
+        if config.distillation_token:
+            state_dict["distillation_classifier.weight"] = source["head_dist.weight"]
+            state_dict["distillation_classifier.bias"] = source["head_dist.bias"]
     # Every timm tensor must have found a place: one left over is a layer ours does not have.
     used = {id(tensor) for tensor in state_dict.values()}
     unused = sorted(name for name, tensor in source.items() if id(tensor) not in used)
