@@ -94,6 +94,12 @@ def check_shared_baselines(source: Path, seeds: list[int], distill_args: list[st
             )
 
 
+def summary_row(summary: dict, model: str) -> dict:
+    """The row of distill.py's summary whose model starts with `model` (a run with several teachers has a row each
+    before the students)."""
+    return next(row for row in summary["models"] if row["model"].startswith(model))
+
+
 def last_checkpoint(run: Path) -> Path:
     checkpoints = sorted(run.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     if not checkpoints:
@@ -138,10 +144,10 @@ def main() -> None:
     test = decode_images(load_image_classification_dataset(dataset_name).dataset["test"], source_split="test")
     rows = []
     for seed, summary in summaries.items():
-        teacher, distilled = summary["models"][:2]
+        teacher, distilled = summary["models"][0], summary_row(summary, "distilled student")
         run = output / f"seed{seed}"
         baseline_run = run if shared is None else shared / f"seed{seed}"
-        baseline = json.loads((baseline_run / "summary.json").read_text())["models"][2]
+        baseline = summary_row(json.loads((baseline_run / "summary.json").read_text()), "baseline student")
         rows.append({
             "seed": seed,
             "teacher": teacher.get("test_accuracy"),

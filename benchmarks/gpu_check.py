@@ -293,7 +293,9 @@ def distillation(check: Check) -> dict:
         "epochs": epochs,
         "test_accuracy": accuracy,
         "readme_cpu_accuracy_10_epochs": README_CPU_ACCURACY,
-        "train_runtime": summary["models"][1].get("train_runtime"),
+        "train_runtime": next(row for row in summary["models"] if row["model"].startswith("distilled")).get(
+            "train_runtime"
+        ),
         "last_logged": {name: series[-1] for name, series in history.items()},
         "losses_finite": True,
     }

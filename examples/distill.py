@@ -99,7 +99,11 @@ class TeacherArguments:
                   "student's)."},
     )  # fmt: skip
     teacher_revision: str | None = field(
-        default=None, metadata={"help": "Branch, tag or commit of a Hub teacher: pin the commit whose code you trust."}
+        default=None,
+        metadata={
+            "help": "Branch, tag or commit of a Hub teacher (the first one; --extra_teachers load their default "
+            "branch): pin the commit whose code you trust."
+        },
     )
     offline_teacher_views: int = field(
         default=0,

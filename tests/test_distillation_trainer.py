@@ -145,6 +145,10 @@ def test_a_distillation_token_learns_from_the_teacher_and_cls_from_the_labels(tm
                 + 0.1 * hard_distillation_loss(distillation_logits, teacher_logits))  # fmt: skip
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(outputs.logits, (cls_logits + distillation_logits) / 2)
+    # Pure KD would leave the [CLS] head untrained, yet in every prediction: refused before any work.
+    with pytest.raises(ValueError, match="leave one head untrained"):
+        DistillationTrainer(model=student, teacher=teacher, args=config(tmp_path, label_loss_weight=0.0),
+                            data_collator=stack)  # fmt: skip
 
 
 # The soft losses beside classic KD: (name, DistillationConfig fields).

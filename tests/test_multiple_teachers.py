@@ -115,3 +115,27 @@ def test_mismatched_teachers_and_weights_are_refused_before_any_work(tmp_path):
         config(tmp_path, teacher_weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="offline_teacher caches one teacher"):
         config(tmp_path, offline_teacher=True, attention_loss_weight=0.0, extra_teachers=["somewhere"])
+
+
+def test_a_teacher_named_in_extra_teachers_gets_the_view_the_student_processor_says(tmp_path):
+    student, large = vit(0, hidden_size=8), vit(2, image_size=32)
+    large.save_pretrained(tmp_path / "large")
+    InputSpecification(32, (0.5,) * 3, (0.5,) * 3).image_processor().save_pretrained(tmp_path / "large")
+    processor = InputSpecification(16, (0.4,) * 3, (0.2,) * 3).image_processor()
+    args = config(tmp_path, extra_teachers=[str(tmp_path / "large")])
+    trainer = DistillationTrainer(model=student, teacher=vit(1), args=args, data_collator=stack,
+                                  processing_class=processor)  # fmt: skip
+    transform = trainer.teachers[1].input_transform
+    assert transform.student == InputSpecification(16, (0.4,) * 3, (0.2,) * 3)
+    assert transform.teacher.image_size == (32, 32)
+    student.eval()
+    assert torch.isfinite(trainer.compute_loss(student, stack(rows(4))))  # the 32-pixel teacher got 32-pixel images
+    with pytest.raises(ValueError, match="teacher= lists 1 teachers and extra_teachers names 1 more"):
+        DistillationTrainer(model=student, teacher=[vit(1)], args=args, data_collator=stack)
+
+
+def test_teacher_weights_are_checked_against_the_named_teachers_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="teacher_weights has 3 weights for 2 teachers"):
+        config(tmp_path, extra_teachers=["elsewhere"], teacher_weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="offline_teacher caches one"):
+        config(tmp_path, offline_teacher=True, teacher_weights=[1.0])

@@ -70,7 +70,8 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "More teachers (local directories or Hub ids), whose soft labels join the first teacher's: logits "
             "only (features and attention maps come from teacher_model_name_or_path). Each gets its own view of the "
-            "student's batch (its size and normalisation); all must predict the student's labels."
+            "student's batch (its size and normalisation, from the student's image processor); all must predict the "
+            "student's labels."
         },
     )
     teacher_weights: list[float] | None = field(
@@ -259,6 +260,13 @@ class DistillationConfig(TrainingArguments):
         weights = self.teacher_weights
         if weights is not None and (any(weight < 0 for weight in weights) or sum(weights) <= 0):
             raise ValueError(f"teacher_weights={weights}: pass non-negative weights, not all 0, one per teacher.")
+        if weights is not None and self.extra_teachers and len(weights) != 1 + len(self.extra_teachers):
+            raise ValueError(
+                f"teacher_weights has {len(weights)} weights for {1 + len(self.extra_teachers)} teachers "
+                "(teacher_model_name_or_path and extra_teachers): pass one per teacher, the first teacher's first."
+            )
+        if weights is not None and self.offline_teacher:
+            raise ValueError("teacher_weights weigh several live teachers; offline_teacher caches one. Leave it out.")
         if self.offline_teacher and self.extra_teachers:
             raise ValueError(
                 f"offline_teacher caches one teacher's logits, and extra_teachers={self.extra_teachers} asks for "

@@ -40,6 +40,7 @@ from ..losses import (
     teacher_ensemble_logits,
     uniform_entropy,
 )
+from ..models.input_specification import InputSpecification
 from ..training import ImageClassificationTrainer, LoggedTermsMixin, classification_loss, on_device
 from .adapters import (
     ADAPTERS_WEIGHTS_NAME,
@@ -116,7 +117,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
     ):
         if not isinstance(args, DistillationConfig):
             raise ValueError(f"args must be a DistillationConfig, got {type(args).__name__}.")
-        teachers = self._teachers(model, teacher, args)
+        teachers = self._teachers(model, teacher, args, kwargs.get("processing_class"))
+        _check_distillation_token_heads(model, args)
         teacher = teachers[0] if teachers else None
         if teacher is not None and args.can_be_nonzero("attention_loss_weight"):
             teacher.supervise_attention()
@@ -156,11 +158,18 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
         self._reset_logged_terms()
 
     @staticmethod
-    def _teachers(model: nn.Module, teacher, args: DistillationConfig) -> list[Teacher]:
-        """Every teacher as a `Teacher` (see the `teacher` argument), checked against the student's labels, and the
-        normalised `teacher_weights` for them; none when the batches bring cached logits or nothing needs one."""
+    def _teachers(model: nn.Module, teacher, args: DistillationConfig, processing_class=None) -> list[Teacher]:
+        """Every teacher as a `Teacher` (see the `teacher` argument), checked against the student's labels; none when
+        the batches bring cached logits or nothing needs one. A teacher given by name takes the student's batches to
+        its own input when the student's image processor (`processing_class`) says what that input is."""
         if isinstance(teacher, (list, tuple)):
             given = list(teacher)
+            if args.extra_teachers and len(given) != 1 + len(args.extra_teachers):
+                raise ValueError(
+                    f"teacher= lists {len(given)} teachers and extra_teachers names {len(args.extra_teachers)} more "
+                    "than the first: pass every teacher in the list (the first, then the extra ones), or a single "
+                    "teacher and let extra_teachers name the others."
+                )
         elif teacher is not None:
             given = [teacher, *args.extra_teachers]
         elif not args.offline_teacher and args.teacher_model_name_or_path:  # offline, the batches bring the logits
@@ -173,10 +182,13 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
                 "(offline_teacher=True), or set every teacher loss weight (soft, hard, feature, attention) to 0 to "
                 "train the student on labels alone."
             )
+        student_input = None
+        if getattr(processing_class, "image_mean", None) is not None and getattr(processing_class, "size", None):
+            student_input = InputSpecification.from_image_processor(processing_class)
         teachers = []
         for each in given:
             if isinstance(each, str):
-                each = Teacher.from_pretrained(each, dtype=args.teacher_dtype)
+                each = Teacher.from_pretrained(each, dtype=args.teacher_dtype, student_input=student_input)
             elif not isinstance(each, Teacher):
                 each = Teacher(each, dtype=args.teacher_dtype)
             if hasattr(model, "config"):
@@ -702,6 +714,22 @@ _FSDP_MESSAGE = (
     "the student but run outside its forward, where FSDP has not gathered their sharded weights. Use DDP "
     "(accelerate launch / torchrun without FSDP), or student_attention='energy' with feature_loss_weight=0."
 )
+
+
+def _check_distillation_token_heads(model: nn.Module, args: DistillationConfig) -> None:
+    """A student with DeiT's distillation token predicts with the mean of its two heads: each must learn, the [CLS]
+    head from the labels and the distillation head from the teacher, or an untrained head enters every prediction
+    (and DDP finds parameters without a gradient)."""
+    if not getattr(getattr(model, "config", None), "distillation_token", False):
+        return
+    teaches = any(args.can_be_nonzero(name) for name in ("soft_loss_weight", "hard_loss_weight"))
+    if not args.can_be_nonzero("label_loss_weight") or not teaches:
+        raise ValueError(
+            f"the student has a distillation token (DeiT): its [CLS] head learns from the labels and its distillation "
+            f"head from the teacher, and it predicts with their mean; label_loss_weight={args.label_loss_weight}, "
+            f"soft_loss_weight={args.soft_loss_weight}, hard_loss_weight={args.hard_loss_weight} leave one head "
+            "untrained. Give the label term and a soft or hard term a weight, or build the student without the token."
+        )
 
 
 def _probe_batch(model: nn.Module, train_dataset, collator: Callable | None) -> torch.Tensor:

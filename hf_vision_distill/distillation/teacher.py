@@ -69,6 +69,8 @@ class TeacherInputTransform:
                 images, size=size, mode=mode, antialias=downsampling and mode != "nearest",
                 **({} if mode == "nearest" else {"align_corners": False}),
             )  # fmt: skip
+            if mode == "bicubic":  # bicubic overshoots; PIL and the tensor pipeline clamp too
+                images = images.clamp(0, 1)
         return (images - teacher_mean) / teacher_std
 
     def _statistics(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -130,16 +132,20 @@ class Teacher:
         name_or_path: str,
         student: LoadedClassifier | None = None,
         dtype: torch.dtype | str = torch.float32,
+        student_input: InputSpecification | None = None,
         **loading_kwargs: Any,
     ) -> Teacher:
         """Loads a classifier (`models.load_image_classifier`: a Hub id or folder of ours, transformers' or timm's)
         as a teacher; with `student`, also checks that it predicts the student's classes and sets the transform from
-        the student's input to its own. `loading_kwargs`: `trust_remote_code`, `revision`, `token`, `cache_dir`."""
+        the student's input to its own (from `student_input` alone, e.g. read off the student's image processor,
+        when there is no `student`). `loading_kwargs`: `trust_remote_code`, `revision`, `token`, `cache_dir`."""
         loaded = load_image_classifier(name_or_path, id2label=None, **loading_kwargs)
-        transform = None
         if student is not None:
             check_label_spaces(student.model.config, loaded.model.config)
-            transform = TeacherInputTransform.between(student.input_specification, loaded.input_specification)
+            student_input = student.input_specification
+        transform = None
+        if student_input is not None:
+            transform = TeacherInputTransform.between(student_input, loaded.input_specification)
         return cls(loaded.model, transform, dtype=dtype, image_size=loaded.input_specification.image_size)
 
     @property
