@@ -42,7 +42,7 @@ from transformers import PreTrainedModel
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .data.images import _decode_image
-from .models.input_specification import InputSpecification
+from .models.input_specification import InputSpecification, rounded
 from .models.loading import load_image_classifier
 from .profiling import cpu_flags
 
@@ -460,9 +460,9 @@ def check_calibration_set(calibration: CalibrationSet, specification: InputSpeci
         span = (1.0 / std) * _NORMALISATION_SLACK
         if np.any(lowest < -mean / std - span) or np.any(highest > (1 - mean) / std + span):
             problems.append(
-                f"pixel values in [{_rounded(lowest)}, {_rounded(highest)}] per channel, outside what images "
-                f"normalised with mean {_rounded(mean)} and std {_rounded(std)} can take "
-                f"([{_rounded(-mean / std)}, {_rounded((1 - mean) / std)}])"
+                f"pixel values in [{rounded(lowest)}, {rounded(highest)}] per channel, outside what images "
+                f"normalised with mean {rounded(mean)} and std {rounded(std)} can take "
+                f"([{rounded(-mean / std)}, {rounded((1 - mean) / std)}])"
             )
     if problems:
         raise ValueError(
@@ -661,10 +661,6 @@ def write_card_line(output_dir: str | Path, line: str) -> Path:
 def _first_code_span(text: str) -> str | None:
     found = re.match(r"\s*`([^`]+)`", text)
     return found.group(1) if found else None
-
-
-def _rounded(values: Sequence[float] | np.ndarray) -> list[float]:
-    return [round(float(value), 4) for value in values]
 
 
 __all__ = [

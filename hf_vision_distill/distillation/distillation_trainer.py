@@ -373,7 +373,8 @@ class DistillationTrainer(LoggedTermsMixin, ImageClassificationTrainer):
             for extra_teacher in self.teachers[1:]:
                 all_teacher_logits.append(extra_teacher(pixel_values))
                 self._count_nonfinite_teacher_logits(all_teacher_logits[-1])
-            if len(all_teacher_logits) > 1:  # the hard term and the agreement follow the teachers' average
+            # The hard term and the agreement (evaluation only) follow the teachers' average.
+            if len(all_teacher_logits) > 1 and (args.can_be_nonzero("hard_loss_weight") or not model.training):
                 teacher_logits = teacher_ensemble_logits(all_teacher_logits, self.teacher_weights)
             if args.can_be_nonzero("soft_loss_weight"):
                 components["soft"], soft_details = self._soft_loss(

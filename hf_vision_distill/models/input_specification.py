@@ -139,14 +139,15 @@ class InputSpecification:
         for name in ("image_mean", "image_std"):
             ours, theirs = getattr(self, name), getattr(other, name)
             if len(ours) != len(theirs) or any(abs(a - b) > atol for a, b in zip(ours, theirs)):
-                problems.append(f"{name.removeprefix('image_')} {_rounded(theirs)} instead of {_rounded(ours)}")
+                problems.append(f"{name.removeprefix('image_')} {rounded(theirs)} instead of {rounded(ours)}")
         return problems
 
     def __str__(self) -> str:
         height, width = self.image_size
-        mean, std = _rounded(self.image_mean), _rounded(self.image_std)
+        mean, std = rounded(self.image_mean), rounded(self.image_std)
         return f"{height}x{width}, mean {mean}, std {std}, {self.interpolation}"
 
 
-def _rounded(values: Sequence[float]) -> list[float]:
+def rounded(values: Sequence[float]) -> list[float]:
+    """Values to 4 decimals, for messages (numpy arrays too)."""
     return [round(float(value), 4) for value in values]
