@@ -77,17 +77,25 @@ def without_flags(argv: list[str], names: set[str]) -> list[str]:
     return kept
 
 
+def with_paths_resolved(argv: list[str]) -> list[str]:
+    """`argv` with each value naming an existing file or folder (relative to the repository, as distill.py runs
+    there) made absolute: `data/x` and `/abs/repo/data/x` are the same dataset."""
+    return [str((REPO_ROOT / token).resolve()) if not token.startswith("-") and (REPO_ROOT / token).exists()
+            else token for token in argv]  # fmt: skip
+
+
 def check_shared_baselines(source: Path, seeds: list[int], distill_args: list[str]) -> None:
     """Before any training: every seed of the row whose baselines are reused exists and was run with the same
     arguments, but for the flags that only the distillation sees."""
     flags = distillation_only_flags()
+    distill_args = with_paths_resolved(distill_args)
     for seed in seeds:
         run = source / f"seed{seed}"
         if not (run / "summary.json").is_file() or not (run / "_baseline").is_dir():
             raise SystemExit(f"--baseline_from: {run} has no finished run with a baseline; run that row first.")
         args_file = run / "distill_args.json"
         theirs = json.loads(args_file.read_text()) if args_file.is_file() else None
-        if theirs is None or without_flags(theirs, flags) != without_flags(distill_args, flags):
+        if theirs is None or without_flags(with_paths_resolved(theirs), flags) != without_flags(distill_args, flags):
             raise SystemExit(
                 f"--baseline_from: {run} was run with other training arguments ({theirs}) than this row's "
                 f"({distill_args}); only loss and teacher flags may differ. Run this row with its own baselines."
