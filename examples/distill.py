@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     if baseline is not None and split is not None:
         dataset = eval_datasets[split[0]]
         gain = paired_accuracy_gain(correct_predictions(trainer, dataset), correct_predictions(baseline, dataset))
-    summary = write_summary(rows, args, output_dir, split, gain)
+    validation_from_training = data.source_splits.get("validation") == data.source_splits["train"]
+    summary = write_summary(rows, args, output_dir, split, gain, validation_from_training)
     # the student, its image processor, the card, summary and plots
     teacher_names = ", ".join([args.teacher_model_name_or_path, *args.extra_teachers])
     recipe.publish(trainer, student, rows[distilled_row], teacher_name=teacher_names,
@@ -440,10 +441,12 @@ def write_summary(
     output_dir: Path,
     split: tuple[str, str] | None,
     gain: dict | None = None,
+    validation_from_training: bool = False,
 ) -> dict:
     """summary.json and summary.md: the models' figures on the test split, or on the validation split (said so) when
     the dataset has none, their validation accuracy and training time, the distilled student's gain over the baseline
-    with its bootstrap interval (`gain`, from `paired_accuracy_gain`), and the settings."""
+    with its bootstrap interval (`gain`, from `paired_accuracy_gain`), and the settings. `validation_from_training`:
+    the validation images were carved from the training split, which the teacher has likely trained on (said so)."""
     columns = [("model", "model"), ("parameters", "parameters")]
     note = ""
     if split is not None:
@@ -462,6 +465,15 @@ def write_summary(
     if split is not None and args.load_best_model_at_end:
         note += (f"Each student is its best checkpoint by validation accuracy; \"{split[0]} accuracy, last epoch\" is "
                  "its model at the end of training.\n")  # fmt: skip
+    if validation_from_training and any(
+        row["model"].startswith("teacher") and row.get("eval_accuracy") is not None for row in rows
+    ):
+        note += (
+            "The validation images were carved from the training split: a teacher trained on this dataset has "
+            "likely seen them, so its validation figures overstate it"
+            + (" (its test figures do not)" if split is not None and split[1] != "eval" else "")
+            + ".\n"
+        )
     columns.append(("train_runtime", "training time (s)"))
     columns = [(key, header) for key, header in columns if key in ("model", "parameters")
                or any(row.get(key) is not None for row in rows)]  # fmt: skip

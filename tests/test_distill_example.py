@@ -80,6 +80,8 @@ def test_distill_recipe_with_baseline(tmp_path, teacher_dir):
     assert gain["gain"] == pytest.approx(distilled_row["test_accuracy"] - baseline_row["test_accuracy"])
     assert gain["gain"] == pytest.approx((gain["only_model_right"] - gain["only_reference_right"]) / 32)
     assert "paired bootstrap interval" in (output_dir / "summary.md").read_text()
+    # The sample's validation images come from its training split, which the teacher may have trained on.
+    assert "its validation figures overstate it (its test figures do not)" in (output_dir / "summary.md").read_text()
     # Both students' accuracy at the last epoch beside the kept (best-validation) checkpoint's.
     assert all(0 <= row["last_epoch_test_accuracy"] <= 1 for row in (distilled_row, baseline_row))
     assert "test accuracy, last epoch" in (output_dir / "summary.md").read_text()
