@@ -181,7 +181,7 @@ def apply_strategy(model: nn.Module, args: FineTuningArguments) -> None:
 def classifier_module(model: nn.Module) -> nn.Module:
     if hasattr(model, "get_output_embeddings") and isinstance(model.get_output_embeddings(), nn.Module):
         return model.get_output_embeddings()
-    for name in ("classifier", "head", "fc"):
+    for name in ("classifier", "cls_classifier", "head", "fc"):  # cls_classifier: transformers' DeiT with teacher
         module = getattr(model, name, None) or getattr(getattr(model, "timm_model", None), name, None)
         if isinstance(module, nn.Module):
             return module
@@ -191,17 +191,30 @@ def classifier_module(model: nn.Module) -> nn.Module:
     raise ValueError(f"no classifier found on {type(model).__name__} (looked for classifier, head, fc).")
 
 
+# The second head of DeiT-style models (ours and transformers' DeiT: `distillation_classifier`; timm: `head_dist`),
+# which reads the distillation token as the classifier reads [CLS].
+DISTILLATION_HEADS = ("distillation_classifier", "head_dist")
+
+
+def classifier_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's classifier and, on a DeiT-style model, its distillation head."""
+    heads = [classifier_module(model)]
+    for owner in (model, getattr(model, "timm_model", None)):
+        heads += [head for name in DISTILLATION_HEADS if isinstance(head := getattr(owner, name, None), nn.Module)]
+    return heads
+
+
 def add_head_dropout(model: nn.Module, probability: float) -> None:
-    """Dropout on the classifier's input in training mode, through a forward pre-hook: the saved model is unchanged
-    (no new weights or names), so it loads anywhere as before."""
-    classifier = classifier_module(model)
+    """Dropout on each head's input in training mode, through forward pre-hooks: the saved model is unchanged (no new
+    weights or names), so it loads anywhere as before."""
 
     def drop_inputs(module: nn.Module, inputs: tuple) -> tuple:
         if not module.training:
             return inputs
         return (nn.functional.dropout(inputs[0], probability, training=True), *inputs[1:])
 
-    classifier.register_forward_pre_hook(drop_inputs)
+    for head in classifier_modules(model):
+        head.register_forward_pre_hook(drop_inputs)
 
 
 def layer_decay_groups(

@@ -13,11 +13,16 @@ from hf_vision_distill.finetuning import (
     FineTuningArguments,
     FineTuningTrainer,
     GradualUnfreezing,
+    add_head_dropout,
     apply_strategy,
     block_groups,
     count_trainable,
 )
-from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.models import (
+    VisionTransformerConfig,
+    VisionTransformerForImageClassification,
+    load_image_classifier,
+)
 
 PRETRAINED_LABELS = {index: f"pretrained_{index}" for index in range(5)}
 
@@ -219,3 +224,18 @@ def test_compare_writes_every_artifact(tmp_path, cifar10_path):
     assert len(csv_lines) == 3 and csv_lines[0].startswith("model,strategy,accuracy,f1_macro,parameters")
     comparison = (output_dir / "model_comparison.md").read_text()
     assert "| compact-cnn | full |" in comparison and "confusion_matrix.png" in comparison
+
+
+def test_head_dropout_reaches_both_heads_of_a_deit_style_vit():
+    config = VisionTransformerConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=4, intermediate_size=64, num_labels=5,
+                                     distillation_token=True)  # fmt: skip
+    model = VisionTransformerForImageClassification(config)
+    add_head_dropout(model, 0.5)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    model.train()  # the backbone has no dropout: only the heads' inputs change between two passes
+    first, second = model(pixel_values=pixel_values), model(pixel_values=pixel_values)
+    assert not torch.equal(first.cls_logits, second.cls_logits)
+    assert not torch.equal(first.distillation_logits, second.distillation_logits)
+    model.eval()
+    assert torch.equal(model(pixel_values=pixel_values).logits, model(pixel_values=pixel_values).logits)
