@@ -101,10 +101,15 @@ class TeacherArguments:
     teacher_revision: str | None = field(
         default=None,
         metadata={
-            "help": "Branch, tag or commit of a Hub teacher (the first one; --extra_teachers load their default "
-            "branch): pin the commit whose code you trust."
+            "help": "Branch, tag or commit of a Hub teacher (the first one; --extra_teacher_revisions pins the "
+            "others): pin the commit whose code you trust."
         },
     )
+    extra_teacher_revisions: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Branch, tag or commit of each of --extra_teachers, in their order (default: their default "
+                  "branches)."},
+    )  # fmt: skip
     offline_teacher_views: int = field(
         default=0,
         metadata={"help": "With --offline_teacher: cache the teacher's logits on this many augmented views of every "
@@ -160,6 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
             "no teacher: pass --teacher_model_name_or_path (a trained classifier of the dataset's labels, e.g. one "
             "trained with examples/train.py)."
         )
+    revisions = teacher_args.extra_teacher_revisions
+    if revisions and len(revisions) != len(args.extra_teachers):
+        raise ValueError(
+            f"--extra_teacher_revisions has {len(revisions)} revisions for {len(args.extra_teachers)} extra teachers "
+            f"({args.extra_teachers}): pass one per extra teacher, in their order."
+        )
     data = recipe.load_data(data_args)
     check_offline_teacher_views(teacher_args, data_args, data, args, argv)
     output_dir = Path(args.output_dir)
@@ -176,8 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     # More teachers (--extra_teachers): soft labels only, each through its own input transform, labels checked.
     extra_teachers = [
         Teacher.from_pretrained(name, student=student, dtype=args.teacher_dtype,
-                                trust_remote_code=teacher_args.teacher_trust_remote_code, token=args.hub_token)
-        for name in args.extra_teachers
+                                trust_remote_code=teacher_args.teacher_trust_remote_code, revision=revision,
+                                token=args.hub_token)
+        for name, revision in zip(args.extra_teachers, revisions or [None] * len(args.extra_teachers))
     ]  # fmt: skip
     changes = fit_attention_to_teacher(args, teacher, argv)
     teacher_cache = None

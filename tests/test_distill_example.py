@@ -233,7 +233,7 @@ def test_two_teachers_each_evaluated_and_distilled_together(tmp_path):
 
 def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypatch):
     """--trust_remote_code is the student's; the teacher's code is trusted only with --teacher_trust_remote_code, at
-    --teacher_revision."""
+    --teacher_revision (--extra_teacher_revisions for the others)."""
     recipe = load_recipe()
     calls = {}
     real = teacher_module.load_image_classifier
@@ -254,6 +254,16 @@ def test_teacher_and_student_have_their_own_remote_code_flags(tmp_path, monkeypa
                      "--teacher_model_name_or_path", teacher, "--teacher_trust_remote_code",
                      "--teacher_revision", "v1"])  # fmt: skip
     assert calls[teacher] == {"trust_remote_code": True, "revision": "v1"}
+    # each extra teacher at its own revision, given in their order
+    extra = str(REPO / "pretrained" / "cnn-cifar10-teacher")
+    with pytest.raises(pytest.skip.Exception):
+        recipe.main(["--output_dir", str(tmp_path / "run"), "--max_train_samples", "32", "--attention_loss_weight",
+                     "0", "--teacher_model_name_or_path", teacher, "--extra_teachers", extra,
+                     "--extra_teacher_revisions", "v2"])  # fmt: skip
+    assert calls[extra] == {"trust_remote_code": False, "revision": "v2"}
+    with pytest.raises(ValueError, match="2 revisions for 1 extra teachers"):
+        recipe.main(["--output_dir", str(tmp_path / "run"), "--teacher_model_name_or_path", teacher,
+                     "--extra_teachers", extra, "--extra_teacher_revisions", "v2", "v3"])  # fmt: skip
 
 
 @pytest.mark.slow
