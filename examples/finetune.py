@@ -100,8 +100,18 @@ def sanity_settings(data_args, finetuning_args, training_args, overfit_batches: 
 ARGUMENTS = (ModelArguments, DataArguments, FineTuningArguments, SanityArguments, RunArguments, TrainingArguments)
 
 
+def check_sanity_run(arguments: tuple) -> None:
+    """A sanity check's model is no model to publish: refused before the Hub is contacted."""
+    sanity_args, training_args = arguments[3], arguments[5]
+    if sanity_args.overfit_batches and training_args.push_to_hub:
+        raise ValueError(
+            f"--overfit_batches {sanity_args.overfit_batches} is a sanity check of the training loop, and its model "
+            "is not published: leave out --push_to_hub (or --overfit_batches to fine-tune for real)."
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    recipe = Recipe.start("examples/finetune.py", ARGUMENTS, DEFAULTS, argv)
+    recipe = Recipe.start("examples/finetune.py", ARGUMENTS, DEFAULTS, argv, check=check_sanity_run)
     if recipe.output.finished:
         return recipe.output.results
     model_args, data_args, finetuning_args, sanity_args, _, _ = recipe.arguments

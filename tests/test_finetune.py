@@ -172,6 +172,15 @@ def test_sanity_mode_overfits_a_batch(tmp_path):
     assert metrics["eval_accuracy"] >= 0.95  # 16 training images, classified as trained
 
 
+def test_a_sanity_run_is_not_published(tmp_path, monkeypatch):
+    """Refused before the Hub is contacted or anything loads (a sanity check's model gets no card, so no push)."""
+    recipe = load_recipe()
+    monkeypatch.setattr(recipe.Recipe, "load_data", lambda *args: pytest.fail("loaded data"))
+    with pytest.raises(ValueError, match="--overfit_batches 1 is a sanity check.*leave out --push_to_hub"):
+        recipe.main(["--model_name_or_path", "compact-cnn", "--output_dir", str(tmp_path), "--overfit_batches", "1",
+                     "--push_to_hub", "--hub_model_id", "user/sanity"])  # fmt: skip
+
+
 @pytest.mark.slow
 def test_fashion_mnist_linear_probe_upsamples_to_the_backbone(tmp_path, fashion_mnist_path):
     """28x28 grayscale Fashion-MNIST into a (tiny) ViT pretrained at 224: RGB, upsampled to 224, as a ViT-Small

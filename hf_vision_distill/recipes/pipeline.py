@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -118,10 +119,14 @@ class Recipe:
         defaults: dict[str, Any],
         argv: list[str] | None,
         results_name: str = "all_results.json",
+        check: Callable[[tuple], None] | None = None,
     ) -> Recipe:
         """Parses the arguments over the recipe's `defaults`, sets up logging, checks Hub access and decides what to
-        do with the output folder (`prepare_output_dir`; `results_name` marks a finished run), before any work."""
+        do with the output folder (`prepare_output_dir`; `results_name` marks a finished run), before any work.
+        `check`: the recipe's own check of its parsed arguments (a tuple in `argument_types`' order), run first."""
         arguments = parse_arguments(argument_types, defaults, argv)
+        if check is not None:
+            check(arguments)
         training_args = _the(TrainingArguments, arguments)
         setup_run(training_args)
         check_hub_access(training_args)
@@ -211,13 +216,11 @@ class Recipe:
         **card_fields: Any,
     ) -> None:  # fmt: skip
         """Logs and saves `metrics` (`all_results.json`, which marks the run finished), then `publish`es the model
-        (`card=False`: no card and no export, only the push)."""
+        (`card=False`, a run that is not a model's training such as a sanity check: no card, export or push)."""
         trainer.log_metrics("all", metrics)
         trainer.save_metrics("all", metrics)
         if card:
             self.publish(trainer, loaded, metrics, **card_fields)
-        elif self.training_args.push_to_hub:
-            push_output(trainer)
 
     def publish(
         self,
