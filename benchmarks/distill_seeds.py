@@ -27,7 +27,10 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 from hf_vision_distill.data import load_image_classification_dataset
 from hf_vision_distill.distillation import DistillationConfig
@@ -35,6 +38,7 @@ from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.tensor_data import DeviceImageTransform, decode_images, predict_decoded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SEEDS_ROOT = REPO_ROOT / "outputs" / "seeds"  # a row's runs: <name>/seed<S>
 
 
 def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = True) -> dict:
@@ -115,9 +119,10 @@ def last_checkpoint(run: Path) -> Path:
     return checkpoints[-1]
 
 
-def test_accuracy(model_path: Path, test) -> float:
+def test_accuracy(model_path: Path, test, device: str | None = None) -> float:
+    """The saved model's accuracy on the decoded `test` images, in float32, on `device` (default: CUDA if there)."""
     loaded = load_image_classifier(str(model_path), id2label=None)
-    loaded.model.float()
+    loaded.model.float().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     transform = DeviceImageTransform(
         loaded.input_specification.image_size, train=False, **loaded.input_specification.normalization()
     )
@@ -128,32 +133,29 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", required=True, help="The row's name: runs go to outputs/seeds/<name>/seed<S>.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--baseline_from", help="Reuse the baselines of this row (its name) instead of training "
-                        "new ones: the same seeds and arguments, but for loss and teacher flags.")  # fmt: skip
-    parser.add_argument("distill_args", nargs=argparse.REMAINDER, help="After --: examples/distill.py's arguments.")
-    args = parser.parse_args()
-    distill_args = args.distill_args[1:] if args.distill_args[:1] == ["--"] else args.distill_args
-    if "--dataset_name" not in distill_args:
-        raise SystemExit("pass distill.py's --dataset_name after --: the table is scored on its test split.")
-    if len(args.seeds) < 2:
-        raise SystemExit("--seeds: at least two (three for a table), or there is no standard deviation.")
-    output = REPO_ROOT / "outputs" / "seeds" / args.name
-    shared = REPO_ROOT / "outputs" / "seeds" / args.baseline_from if args.baseline_from else None
-    if shared is not None:
-        check_shared_baselines(shared, args.seeds, distill_args)
+def run_seeds(
+    name: str, seeds: list[int], distill_args: list[str], baseline_from: str | None = None, parallel: int = 1
+) -> None:
+    """Each seed's run of the row `name` (with its baseline unless `baseline_from`), `parallel` at a time."""
+    output = SEEDS_ROOT / name
+    with ThreadPoolExecutor(max_workers=parallel) as pool:  # each thread waits on one distill.py process
+        for future in [pool.submit(run_seed, seed, output / f"seed{seed}", distill_args, baseline=not baseline_from)
+                       for seed in seeds]:  # fmt: skip
+            future.result()
 
-    summaries = {seed: run_seed(seed, output / f"seed{seed}", distill_args, baseline=shared is None)
-                 for seed in args.seeds}  # fmt: skip
+
+def score_row(name: str, seeds: list[int], distill_args: list[str], baseline_from: str | None = None) -> list[str]:
+    """Scores the finished row `name` on its dataset's test split (both students, best and last checkpoints) and
+    writes `results.json` and `results.md` beside its runs; returns the lines of results.md."""
+    output = SEEDS_ROOT / name
+    shared = SEEDS_ROOT / baseline_from if baseline_from else None
     dataset_name = distill_args[distill_args.index("--dataset_name") + 1]
     test = decode_images(load_image_classification_dataset(dataset_name).dataset["test"], source_split="test")
     rows = []
-    for seed, summary in summaries.items():
-        teacher, distilled = summary["models"][0], summary_row(summary, "distilled student")
+    for seed in seeds:
         run = output / f"seed{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        teacher, distilled = summary["models"][0], summary_row(summary, "distilled student")
         baseline_run = run if shared is None else shared / f"seed{seed}"
         baseline = summary_row(json.loads((baseline_run / "summary.json").read_text()), "baseline student")
         rows.append({
@@ -168,10 +170,9 @@ def main() -> None:
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
 
-    result = {"name": args.name, "distill_args": distill_args, "baseline_from": args.baseline_from, "seeds": rows,
+    result = {"name": name, "distill_args": distill_args, "baseline_from": baseline_from, "seeds": rows,
               "test_images": len(test)}  # fmt: skip
-    seeds = ", ".join(str(row["seed"]) for row in rows)
-    lines = [f"{args.name}: {len(rows)} seeds ({seeds}), test {len(test):,} images"]
+    lines = [f"{name}: {len(rows)} seeds ({', '.join(str(row['seed']) for row in rows)}), test {len(test):,} images"]
     for which in ("best", "last"):
         distilled, baseline = [row[f"distilled_{which}"] for row in rows], [row[f"baseline_{which}"] for row in rows]
         (d_mean, d_sd), (b_mean, b_sd) = mean_sd(distilled), mean_sd(baseline)
@@ -187,9 +188,31 @@ def main() -> None:
     seconds = {key: mean_sd([row[f"{key}_seconds"] for row in rows]) for key in ("distilled", "baseline")}
     lines.append(f"training time per run (mean): distilled {seconds['distilled'][0]:.0f} s, "
                  f"baseline {seconds['baseline'][0]:.0f} s")  # fmt: skip
+    result["seconds"] = {key: value[0] for key, value in seconds.items()}
     (output / "results.json").write_text(json.dumps(result, indent=2))
     (output / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="The row's name: runs go to outputs/seeds/<name>/seed<S>.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--baseline_from", help="Reuse the baselines of this row (its name) instead of training "
+                        "new ones: the same seeds and arguments, but for loss and teacher flags.")  # fmt: skip
+    parser.add_argument("--parallel", type=int, default=1, help="Seeds run at once (on a GPU that one small model "
+                        "leaves mostly idle); their times then include each other's.")  # fmt: skip
+    parser.add_argument("distill_args", nargs=argparse.REMAINDER, help="After --: examples/distill.py's arguments.")
+    args = parser.parse_args()
+    distill_args = args.distill_args[1:] if args.distill_args[:1] == ["--"] else args.distill_args
+    if "--dataset_name" not in distill_args:
+        raise SystemExit("pass distill.py's --dataset_name after --: the table is scored on its test split.")
+    if len(args.seeds) < 2:
+        raise SystemExit("--seeds: at least two (three for a table), or there is no standard deviation.")
+    if args.baseline_from:
+        check_shared_baselines(SEEDS_ROOT / args.baseline_from, args.seeds, distill_args)
+    run_seeds(args.name, args.seeds, distill_args, args.baseline_from, args.parallel)
+    print("\n".join(score_row(args.name, args.seeds, distill_args, args.baseline_from)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""Issue 14's results table (section 4) in one call: its rows on full CIFAR-10, 3 seeds each, against one set of
+same-budget baselines, run as `distill_seeds.py` runs a row but all rows' seeds at once, `--parallel` processes at a
+time (a compact-cnn step leaves an H200 mostly idle), then each finished row scored on the 10,000 test images.
+
+    # on the GPU machine (benchmarks/README.md: "The results table"), CIFAR-10 carried in .device_data/
+    python benchmarks/results_table.py --dataset_name .device_data/cifar10 --parallel 8 -- --bf16
+    # the CPU dry run that tests/test_results_table.py makes: every row, tiny sizes
+    python benchmarks/results_table.py --dataset_name data/cifar10-sample --seeds 0 1 -- --max_train_samples 64 ...
+
+Rows (ROWS): CNN teacher -> compact-cnn with KD, DKD, KD + logit standardisation, DKD + logit standardisation and
+reverse KL; the ViT teacher -> compact-cnn with entropy-weighted, uniform and no attention alignment; the CNN teacher
+cached offline on augmented views against the live one (KD). The `kd` row trains the baselines (the same student from
+the same start on labels alone); the others differ from it only in loss and teacher flags and reuse them.
+Finished runs are not run again, so a call cut off by its timeout resumes where it stopped; no run starts after
+`--time_budget` seconds. Writes `results_table.md` and `.json` (every finished row) to `--output_dir` (default `$OUT`
+when set, else outputs/seeds) after each row is scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import distill_seeds
+
+CNN_TEACHER = ["--teacher_model_name_or_path", "pretrained/cnn-cifar10-teacher"]
+VIT_TEACHER = ["--teacher_model_name_or_path", "pretrained/vit-cifar-teacher"]
+# name -> (what it is, distill.py flags beyond the shared ones). The first row trains the baselines.
+ROWS = {
+    "kd": ("CNN teacher -> compact-cnn, KD (T = 4)", [*CNN_TEACHER]),
+    "dkd": ("CNN teacher -> compact-cnn, DKD", [*CNN_TEACHER, "--soft_loss_type", "dkd"]),
+    "kd-ls": ("CNN teacher -> compact-cnn, KD + logit standardisation (T = 2)",
+              [*CNN_TEACHER, "--logit_standardization", "--temperature", "2"]),
+    "dkd-ls": ("CNN teacher -> compact-cnn, DKD + logit standardisation (T = 2)",
+               [*CNN_TEACHER, "--soft_loss_type", "dkd", "--logit_standardization", "--temperature", "2"]),
+    "reverse-kl": ("CNN teacher -> compact-cnn, reverse KL", [*CNN_TEACHER, "--soft_loss_type", "reverse_kl"]),
+    "vit-entropy": ("ViT teacher -> compact-cnn, KD + attention, entropy-weighted layers",
+                    [*VIT_TEACHER, "--layer_weighting", "entropy"]),
+    "vit-uniform": ("ViT teacher -> compact-cnn, KD + attention, uniform layers",
+                    [*VIT_TEACHER, "--layer_weighting", "uniform"]),
+    "vit-no-attention": ("ViT teacher -> compact-cnn, KD alone", [*VIT_TEACHER, "--attention_loss_weight", "0"]),
+    "offline-kd": ("CNN teacher cached on 8 augmented views -> compact-cnn, KD",
+                   [*CNN_TEACHER, "--offline_teacher", "--offline_teacher_views", "8",
+                    "--attention_loss_weight", "0"]),  # a cache holds logits, no attention maps
+}  # fmt: skip
+BASELINE_ROW = "kd"
+
+
+def table_lines(scored: dict[str, dict]) -> list[str]:
+    """The markdown table of the scored rows: mean ± sd over seeds in points, best and last checkpoints."""
+
+    def cell(pair: list[float]) -> str:
+        return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
+
+    lines = ["| row | distilled, best | baseline, best | gain, best | distilled, last | baseline, last | gain, last "
+             "| beyond 2 x combined sd (best / last) | seconds per run (distilled / baseline) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]  # fmt: skip
+    for name, result in scored.items():
+        best, last = result["best"], result["last"]
+        beyond = " / ".join("yes" if each["beyond_twice_combined_sd"] else "no" for each in (best, last))
+        lines.append(
+            f"| {ROWS[name][0]} | {cell(best['distilled'])} | {cell(best['baseline'])} | {cell(best['gain'])} | "
+            f"{cell(last['distilled'])} | {cell(last['baseline'])} | {cell(last['gain'])} | {beyond} | "
+            f"{result['seconds']['distilled']:.0f} / {result['seconds']['baseline']:.0f} |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--dataset_name", required=True, help="CIFAR-10 (a Hub-style folder), scored on its test split."
+    )
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--num_train_epochs", default="3")
+    parser.add_argument("--parallel", type=int, default=1, help="distill.py processes at once.")
+    parser.add_argument("--time_budget", type=float, default=float("inf"), help="No run starts after this many s.")
+    parser.add_argument("--output_dir", type=Path, default=os.environ.get("OUT"), help="Default: $OUT, else the runs' "
+                        "folder (outputs/seeds).")  # fmt: skip
+    parser.add_argument("distill_args", nargs=argparse.REMAINDER, help="After --: more distill.py arguments, for "
+                        "every run (precision, input pipeline, sizes of a dry run).")  # fmt: skip
+    args = parser.parse_args(argv)
+    runs = distill_seeds.SEEDS_ROOT
+    output_dir = Path(args.output_dir or runs)
+    extra = args.distill_args[1:] if args.distill_args[:1] == ["--"] else args.distill_args
+    if len(args.seeds) < 2:
+        raise SystemExit("--seeds: at least two (three for the table), or there is no standard deviation.")
+    rows = [BASELINE_ROW, *(row for row in args.rows if row != BASELINE_ROW)]  # the baselines come with it
+    shared = ["--dataset_name", args.dataset_name, "--num_train_epochs", args.num_train_epochs, *extra]
+    arguments = {row: [*ROWS[row][1], *shared] for row in rows}
+
+    start = time.time()
+
+    def run(row: str, seed: int) -> bool:
+        if time.time() - start > args.time_budget:
+            print(f"{row} seed {seed}: not started (--time_budget {args.time_budget:.0f} s spent)", flush=True)
+            return False
+        try:
+            distill_seeds.run_seed(seed, runs / row / f"seed{seed}", arguments[row], baseline=row == BASELINE_ROW)
+        except subprocess.CalledProcessError as error:  # the other runs go on; its log says why
+            print(f"{row} seed {seed}: failed ({error})", flush=True)
+            return False
+        return True
+
+    # The baseline row's seeds first: the longest runs (each trains two students), and every row is scored on them.
+    jobs = [(row, seed) for row in rows for seed in args.seeds]
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        finished = dict(zip(jobs, pool.map(lambda job: run(*job), jobs)))
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scored = {}
+    for row in rows:
+        if not all(finished[(row, seed)] for seed in args.seeds) or not all(finished[(BASELINE_ROW, s)]
+                                                                             for s in args.seeds):  # fmt: skip
+            continue
+        baseline_from = None if row == BASELINE_ROW else BASELINE_ROW
+        if baseline_from:
+            distill_seeds.check_shared_baselines(runs / baseline_from, args.seeds, arguments[row])
+        distill_seeds.score_row(row, args.seeds, arguments[row], baseline_from)
+        scored[row] = json.loads((runs / row / "results.json").read_text())
+        lines = [f"Rows: {args.dataset_name}, seeds {args.seeds}, {args.num_train_epochs} epochs, "
+                 f"arguments for every run: {' '.join(extra) or '(none)'}", "", *table_lines(scored)]  # fmt: skip
+        (output_dir / "results_table.md").write_text("\n".join(lines) + "\n")
+        (output_dir / "results_table.json").write_text(json.dumps(scored, indent=2))
+    print("\n".join(table_lines(scored)), flush=True)
+    missing = [row for row in rows if row not in scored]
+    if missing:
+        print(f"not finished: {missing}; rerun the same command to resume.", file=sys.stderr)
+    return scored
+
+
+if __name__ == "__main__":
+    main()
