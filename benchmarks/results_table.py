@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import distill_seeds
@@ -109,26 +109,34 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             return False
         return True
 
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scored, finished = {}, {}
+
+    def score_ready_rows() -> None:
+        """Scores each row whose runs and baselines have all finished, and rewrites the table: a call cut off by its
+        timeout still returns the rows done by then."""
+        if not all(finished.get((BASELINE_ROW, seed)) for seed in args.seeds):
+            return
+        for row in rows:
+            if row in scored or not all(finished.get((row, seed)) for seed in args.seeds):
+                continue
+            baseline_from = None if row == BASELINE_ROW else BASELINE_ROW
+            if baseline_from:
+                distill_seeds.check_shared_baselines(runs / baseline_from, args.seeds, arguments[row])
+            distill_seeds.score_row(row, args.seeds, arguments[row], baseline_from)
+            scored[row] = json.loads((runs / row / "results.json").read_text())
+            lines = [f"Rows: {args.dataset_name}, seeds {args.seeds}, {args.num_train_epochs} epochs, "
+                     f"arguments for every run: {' '.join(extra) or '(none)'}", "", *table_lines(scored)]  # fmt: skip
+            (output_dir / "results_table.md").write_text("\n".join(lines) + "\n")
+            (output_dir / "results_table.json").write_text(json.dumps(scored, indent=2))
+
     # The baseline row's seeds first: the longest runs (each trains two students), and every row is scored on them.
     jobs = [(row, seed) for row in rows for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        finished = dict(zip(jobs, pool.map(lambda job: run(*job), jobs)))
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    scored = {}
-    for row in rows:
-        if not all(finished[(row, seed)] for seed in args.seeds) or not all(finished[(BASELINE_ROW, s)]
-                                                                             for s in args.seeds):  # fmt: skip
-            continue
-        baseline_from = None if row == BASELINE_ROW else BASELINE_ROW
-        if baseline_from:
-            distill_seeds.check_shared_baselines(runs / baseline_from, args.seeds, arguments[row])
-        distill_seeds.score_row(row, args.seeds, arguments[row], baseline_from)
-        scored[row] = json.loads((runs / row / "results.json").read_text())
-        lines = [f"Rows: {args.dataset_name}, seeds {args.seeds}, {args.num_train_epochs} epochs, "
-                 f"arguments for every run: {' '.join(extra) or '(none)'}", "", *table_lines(scored)]  # fmt: skip
-        (output_dir / "results_table.md").write_text("\n".join(lines) + "\n")
-        (output_dir / "results_table.json").write_text(json.dumps(scored, indent=2))
+        futures = {pool.submit(run, *job): job for job in jobs}
+        for future in as_completed(futures):
+            finished[futures[future]] = future.result()
+            score_ready_rows()
     print("\n".join(table_lines(scored)), flush=True)
     missing = [row for row in rows if row not in scored]
     if missing:
