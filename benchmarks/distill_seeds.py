@@ -42,9 +42,22 @@ SEEDS_ROOT = REPO_ROOT / "outputs" / "seeds"  # a row's runs: <name>/seed<S>
 
 
 def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = True) -> dict:
-    """One seed's distillation and, with `baseline`, its baseline (skipped when its summary exists); its summary."""
+    """One seed's distillation and, with `baseline`, its baseline; its summary. A run finished with the same
+    arguments (its summary written) is not run again; one finished with others is refused, not reused."""
     summary_path = output / "summary.json"
-    if not summary_path.is_file():
+    if summary_path.is_file():
+        args_file = output / "distill_args.json"
+        theirs = json.loads(args_file.read_text()) if args_file.is_file() else None
+        if (
+            theirs is None
+            or with_paths_resolved(theirs) != with_paths_resolved(distill_args)
+            or (baseline and not (output / "_baseline").is_dir())
+        ):
+            raise SystemExit(
+                f"{output} holds a finished run with other arguments ({theirs}{'' if not baseline else ', baseline'}"
+                f" asked) than this one's ({distill_args}): remove it, or give the row another name."
+            )
+    else:
         command = [sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *distill_args,
                    *(["--baseline"] if baseline else []),
                    "--seed", str(seed), "--output_dir", str(output), "--overwrite_output_dir",
@@ -121,6 +134,7 @@ def last_checkpoint(run: Path) -> Path:
 
 def test_accuracy(model_path: Path, test, device: str | None = None) -> float:
     """The saved model's accuracy on the decoded `test` images, in float32, on `device` (default: CUDA if there)."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32, not TF32, on CUDA
     loaded = load_image_classifier(str(model_path), id2label=None)
     loaded.model.float().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     transform = DeviceImageTransform(
@@ -134,22 +148,29 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def run_seeds(
-    name: str, seeds: list[int], distill_args: list[str], baseline_from: str | None = None, parallel: int = 1
-) -> None:
-    """Each seed's run of the row `name` (with its baseline unless `baseline_from`), `parallel` at a time."""
-    output = SEEDS_ROOT / name
+    name: str, seeds: list[int], distill_args: list[str], baseline_from: str | None = None, parallel: int = 1,
+    root: Path | None = None,
+) -> None:  # fmt: skip
+    """Each seed's run of the row `name` (in `root`, default SEEDS_ROOT; with its baseline unless `baseline_from`),
+    `parallel` at a time."""
+    output = (root or SEEDS_ROOT) / name
     with ThreadPoolExecutor(max_workers=parallel) as pool:  # each thread waits on one distill.py process
         for future in [pool.submit(run_seed, seed, output / f"seed{seed}", distill_args, baseline=not baseline_from)
                        for seed in seeds]:  # fmt: skip
             future.result()
 
 
-def score_row(name: str, seeds: list[int], distill_args: list[str], baseline_from: str | None = None) -> list[str]:
-    """Scores the finished row `name` on its dataset's test split (both students, best and last checkpoints) and
-    writes `results.json` and `results.md` beside its runs; returns the lines of results.md."""
-    output = SEEDS_ROOT / name
-    shared = SEEDS_ROOT / baseline_from if baseline_from else None
-    dataset_name = distill_args[distill_args.index("--dataset_name") + 1]
+def score_row(
+    name: str, seeds: list[int], distill_args: list[str], baseline_from: str | None = None, root: Path | None = None
+) -> list[str]:
+    """Scores the finished row `name` (in `root`, default SEEDS_ROOT) on its dataset's test split (both students,
+    best and last checkpoints) and writes `results.json` and `results.md` beside its runs; returns the lines of
+    results.md."""
+    root = root or SEEDS_ROOT
+    output = root / name
+    shared = root / baseline_from if baseline_from else None
+    resolved = with_paths_resolved(distill_args)  # as distill.py, which runs in the repository, read them
+    dataset_name = resolved[resolved.index("--dataset_name") + 1]
     test = decode_images(load_image_classification_dataset(dataset_name).dataset["test"], source_split="test")
     rows = []
     for seed in seeds:

@@ -4,16 +4,18 @@ time (a compact-cnn step leaves an H200 mostly idle), then each finished row sco
 
     # on the GPU machine (benchmarks/README.md: "The results table"), CIFAR-10 carried in .device_data/
     python benchmarks/results_table.py --dataset_name .device_data/cifar10 --parallel 8 -- --bf16
-    # the CPU dry run that tests/test_results_table.py makes: every row, tiny sizes
-    python benchmarks/results_table.py --dataset_name data/cifar10-sample --seeds 0 1 -- --max_train_samples 64 ...
+    # a CPU dry run as tests/test_results_table.py makes it (two rows, tiny sizes), its runs kept apart
+    python benchmarks/results_table.py --dataset_name data/cifar10-sample --rows dkd --seeds 0 1 \
+        --runs_dir /tmp/dry -- --max_train_samples 48 ...
 
 Rows (ROWS): CNN teacher -> compact-cnn with KD, DKD, KD + logit standardisation, DKD + logit standardisation and
 reverse KL; the ViT teacher -> compact-cnn with entropy-weighted, uniform and no attention alignment; the CNN teacher
 cached offline on augmented views against the live one (KD). The `kd` row trains the baselines (the same student from
 the same start on labels alone); the others differ from it only in loss and teacher flags and reuse them.
-Finished runs are not run again, so a call cut off by its timeout resumes where it stopped; no run starts after
-`--time_budget` seconds. Writes `results_table.md` and `.json` (every finished row) to `--output_dir` (default `$OUT`
-when set, else outputs/seeds) after each row is scored.
+Runs finished with the same arguments are not run again, so a call cut off by its timeout resumes where it stopped
+(one finished with other arguments is refused); no run starts after `--time_budget` seconds; a failed run or row is
+reported and the others go on. Writes `results_table.md` and `.json` (every row scored, in ROWS' order) to
+`--output_dir` (default `$OUT` when set, else the runs' folder) after each row is scored.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -52,8 +53,9 @@ ROWS = {
 BASELINE_ROW = "kd"
 
 
-def table_lines(scored: dict[str, dict]) -> list[str]:
-    """The markdown table of the scored rows: mean ± sd over seeds in points, best and last checkpoints."""
+def table_lines(scored: dict[str, dict], order: list[str]) -> list[str]:
+    """The markdown table of the scored rows, in `order`: mean ± sd over seeds in points, best and last
+    checkpoints."""
 
     def cell(pair: list[float]) -> str:
         return f"{100 * pair[0]:.2f} ± {100 * pair[1]:.2f}"
@@ -61,7 +63,8 @@ def table_lines(scored: dict[str, dict]) -> list[str]:
     lines = ["| row | distilled, best | baseline, best | gain, best | distilled, last | baseline, last | gain, last "
              "| beyond 2 x combined sd (best / last) | seconds per run (distilled / baseline) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]  # fmt: skip
-    for name, result in scored.items():
+    for name in [name for name in order if name in scored]:
+        result = scored[name]
         best, last = result["best"], result["last"]
         beyond = " / ".join("yes" if each["beyond_twice_combined_sd"] else "no" for each in (best, last))
         lines.append(
@@ -82,12 +85,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--num_train_epochs", default="3")
     parser.add_argument("--parallel", type=int, default=1, help="distill.py processes at once.")
     parser.add_argument("--time_budget", type=float, default=float("inf"), help="No run starts after this many s.")
-    parser.add_argument("--output_dir", type=Path, default=os.environ.get("OUT"), help="Default: $OUT, else the runs' "
-                        "folder (outputs/seeds).")  # fmt: skip
+    parser.add_argument("--runs_dir", type=Path, default=distill_seeds.SEEDS_ROOT,
+                        help="Where the runs go, a row per folder (a dry run's elsewhere: a run finished with other "
+                        "arguments is refused).")  # fmt: skip
+    parser.add_argument("--output_dir", type=Path, default=os.environ.get("OUT"), help="Where the table goes. "
+                        "Default: $OUT, else --runs_dir.")  # fmt: skip
     parser.add_argument("distill_args", nargs=argparse.REMAINDER, help="After --: more distill.py arguments, for "
                         "every run (precision, input pipeline, sizes of a dry run).")  # fmt: skip
     args = parser.parse_args(argv)
-    runs = distill_seeds.SEEDS_ROOT
+    runs = args.runs_dir
     output_dir = Path(args.output_dir or runs)
     extra = args.distill_args[1:] if args.distill_args[:1] == ["--"] else args.distill_args
     if len(args.seeds) < 2:
@@ -104,13 +110,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             return False
         try:
             distill_seeds.run_seed(seed, runs / row / f"seed{seed}", arguments[row], baseline=row == BASELINE_ROW)
-        except subprocess.CalledProcessError as error:  # the other runs go on; its log says why
+        except (Exception, SystemExit) as error:  # the other runs go on; a failed run's log says why
             print(f"{row} seed {seed}: failed ({error})", flush=True)
             return False
         return True
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    scored, finished = {}, {}
+    scored, finished, failed = {}, {}, {}
 
     def score_ready_rows() -> None:
         """Scores each row whose runs and baselines have all finished, and rewrites the table: a call cut off by its
@@ -118,17 +124,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         if not all(finished.get((BASELINE_ROW, seed)) for seed in args.seeds):
             return
         for row in rows:
-            if row in scored or not all(finished.get((row, seed)) for seed in args.seeds):
+            if row in scored or row in failed or not all(finished.get((row, seed)) for seed in args.seeds):
                 continue
             baseline_from = None if row == BASELINE_ROW else BASELINE_ROW
-            if baseline_from:
-                distill_seeds.check_shared_baselines(runs / baseline_from, args.seeds, arguments[row])
-            distill_seeds.score_row(row, args.seeds, arguments[row], baseline_from)
+            try:
+                if baseline_from:
+                    distill_seeds.check_shared_baselines(runs / baseline_from, args.seeds, arguments[row])
+                distill_seeds.score_row(row, args.seeds, arguments[row], baseline_from, root=runs)
+            except (Exception, SystemExit) as error:  # the other rows are still scored
+                print(f"{row}: not scored ({error})", flush=True)
+                failed[row] = str(error)
+                continue
             scored[row] = json.loads((runs / row / "results.json").read_text())
-            lines = [f"Rows: {args.dataset_name}, seeds {args.seeds}, {args.num_train_epochs} epochs, "
-                     f"arguments for every run: {' '.join(extra) or '(none)'}", "", *table_lines(scored)]  # fmt: skip
+            header = (f"Rows: {args.dataset_name}, seeds {args.seeds}, {args.num_train_epochs} epochs, arguments for "
+                      f"every run: {' '.join(extra) or '(none)'}")  # fmt: skip
+            lines = [header, "", *table_lines(scored, rows)]
             (output_dir / "results_table.md").write_text("\n".join(lines) + "\n")
-            (output_dir / "results_table.json").write_text(json.dumps(scored, indent=2))
+            (output_dir / "results_table.json").write_text(json.dumps({name: scored[name] for name in rows
+                                                                       if name in scored}, indent=2))  # fmt: skip
 
     # The baseline row's seeds first: the longest runs (each trains two students), and every row is scored on them.
     jobs = [(row, seed) for row in rows for seed in args.seeds]
@@ -137,11 +150,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         for future in as_completed(futures):
             finished[futures[future]] = future.result()
             score_ready_rows()
-    print("\n".join(table_lines(scored)), flush=True)
-    missing = [row for row in rows if row not in scored]
+    print("\n".join(table_lines(scored, rows)), flush=True)
+    missing = [row for row in rows if row not in scored and row not in failed]
     if missing:
         print(f"not finished: {missing}; rerun the same command to resume.", file=sys.stderr)
-    return scored
+    if failed:
+        print(f"not scored: {failed}", file=sys.stderr)
+    return {name: scored[name] for name in rows if name in scored}
 
 
 if __name__ == "__main__":

@@ -188,7 +188,9 @@ def classifier_module(model: nn.Module) -> nn.Module:
     timm_model = getattr(model, "timm_model", None)
     if timm_model is not None:
         return timm_model.get_classifier()
-    raise ValueError(f"no classifier found on {type(model).__name__} (looked for classifier, head, fc).")
+    raise ValueError(
+        f"no classifier found on {type(model).__name__} (looked for classifier, cls_classifier, head, fc)."
+    )
 
 
 # The second head of DeiT-style models (ours and transformers' DeiT: `distillation_classifier`; timm: `head_dist`),

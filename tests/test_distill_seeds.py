@@ -43,3 +43,11 @@ def test_baselines_not_shared_across_training_flags(tmp_path, distill_seeds):
                                                         "--num_train_epochs", "3"])  # fmt: skip
     with pytest.raises(SystemExit, match="no finished run"):
         distill_seeds.check_shared_baselines(row, [1], ["--dataset_name", "data/cifar10-sample"])
+
+
+def test_a_finished_run_is_reused_only_with_the_same_arguments(tmp_path, distill_seeds, monkeypatch):
+    run = finished_row(tmp_path, ["--dataset_name", "data/cifar10-sample"]) / "seed0"
+    monkeypatch.setattr(distill_seeds.subprocess, "run", lambda *args, **kwargs: pytest.fail("ran distill.py"))
+    assert distill_seeds.run_seed(0, run, ["--dataset_name", "data/cifar10-sample"]) == {}
+    with pytest.raises(SystemExit, match="holds a finished run with other arguments"):
+        distill_seeds.run_seed(0, run, ["--dataset_name", "data/cifar10-sample", "--num_train_epochs", "3"])

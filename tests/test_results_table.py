@@ -15,7 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
-def results_table(monkeypatch, tmp_path):
+def results_table(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports distill_seeds from beside it
     modules = {}
     for name in ("distill_seeds", "results_table"):
@@ -23,17 +23,22 @@ def results_table(monkeypatch, tmp_path):
         modules[name] = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, name, modules[name])
         spec.loader.exec_module(modules[name])
-    monkeypatch.setattr(modules["distill_seeds"], "SEEDS_ROOT", tmp_path / "runs")
     return modules["results_table"]
 
 
-def test_every_row_is_a_valid_distillation(results_table, tmp_path):
+def test_every_row_is_a_valid_distillation_that_may_share_the_baselines(results_table, tmp_path):
     recipe = load_example("distill")
+    distill_seeds = results_table.distill_seeds
+    only_distillation = distill_seeds.distillation_only_flags()
+    baseline_flags = results_table.ROWS[results_table.BASELINE_ROW][1]
     for name, (_, flags) in results_table.ROWS.items():
         argv = [*flags, "--dataset_name", "data/cifar10-sample", "--output_dir", str(tmp_path / name)]
         config = parse_arguments(recipe.ARGUMENTS, recipe.DEFAULTS, argv)[-1]  # DistillationConfig checks itself
         assert config.teacher_model_name_or_path.startswith("pretrained/"), name
-    assert results_table.BASELINE_ROW in results_table.ROWS
+        # what the row changes is the distillation alone, so the baseline row's students are its baselines too
+        assert distill_seeds.without_flags(flags, only_distillation) == distill_seeds.without_flags(
+            baseline_flags, only_distillation
+        ), name
 
 
 @pytest.mark.slow
@@ -41,7 +46,8 @@ def test_the_table_runs_scores_and_resumes(results_table, tmp_path, capsys):
     tiny = ["--max_train_samples", "48", "--max_eval_samples", "16", "--per_device_train_batch_size", "16",
             "--config_overrides", json.dumps({"hidden_sizes": [8, 16, 16], "depths": [1, 1, 1]})]  # fmt: skip
     argv = ["--dataset_name", "data/cifar10-sample", "--rows", "dkd", "--seeds", "0", "1", "--num_train_epochs", "1",
-            "--parallel", "2", "--output_dir", str(tmp_path / "out"), "--", *tiny]  # fmt: skip
+            "--parallel", "2", "--runs_dir", str(tmp_path / "runs"), "--output_dir", str(tmp_path / "out"),
+            "--", *tiny]  # fmt: skip
     scored = results_table.main(argv)
     assert list(scored) == ["kd", "dkd"]  # the baselines' row comes with any row
     for result in scored.values():
