@@ -10,8 +10,10 @@ time (a compact-cnn step leaves an H200 mostly idle), then each finished row sco
 
 Rows (ROWS): CNN teacher -> compact-cnn with KD, DKD, KD + logit standardisation, DKD + logit standardisation and
 reverse KL; the ViT teacher -> compact-cnn with entropy-weighted, uniform and no attention alignment; the CNN teacher
-cached offline on augmented views against the live one (KD). The `kd` row trains the baselines (the same student from
-the same start on labels alone); the others differ from it only in loss and teacher flags and reuse them.
+cached offline on augmented views against the live one (KD); CNN teacher -> the CIFAR ViT with DeiT's distillation
+token and hard distillation. The `kd` row trains the compact-cnn baselines (the same student from the same start on
+labels alone), which the other compact-cnn rows, differing from it only in loss and teacher flags, reuse; the DeiT row
+trains its own (the same ViT on labels alone).
 Runs finished with the same arguments are not run again, so a call cut off by its timeout resumes where it stopped
 (one finished with other arguments is refused); no run starts after `--time_budget` seconds; a failed run or row is
 reported and the others go on. Writes `results_table.md` and `.json` (every row scored, in ROWS' order) to
@@ -32,7 +34,9 @@ import distill_seeds
 
 CNN_TEACHER = ["--teacher_model_name_or_path", "pretrained/cnn-cifar10-teacher"]
 VIT_TEACHER = ["--teacher_model_name_or_path", "pretrained/vit-cifar-teacher"]
-# name -> (what it is, distill.py flags beyond the shared ones). The first row trains the baselines.
+DEIT_STUDENT = ["--model_name_or_path", "vit-cifar", "--config_overrides", '{"distillation_token": true}']
+# name -> (what it is, distill.py flags beyond the shared ones). A row in BASELINE_ROWS trains its own baselines;
+# every other row reuses the first one's.
 ROWS = {
     "kd": ("CNN teacher -> compact-cnn, KD (T = 4)", [*CNN_TEACHER]),
     "dkd": ("CNN teacher -> compact-cnn, DKD", [*CNN_TEACHER, "--soft_loss_type", "dkd"]),
@@ -49,8 +53,17 @@ ROWS = {
     "offline-kd": ("CNN teacher cached on 8 augmented views -> compact-cnn, KD",
                    [*CNN_TEACHER, "--offline_teacher", "--offline_teacher_views", "8",
                     "--attention_loss_weight", "0"]),  # a cache holds logits, no attention maps
+    "deit-hard": ("CNN teacher -> CIFAR ViT with a distillation token, DeiT's hard distillation; baseline: the same "
+                  "ViT on labels alone",
+                  [*DEIT_STUDENT, *CNN_TEACHER, "--label_loss_weight", "0.5", "--hard_loss_weight", "0.5",
+                   "--soft_loss_weight", "0", "--attention_loss_weight", "0"]),
 }  # fmt: skip
-BASELINE_ROW = "kd"
+BASELINE_ROWS = ("kd", "deit-hard")  # kd's students are every compact-cnn row's baselines
+
+
+def baselines_of(row: str) -> str:
+    """The row whose baseline students `row` is compared with."""
+    return row if row in BASELINE_ROWS else BASELINE_ROWS[0]
 
 
 def table_lines(scored: dict[str, dict], order: list[str]) -> list[str]:
@@ -98,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     extra = args.distill_args[1:] if args.distill_args[:1] == ["--"] else args.distill_args
     if len(args.seeds) < 2:
         raise SystemExit("--seeds: at least two (three for the table), or there is no standard deviation.")
-    rows = [BASELINE_ROW, *(row for row in args.rows if row != BASELINE_ROW)]  # the baselines come with it
+    needed = {*args.rows, *(baselines_of(row) for row in args.rows)}  # a row's baselines come with it
+    rows = [row for row in ROWS if row in needed]
     shared = ["--dataset_name", args.dataset_name, "--num_train_epochs", args.num_train_epochs, *extra]
     arguments = {row: [*ROWS[row][1], *shared] for row in rows}
 
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             print(f"{row} seed {seed}: not started (--time_budget {args.time_budget:.0f} s spent)", flush=True)
             return False
         try:
-            distill_seeds.run_seed(seed, runs / row / f"seed{seed}", arguments[row], baseline=row == BASELINE_ROW)
+            distill_seeds.run_seed(seed, runs / row / f"seed{seed}", arguments[row], baseline=row in BASELINE_ROWS)
         except (Exception, SystemExit) as error:  # the other runs go on; a failed run's log says why
             print(f"{row} seed {seed}: failed ({error})", flush=True)
             return False
@@ -121,12 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     def score_ready_rows() -> None:
         """Scores each row whose runs and baselines have all finished, and rewrites the table: a call cut off by its
         timeout still returns the rows done by then."""
-        if not all(finished.get((BASELINE_ROW, seed)) for seed in args.seeds):
-            return
         for row in rows:
-            if row in scored or row in failed or not all(finished.get((row, seed)) for seed in args.seeds):
+            if row in scored or row in failed or not all(finished.get((each, seed)) for seed in args.seeds
+                                                         for each in (row, baselines_of(row))):  # fmt: skip
                 continue
-            baseline_from = None if row == BASELINE_ROW else BASELINE_ROW
+            baseline_from = None if row in BASELINE_ROWS else baselines_of(row)
             try:
                 if baseline_from:
                     distill_seeds.check_shared_baselines(runs / baseline_from, args.seeds, arguments[row])
@@ -143,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             (output_dir / "results_table.json").write_text(json.dumps({name: scored[name] for name in rows
                                                                        if name in scored}, indent=2))  # fmt: skip
 
-    # The baseline row's seeds first: the longest runs (each trains two students), and every row is scored on them.
-    jobs = [(row, seed) for row in rows for seed in args.seeds]
+    # The baseline rows' seeds first: the longest runs (each trains two students), and other rows are scored on them.
+    jobs = sorted(((row, seed) for row in rows for seed in args.seeds), key=lambda job: job[0] not in BASELINE_ROWS)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         futures = {pool.submit(run, *job): job for job in jobs}
         for future in as_completed(futures):

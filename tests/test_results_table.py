@@ -30,8 +30,8 @@ def test_every_row_is_a_valid_distillation_that_may_share_the_baselines(results_
     recipe = load_example("distill")
     distill_seeds = results_table.distill_seeds
     only_distillation = distill_seeds.distillation_only_flags()
-    baseline_flags = results_table.ROWS[results_table.BASELINE_ROW][1]
     for name, (_, flags) in results_table.ROWS.items():
+        baseline_flags = results_table.ROWS[results_table.baselines_of(name)][1]
         argv = [*flags, "--dataset_name", "data/cifar10-sample", "--output_dir", str(tmp_path / name)]
         config = parse_arguments(recipe.ARGUMENTS, recipe.DEFAULTS, argv)[-1]  # DistillationConfig checks itself
         assert config.teacher_model_name_or_path.startswith("pretrained/"), name
