@@ -17,7 +17,8 @@ trains its own (the same ViT on labels alone).
 Runs finished with the same arguments are not run again, so a call cut off by its timeout resumes where it stopped
 (one finished with other arguments is refused); no run starts after `--time_budget` seconds; a failed run or row is
 reported and the others go on. Writes `results_table.md` and `.json` (every row scored, in ROWS' order) to
-`--output_dir` (default `$OUT` when set, else the runs' folder) after each row is scored.
+`--output_dir` (default `$OUT` when set, else the runs' folder) after each row is scored, and `runs.jsonl` (each
+run's outcome, start and wall time) as each run ends.
 """
 
 from __future__ import annotations
@@ -118,18 +119,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
     start = time.time()
 
+    output_dir.mkdir(parents=True, exist_ok=True)
+    progress = output_dir / "runs.jsonl"  # each run's outcome and wall time as it ends: what a cut-off call tells
+
     def run(row: str, seed: int) -> bool:
         if time.time() - start > args.time_budget:
             print(f"{row} seed {seed}: not started (--time_budget {args.time_budget:.0f} s spent)", flush=True)
             return False
+        began, outcome = time.time(), "finished"
         try:
             distill_seeds.run_seed(seed, runs / row / f"seed{seed}", arguments[row], baseline=row in BASELINE_ROWS)
         except (Exception, SystemExit) as error:  # the other runs go on; a failed run's log says why
             print(f"{row} seed {seed}: failed ({error})", flush=True)
-            return False
-        return True
+            outcome = f"failed: {error}"
+        with open(progress, "a") as file:
+            file.write(json.dumps({"row": row, "seed": seed, "outcome": outcome, "started_s": round(began - start),
+                                   "wall_s": round(time.time() - began)}) + "\n")  # fmt: skip
+        return outcome == "finished"
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     scored, finished, failed = {}, {}, {}
 
     def score_ready_rows() -> None:

@@ -57,6 +57,13 @@ def test_the_table_runs_scores_and_resumes(results_table, tmp_path, capsys):
     assert [row["baseline_best"] for row in scored["dkd"]["seeds"]] == [row["baseline_best"] for row in
                                                                          scored["kd"]["seeds"]]  # fmt: skip
     assert not (tmp_path / "runs" / "dkd" / "seed0" / "_baseline").exists()
+    ended = [json.loads(line) for line in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
+    assert sorted((each["row"], each["seed"], each["outcome"]) for each in ended) == [
+        ("dkd", 0, "finished"),
+        ("dkd", 1, "finished"),
+        ("kd", 0, "finished"),
+        ("kd", 1, "finished"),
+    ]
     table = (tmp_path / "out" / "results_table.md").read_text()
     assert "| CNN teacher -> compact-cnn, DKD |" in table and "| CNN teacher -> compact-cnn, KD (T = 4) |" in table
     # a second call trains nothing (every run finished) and scores the same
