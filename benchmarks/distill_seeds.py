@@ -46,8 +46,7 @@ def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = 
     arguments (its summary written) is not run again; one finished with others is refused, not reused."""
     summary_path = output / "summary.json"
     if summary_path.is_file():
-        args_file = output / "distill_args.json"
-        theirs = json.loads(args_file.read_text()) if args_file.is_file() else None
+        theirs = recorded_arguments(output)
         if (
             theirs is None
             or with_paths_resolved(theirs) != with_paths_resolved(distill_args)
@@ -70,6 +69,12 @@ def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = 
             subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO_ROOT)
         print(f"seed {seed}: done in {time.time() - start:.0f} s", flush=True)
     return json.loads(summary_path.read_text())
+
+
+def recorded_arguments(run: Path) -> list[str] | None:
+    """The distill.py arguments `run_seed` recorded for the run in `run` (None: none recorded)."""
+    args_file = run / "distill_args.json"
+    return json.loads(args_file.read_text()) if args_file.is_file() else None
 
 
 def distillation_only_flags() -> set[str]:
@@ -110,8 +115,7 @@ def check_shared_baselines(source: Path, seeds: list[int], distill_args: list[st
         run = source / f"seed{seed}"
         if not (run / "summary.json").is_file() or not (run / "_baseline").is_dir():
             raise SystemExit(f"--baseline_from: {run} has no finished run with a baseline; run that row first.")
-        args_file = run / "distill_args.json"
-        theirs = json.loads(args_file.read_text()) if args_file.is_file() else None
+        theirs = recorded_arguments(run)
         if theirs is None or without_flags(with_paths_resolved(theirs), flags) != without_flags(distill_args, flags):
             raise SystemExit(
                 f"--baseline_from: {run} was run with other training arguments ({theirs}) than this row's "
@@ -133,8 +137,8 @@ def last_checkpoint(run: Path) -> Path:
 
 
 def test_accuracy(model_path: Path, test, device: str | None = None) -> float:
-    """The saved model's accuracy on the decoded `test` images, in float32, on `device` (default: CUDA if there)."""
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32, not TF32, on CUDA
+    """The saved model's accuracy on the decoded `test` images, in float32 (`score_row` turns TF32 off), on `device`
+    (default: CUDA if there)."""
     loaded = load_image_classifier(str(model_path), id2label=None)
     loaded.model.float().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     transform = DeviceImageTransform(
@@ -169,6 +173,7 @@ def score_row(
     root = root or SEEDS_ROOT
     output = root / name
     shared = root / baseline_from if baseline_from else None
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32, not TF32, on CUDA
     resolved = with_paths_resolved(distill_args)  # as distill.py, which runs in the repository, read them
     dataset_name = resolved[resolved.index("--dataset_name") + 1]
     test = decode_images(load_image_classification_dataset(dataset_name).dataset["test"], source_split="test")

@@ -1,5 +1,5 @@
-"""Issue 14's results table (section 4) in one call: its rows on full CIFAR-10, 3 seeds each, against one set of
-same-budget baselines, run as `distill_seeds.py` runs a row but all rows' seeds at once, `--parallel` processes at a
+"""Issue 14's results table (section 4) in one call: its rows on full CIFAR-10, 3 seeds each, against same-budget
+baselines, run as `distill_seeds.py` runs a row but all rows' seeds at once, `--parallel` processes at a
 time (a compact-cnn step leaves an H200 mostly idle), then each finished row scored on the 10,000 test images.
 
     # on the GPU machine (benchmarks/README.md: "The results table"), CIFAR-10 carried in .device_data/
