@@ -10,10 +10,10 @@
     python examples/distill.py my_run.yaml                      # every argument from a YAML/JSON file
     # logits-only distillation from an offline teacher (computed once, no teacher forward per step):
     python examples/distill.py --teacher_model_name_or_path outputs/teacher --offline_teacher \
-        --attention_loss_weight 0 --crop none --horizontal_flip false
+        --crop none --horizontal_flip false
     # ... with augmentation: the teacher's top-10 logits on 10 cached crops and flips of every image (FKD)
     python examples/distill.py --teacher_model_name_or_path outputs/teacher --offline_teacher \
-        --offline_teacher_views 10 --offline_teacher_top_k 10 --attention_loss_weight 0 --input_pipeline tensors
+        --offline_teacher_views 10 --offline_teacher_top_k 10 --input_pipeline tensors
 
 Teacher and student may take different inputs (sizes, normalisation): the trainer gives the teacher its own view of
 each augmented batch. The run writes the student (its image processor and model card, README.md) to --output_dir,
@@ -62,6 +62,7 @@ from hf_vision_distill.recipes import (
     ModelArguments,
     Recipe,
     RunArguments,
+    asks_for,
     checkpoint_to_resume,
     choose_input_pipeline,
     initialize_from_data,
@@ -156,7 +157,11 @@ ARGUMENTS = (ModelArguments, DataArguments, RunArguments, TeacherArguments, Comp
 
 def main(argv: list[str] | None = None) -> dict:
     # The job (distillation, then the baseline) is finished when its summary is written.
-    recipe = Recipe.start("examples/distill.py", ARGUMENTS, DEFAULTS, argv, results_name="summary.json")
+    defaults, turned_off = recipe_defaults(argv)
+    recipe = Recipe.start("examples/distill.py", ARGUMENTS, defaults, argv, results_name="summary.json")
+    if turned_off:
+        logger.info("--offline_teacher: the recipe's %s off (a cached teacher gives logits only).",
+                    " and ".join(f"--{name} {DEFAULTS[name]} is" for name in turned_off))  # fmt: skip
     if recipe.output.finished:
         return recipe.output.results
     model_args, data_args, run_args, teacher_args, comparison_args, args = recipe.arguments
@@ -291,6 +296,17 @@ def write_plots(trainer, inputs, data, student, args, comparison_args, output_di
         write_attention_overlays(trainer, inputs.eval_datasets[overlay_split[0]], inputs.eval_collator, data, student,
                                  comparison_args.num_overlay_images,
                                  str(output_dir / "attention_overlays.png"))  # fmt: skip
+
+
+def recipe_defaults(argv: list[str] | None) -> tuple[dict, list[str]]:
+    """DEFAULTS for this command line, and the recipe's loss weights it turns off: a cached teacher
+    (--offline_teacher) gives logits only, so the recipe's own weights for the teacher's activations are 0 for it. A
+    weight the user gives is kept, and refused by DistillationConfig with the fix."""
+    if not asks_for(argv, "offline_teacher"):
+        return DEFAULTS, []
+    turned_off = [name for name in ("attention_loss_weight", "feature_loss_weight")
+                  if DEFAULTS.get(name) and not user_gave(argv, name)]  # fmt: skip
+    return {**DEFAULTS, **dict.fromkeys(turned_off, 0.0)}, turned_off
 
 
 def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] | None) -> dict:

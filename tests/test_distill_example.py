@@ -22,7 +22,7 @@ from hf_vision_distill.data import (
 )
 from hf_vision_distill.distillation import teacher as teacher_module
 from hf_vision_distill.models import InputSpecification, load_image_classifier
-from hf_vision_distill.recipes import Recipe
+from hf_vision_distill.recipes import Recipe, parse_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -111,13 +111,32 @@ def test_distill_recipe_needs_a_teacher(tmp_path):
 TINY_STUDENT = json.dumps({"hidden_sizes": [8, 16, 16], "depths": [1, 1, 1]})
 
 
+def test_offline_teacher_turns_off_the_recipes_attention_default(tmp_path):
+    """A cached teacher gives logits only: the recipe's own attention weight (0.1) is off for it, on the command line
+    and in a YAML file, while a weight the user asks for is still refused with the fix."""
+    recipe = load_recipe()
+    argv = ["--offline_teacher", "--output_dir", str(tmp_path)]
+    defaults, turned_off = recipe.recipe_defaults(argv)
+    assert turned_off == ["attention_loss_weight"]
+    *_, args = parse_arguments(recipe.ARGUMENTS, defaults, argv)
+    assert args.offline_teacher and args.attention_loss_weight == 0.0
+    config = tmp_path / "run.yaml"
+    config.write_text(f"offline_teacher: true\noutput_dir: {tmp_path}\n")
+    *_, args = parse_arguments(recipe.ARGUMENTS, recipe.recipe_defaults([str(config)])[0], [str(config)])
+    assert args.offline_teacher and args.attention_loss_weight == 0.0
+    # A live teacher keeps the recipe's default; a weight the user gives an offline teacher is refused.
+    assert recipe.recipe_defaults(["--offline_teacher", "false"]) == (recipe.DEFAULTS, [])
+    with pytest.raises(ValueError, match="Set feature_loss_weight and attention_loss_weight to 0"):
+        recipe.main([*argv, "--attention_loss_weight", "0.1", "--report_to", "none"])
+
+
 @pytest.mark.slow
 def test_offline_teacher_recipe(tmp_path, teacher_dir):
     arguments = [
         "--teacher_model_name_or_path", str(teacher_dir), "--output_dir", str(tmp_path / "offline"),
         "--config_overrides", TINY_STUDENT, "--max_train_samples", "48", "--max_eval_samples", "16",
         "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--dataloader_num_workers", "0",
-        "--report_to", "none", "--offline_teacher", "--attention_loss_weight", "0", "--logging_steps", "1",
+        "--report_to", "none", "--offline_teacher", "--logging_steps", "1",
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"--offline_teacher needs the same image.*'--crop', '--horizontal_flip'"):
         load_recipe().main(arguments)

@@ -17,6 +17,7 @@ from .command_line import (
     ModelArguments,
     RunArguments,
     accelerator_bf16,
+    asks_for,
     check_shipped_defaults,
     cpu_multiplies_bf16,
     launched_on_cpu,
@@ -112,6 +113,7 @@ __all__ = [
     "run_recipe",
     "setup_logging",
     "setup_run",
+    "asks_for",
     "user_gave",
     "write_model_card",
 ]

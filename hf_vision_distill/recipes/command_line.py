@@ -84,8 +84,16 @@ def user_gave(argv: list[str] | None, name: str) -> bool:
     return any(argument.split("=", 1)[0] == f"--{name}" for argument in arguments)
 
 
-def _asks_for(argv: list[str], flag: str) -> bool:
-    """Whether the command line turns a boolean flag on: `--flag`, `--flag true`, `--flag=yes`, ..."""
+def asks_for(argv: list[str] | None, flag: str) -> bool:
+    """Whether the command line (or the single YAML/JSON file) turns a boolean flag on: `--flag`, `--flag true`,
+    `--flag=yes`, ..."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        import yaml
+
+        with open(argv[0]) as file:
+            value = (yaml.safe_load(file) or {}).get(flag, False)
+        return value is True or str(value).lower() in ("true", "yes", "1")
     for position, argument in enumerate(argv):
         if argument.startswith(f"--{flag}="):
             return argument.split("=", 1)[1].lower() in ("true", "yes", "1")
@@ -273,7 +281,7 @@ def parse_arguments(dataclass_types: tuple[type, ...], defaults: dict[str, Any],
     source = "the command line"
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         source, argv = argv[0], _file_arguments(argv[0])
-    defaults = resolve_precision_defaults(defaults, user_fp16=_asks_for(argv, "fp16"))
+    defaults = resolve_precision_defaults(defaults, user_fp16=asks_for(argv, "fp16"))
     if launched_on_cpu() and any(TrainingArguments in getattr(kind, "__mro__", ()) for kind in dataclass_types):
         # transformers would refuse --bf16 on a GPU-less launch unless use_cpu is set too: the launch already says so.
         defaults = {**defaults, "use_cpu": True}
