@@ -8,12 +8,12 @@ time (a compact-cnn step leaves an H200 mostly idle), then each finished row sco
     python benchmarks/results_table.py --dataset_name data/cifar10-sample --rows dkd --seeds 0 1 \
         --runs_dir /tmp/dry -- --max_train_samples 48 ...
 
-Rows (ROWS): CNN teacher -> compact-cnn with KD, DKD, KD + logit standardisation, DKD + logit standardisation and
-reverse KL; the ViT teacher -> compact-cnn with entropy-weighted, uniform and no attention alignment; the CNN teacher
-cached offline on augmented views against the live one (KD); CNN teacher -> the CIFAR ViT with DeiT's distillation
-token and hard distillation. The `kd` row trains the compact-cnn baselines (the same student from the same start on
-labels alone), which the other compact-cnn rows, differing from it only in loss and teacher flags, reuse; the DeiT row
-trains its own (the same ViT on labels alone).
+Rows (ROWS): CNN teacher -> compact-cnn with KD, DKD, KD + logit standardisation, DKD + logit standardisation, reverse
+KL and the main job's KD at T 1 with feature distillation; the ViT teacher -> compact-cnn with entropy-weighted,
+uniform and no attention alignment; the CNN teacher cached offline on augmented views against the live one (KD); CNN
+teacher -> the CIFAR ViT with DeiT's distillation token and hard distillation. The `kd` row trains the compact-cnn
+baselines (the same student from the same start on labels alone), which the other compact-cnn rows, differing from it
+only in loss and teacher flags, reuse; the DeiT row trains its own (the same ViT on labels alone).
 Runs finished with the same arguments are not run again, so a call cut off by its timeout resumes where it stopped
 (one finished with other arguments is refused); no run starts after `--time_budget` seconds; a failed run or row is
 reported and the others go on. Writes `results_table.md` and `.json` (every row scored, in ROWS' order) to
@@ -36,28 +36,34 @@ import distill_seeds
 CNN_TEACHER = ["--teacher_model_name_or_path", "pretrained/cnn-cifar10-teacher"]
 VIT_TEACHER = ["--teacher_model_name_or_path", "pretrained/vit-cifar-teacher"]
 DEIT_STUDENT = ["--model_name_or_path", "vit-cifar", "--config_overrides", '{"distillation_token": true}']
+# Every row's losses start here, not from distill.py's defaults, so the table measures the same thing whatever the
+# main job's recipe becomes: labels and KD at T 4, half and half, no feature or attention term (a row's flags, after
+# these, win).
+KD = ["--label_loss_weight", "0.5", "--soft_loss_weight", "0.5", "--temperature", "4", "--feature_loss_weight", "0",
+      "--attention_loss_weight", "0"]  # fmt: skip
 # name -> (what it is, distill.py flags beyond the shared ones). A row in BASELINE_ROWS trains its own baselines;
 # every other row reuses the first one's.
 ROWS = {
-    "kd": ("CNN teacher -> compact-cnn, KD (T = 4)", [*CNN_TEACHER]),
-    "dkd": ("CNN teacher -> compact-cnn, DKD", [*CNN_TEACHER, "--soft_loss_type", "dkd"]),
+    "kd": ("CNN teacher -> compact-cnn, KD (T = 4)", [*CNN_TEACHER, *KD]),
+    "dkd": ("CNN teacher -> compact-cnn, DKD", [*CNN_TEACHER, *KD, "--soft_loss_type", "dkd"]),
     "kd-ls": ("CNN teacher -> compact-cnn, KD + logit standardisation (T = 2)",
-              [*CNN_TEACHER, "--logit_standardization", "--temperature", "2"]),
+              [*CNN_TEACHER, *KD, "--logit_standardization", "--temperature", "2"]),
     "dkd-ls": ("CNN teacher -> compact-cnn, DKD + logit standardisation (T = 2)",
-               [*CNN_TEACHER, "--soft_loss_type", "dkd", "--logit_standardization", "--temperature", "2"]),
-    "reverse-kl": ("CNN teacher -> compact-cnn, reverse KL", [*CNN_TEACHER, "--soft_loss_type", "reverse_kl"]),
+               [*CNN_TEACHER, *KD, "--soft_loss_type", "dkd", "--logit_standardization", "--temperature", "2"]),
+    "reverse-kl": ("CNN teacher -> compact-cnn, reverse KL", [*CNN_TEACHER, *KD, "--soft_loss_type", "reverse_kl"]),
+    "kd-t1-features": ("CNN teacher -> compact-cnn, KD at T = 1 + the last feature map (the main job's recipe)",
+                       [*CNN_TEACHER, *KD, "--temperature", "1", "--feature_loss_weight", "1"]),
     "vit-entropy": ("ViT teacher -> compact-cnn, KD + attention, entropy-weighted layers",
-                    [*VIT_TEACHER, "--layer_weighting", "entropy"]),
+                    [*VIT_TEACHER, *KD, "--attention_loss_weight", "0.1", "--layer_weighting", "entropy"]),
     "vit-uniform": ("ViT teacher -> compact-cnn, KD + attention, uniform layers",
-                    [*VIT_TEACHER, "--layer_weighting", "uniform"]),
-    "vit-no-attention": ("ViT teacher -> compact-cnn, KD alone", [*VIT_TEACHER, "--attention_loss_weight", "0"]),
+                    [*VIT_TEACHER, *KD, "--attention_loss_weight", "0.1", "--layer_weighting", "uniform"]),
+    "vit-no-attention": ("ViT teacher -> compact-cnn, KD alone", [*VIT_TEACHER, *KD]),
     "offline-kd": ("CNN teacher cached on 8 augmented views -> compact-cnn, KD",
-                   [*CNN_TEACHER, "--offline_teacher", "--offline_teacher_views", "8",
-                    "--attention_loss_weight", "0"]),  # a cache holds logits, no attention maps
+                   [*CNN_TEACHER, *KD, "--offline_teacher", "--offline_teacher_views", "8"]),
     "deit-hard": ("CNN teacher -> CIFAR ViT with a distillation token, DeiT's hard distillation; baseline: the same "
                   "ViT on labels alone",
-                  [*DEIT_STUDENT, *CNN_TEACHER, "--label_loss_weight", "0.5", "--hard_loss_weight", "0.5",
-                   "--soft_loss_weight", "0", "--attention_loss_weight", "0"]),
+                  [*DEIT_STUDENT, *CNN_TEACHER, *KD, "--label_loss_weight", "0.5", "--hard_loss_weight", "0.5",
+                   "--soft_loss_weight", "0"]),
 }  # fmt: skip
 BASELINE_ROWS = ("kd", "deit-hard")  # kd's students are every compact-cnn row's baselines
 

@@ -26,6 +26,10 @@ def results_table(monkeypatch):
     return modules["results_table"]
 
 
+OTHER_LOSS_DEFAULTS = {"label_loss_weight": 0.9, "soft_loss_weight": 0.3, "temperature": 7.0,
+                       "feature_loss_weight": 0.2, "attention_loss_weight": 0.4}  # fmt: skip
+
+
 def test_every_row_is_a_valid_distillation_that_may_share_the_baselines(results_table, tmp_path):
     recipe = load_example("distill")
     distill_seeds = results_table.distill_seeds
@@ -35,6 +39,10 @@ def test_every_row_is_a_valid_distillation_that_may_share_the_baselines(results_
         argv = [*flags, "--dataset_name", "data/cifar10-sample", "--output_dir", str(tmp_path / name)]
         config = parse_arguments(recipe.ARGUMENTS, recipe.DEFAULTS, argv)[-1]  # DistillationConfig checks itself
         assert config.teacher_model_name_or_path.startswith("pretrained/"), name
+        # every loss weight and the temperature are the row's own: the main job's defaults may change
+        other = parse_arguments(recipe.ARGUMENTS, {**recipe.DEFAULTS, **OTHER_LOSS_DEFAULTS}, argv)[-1]
+        assert [getattr(other, key) for key in OTHER_LOSS_DEFAULTS] == [getattr(config, key) for key in
+                                                                        OTHER_LOSS_DEFAULTS], name  # fmt: skip
         # what the row changes is the distillation alone, so the baseline row's students are its baselines too
         assert distill_seeds.without_flags(flags, only_distillation) == distill_seeds.without_flags(
             baseline_flags, only_distillation
