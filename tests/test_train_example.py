@@ -213,6 +213,25 @@ def test_a_users_fp16_replaces_the_bf16_default(monkeypatch, fp16, bf16):
     assert args.bf16 is bf16 and args.fp16 is not bf16
 
 
+FP16_SPELLINGS = [["--fp16", "t"], ["--fp16=y"], ["--fp16", "--fp16", "false"], ["--fp16=no", "--fp16"],
+                  ["--fp16", "--use_cpu"], ["--use_cpu", "--fp16"], []]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", FP16_SPELLINGS)
+def test_asks_for_reads_a_flag_as_the_parser_does(argv):
+    """The recipes decide defaults (bf16, an offline teacher's weights) before parsing: they must read a boolean as
+    HfArgumentParser will (t/y, the last occurrence winning)."""
+    (args,) = parse_arguments((TrainingArguments,), {"output_dir": "unused"}, [*argv, "--use_cpu"])
+    assert recipes.asks_for(argv, "fp16") is args.fp16
+
+
+def test_a_config_files_null_is_not_a_given_value(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("fp16: null\nbf16: true\noutput_dir: unused\n")
+    assert not recipes.user_gave([str(config)], "fp16") and recipes.user_gave([str(config)], "bf16")
+    assert not recipes.asks_for([str(config)], "fp16") and recipes.asks_for([str(config)], "bf16")
+
+
 @pytest.mark.parametrize("capability, expected", [((9, 0), (True, True)), ((7, 5), (False, None))])
 def test_bf16_and_tf32_by_default_only_on_gpus_that_have_them(monkeypatch, capability, expected):
     # T4 and V100 (7.x) emulate bf16, so torch.cuda.is_bf16_supported() says yes, but transformers refuses --tf32.

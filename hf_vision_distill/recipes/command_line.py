@@ -19,6 +19,7 @@ import datasets
 import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
 from ..models.loading import describe_model_presets
 from ..profiling import cpu_flags
@@ -72,35 +73,50 @@ def resolve_precision_defaults(defaults: dict[str, Any], user_fp16: bool) -> dic
     return resolved
 
 
-def user_gave(argv: list[str] | None, name: str) -> bool:
-    """Whether the user set the argument `name` (on the command line, or in the single YAML/JSON file) rather than
-    leaving it to the recipe's default."""
-    arguments = sys.argv[1:] if argv is None else list(argv)
-    if len(arguments) == 1 and arguments[0].endswith((".json", ".yaml", ".yml")):
-        import yaml
-
-        with open(arguments[0]) as file:
-            return name in (yaml.safe_load(file) or {})
-    return any(argument.split("=", 1)[0] == f"--{name}" for argument in arguments)
-
-
-def asks_for(argv: list[str] | None, flag: str) -> bool:
-    """Whether the command line (or the single YAML/JSON file) turns a boolean flag on: `--flag`, `--flag true`,
-    `--flag=yes`, ..."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _config_file(argv: list[str]) -> dict | None:
+    """The settings of a command line that is a single YAML/JSON file (as `parse_arguments` reads it), else None."""
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         import yaml
 
         with open(argv[0]) as file:
-            value = (yaml.safe_load(file) or {}).get(flag, False)
-        return value is True or str(value).lower() in ("true", "yes", "1")
+            return yaml.safe_load(file) or {}
+    return None
+
+
+def _given_values(argv: list[str] | None, name: str) -> list[Any]:
+    """The values the command line (or its single YAML/JSON file) gives the argument `name`, in order; a flag with no
+    value (`--flag` before another flag or at the end) gives True. A file's `name: null` gives nothing."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = _config_file(argv)
+    if config is not None:
+        return [] if config.get(name) is None else [config[name]]
+    values = []
     for position, argument in enumerate(argv):
-        if argument.startswith(f"--{flag}="):
-            return argument.split("=", 1)[1].lower() in ("true", "yes", "1")
-        if argument == f"--{flag}":
-            value = argv[position + 1] if position + 1 < len(argv) else ""
-            return value.startswith("--") or value == "" or value.lower() in ("true", "yes", "1")
-    return False
+        if argument.startswith(f"--{name}="):
+            values.append(argument.split("=", 1)[1])
+        elif argument == f"--{name}":
+            following = argv[position + 1] if position + 1 < len(argv) else "--"
+            values.append(True if following.startswith("--") else following)
+    return values
+
+
+def user_gave(argv: list[str] | None, name: str) -> bool:
+    """Whether the user set the argument `name` (on the command line, or in the single YAML/JSON file) rather than
+    leaving it to the recipe's default."""
+    return bool(_given_values(argv, name))
+
+
+def asks_for(argv: list[str] | None, flag: str) -> bool:
+    """Whether the command line (or the single YAML/JSON file) turns a boolean flag on: `--flag`, `--flag true`,
+    `--flag=y`, ... (as HfArgumentParser reads booleans; the last occurrence wins, as in argparse). A value that is no
+    boolean counts as off here: parsing refuses it with the fix."""
+    values = _given_values(argv, flag)
+    if not values:
+        return False
+    try:
+        return string_to_bool(values[-1] if isinstance(values[-1], bool) else str(values[-1]))
+    except argparse.ArgumentTypeError:
+        return False
 
 
 # The worker pipeline's decoding processes: this process's share of the cores (torchrun and accelerate launch set
