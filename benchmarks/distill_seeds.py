@@ -35,6 +35,8 @@ import torch
 from hf_vision_distill.data import load_image_classification_dataset
 from hf_vision_distill.distillation import DistillationConfig
 from hf_vision_distill.models import load_image_classifier
+from hf_vision_distill.recipes import RunArguments, parse_arguments
+from hf_vision_distill.recipes.output_folder import RUN_ARGUMENTS_NAME, arguments_record, free_to_change
 from hf_vision_distill.tensor_data import DeviceImageTransform, decode_images, predict_decoded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,22 +45,19 @@ SEEDS_ROOT = REPO_ROOT / "outputs" / "seeds"  # a row's runs: <name>/seed<S>
 
 def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = True) -> dict:
     """One seed's distillation and, with `baseline`, its baseline; its summary. A run finished with the same
-    arguments (its summary written) is not run again; one finished with others is refused, not reused."""
+    resolved arguments (defaults included: a run made before a default changed is not this one) is not run again;
+    one finished with others is refused, not reused."""
     summary_path = output / "summary.json"
+    run_args = [*distill_args, *(["--baseline"] if baseline else [])]
     if summary_path.is_file():
-        theirs = recorded_arguments(output)
-        if (
-            theirs is None
-            or with_paths_resolved(theirs) != with_paths_resolved(distill_args)
-            or (baseline and not (output / "_baseline").is_dir())
-        ):
+        changed = argument_changes(output, run_args, seed, ignored=set())
+        if changed:
             raise SystemExit(
-                f"{output} holds a finished run with other arguments ({theirs}{'' if not baseline else ', baseline'}"
-                f" asked) than this one's ({distill_args}): remove it, or give the row another name."
+                f"{output} holds a finished run with other arguments than this one's ({changed}; this row: "
+                f"{distill_args}): remove it, or give the row another name."
             )
     else:
-        command = [sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *distill_args,
-                   *(["--baseline"] if baseline else []),
+        command = [sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *run_args,
                    "--seed", str(seed), "--output_dir", str(output), "--overwrite_output_dir",
                    "--num_overlay_images", "0", "--report_to", "none"]  # fmt: skip
         output.mkdir(parents=True, exist_ok=True)
@@ -71,6 +70,49 @@ def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = 
     return json.loads(summary_path.read_text())
 
 
+def distill_recipe():
+    """examples/distill.py as a module (its argument dataclasses, defaults and `recipe_defaults`)."""
+    if "distill_recipe" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("distill_recipe", REPO_ROOT / "examples" / "distill.py")
+        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules["distill_recipe"]
+
+
+# What a run records that may differ between runs of one row: where it writes and logs (recipes' FREE_TO_CHANGE),
+# but not the precision, which changes the figures.
+PRECISION = {"bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval", "use_cpu"}
+
+
+def resolved_arguments(distill_args: list[str], seed: int) -> dict:
+    """distill.py's arguments for `distill_args` at `seed`, defaults resolved, as its run_arguments.json records
+    them (paths made absolute: `comparable`)."""
+    recipe = distill_recipe()
+    argv = [*with_paths_resolved(distill_args), "--seed", str(seed), "--output_dir", "unused"]
+    groups = parse_arguments(recipe.ARGUMENTS, recipe.recipe_defaults(argv)[0], argv)
+    return comparable(arguments_record(tuple(group for group in groups if not isinstance(group, RunArguments))))
+
+
+def comparable(record: dict) -> dict:
+    """A run's recorded arguments less those free to differ within a row, values naming existing files or folders
+    (relative to the repository, where distill.py runs) made absolute: `data/x` and `/abs/repo/data/x` are the same
+    dataset."""
+    return {name: with_paths_resolved([value])[0] if isinstance(value, str) else value
+            for name, value in record.items() if name in PRECISION or not free_to_change(name)}  # fmt: skip
+
+
+def argument_changes(run: Path, distill_args: list[str], seed: int, ignored: set[str]) -> dict | str:
+    """How the finished run in `run` was made otherwise than `distill_args` at `seed` would make it, less the
+    arguments in `ignored`: {name: (the run's, this one's)}, or why it cannot be told; empty when the same."""
+    record_path = run / RUN_ARGUMENTS_NAME
+    if not record_path.is_file():
+        return f"no {RUN_ARGUMENTS_NAME} records how it was made"
+    theirs = comparable(json.loads(record_path.read_text()))
+    ours = resolved_arguments(distill_args, seed)
+    return {name: (theirs.get(name), ours.get(name)) for name in sorted({*theirs, *ours} - ignored)
+            if theirs.get(name) != ours.get(name)}  # fmt: skip
+
+
 def recorded_arguments(run: Path) -> list[str] | None:
     """The distill.py arguments `run_seed` recorded for the run in `run` (None: none recorded)."""
     args_file = run / "distill_args.json"
@@ -78,25 +120,12 @@ def recorded_arguments(run: Path) -> list[str] | None:
 
 
 def distillation_only_flags() -> set[str]:
-    """distill.py's flags that change the distilled student alone (loss, teacher): rows that differ only in these
-    can share their baselines."""
-    spec = importlib.util.spec_from_file_location("distill_recipe", REPO_ROOT / "examples" / "distill.py")
-    recipe = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-    spec.loader.exec_module(recipe)
+    """distill.py's flags that change the distilled student alone (loss, teacher, whether a baseline is trained):
+    rows that differ only in these can share their baselines."""
+    recipe = distill_recipe()
     training = {f.name for f in dataclasses.fields(recipe.TrainingArguments)}
     names = {f.name for f in dataclasses.fields(DistillationConfig)} - training
-    return names | {f.name for f in dataclasses.fields(recipe.TeacherArguments)}
-
-
-def without_flags(argv: list[str], names: set[str]) -> list[str]:
-    """`argv` less each `--name [value ...]` whose name is in `names`."""
-    kept, dropping = [], False
-    for token in argv:
-        if token.startswith("--"):
-            dropping = token[2:].split("=")[0] in names
-        if not dropping:
-            kept.append(token)
-    return kept
+    return names | {f.name for f in dataclasses.fields(recipe.TeacherArguments)} | {"baseline"}
 
 
 def with_paths_resolved(argv: list[str]) -> list[str]:
@@ -107,19 +136,19 @@ def with_paths_resolved(argv: list[str]) -> list[str]:
 
 
 def check_shared_baselines(source: Path, seeds: list[int], distill_args: list[str]) -> None:
-    """Before any training: every seed of the row whose baselines are reused exists and was run with the same
-    arguments, but for the flags that only the distillation sees."""
+    """Before any training: every seed of the row whose baselines are reused exists and was made with the same
+    resolved arguments (defaults included), but for those that only the distillation sees."""
     flags = distillation_only_flags()
-    distill_args = with_paths_resolved(distill_args)
     for seed in seeds:
         run = source / f"seed{seed}"
         if not (run / "summary.json").is_file() or not (run / "_baseline").is_dir():
             raise SystemExit(f"--baseline_from: {run} has no finished run with a baseline; run that row first.")
-        theirs = recorded_arguments(run)
-        if theirs is None or without_flags(with_paths_resolved(theirs), flags) != without_flags(distill_args, flags):
+        changed = argument_changes(run, distill_args, seed, ignored=flags)
+        if changed:
             raise SystemExit(
-                f"--baseline_from: {run} was run with other training arguments ({theirs}) than this row's "
-                f"({distill_args}); only loss and teacher flags may differ. Run this row with its own baselines."
+                f"--baseline_from: {run} was run with other training arguments than this row's ({changed}; its "
+                f"command: {recorded_arguments(run)}, this row's: {distill_args}); only loss and teacher flags may "
+                "differ. Run this row with its own baselines."
             )
 
 

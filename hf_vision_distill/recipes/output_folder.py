@@ -76,7 +76,7 @@ def arguments_record(groups: tuple) -> dict[str, Any]:
     return json.loads(json.dumps(record, default=str))
 
 
-def _free_to_change(name: str) -> bool:
+def free_to_change(name: str) -> bool:
     return any(name.startswith(free) if free.endswith("_") else name == free for free in FREE_TO_CHANGE)
 
 
@@ -131,7 +131,7 @@ def prepare_output_dir(
         return folder(checkpoint=checkpoint)
     previous = json.loads(record_path.read_text(encoding="utf-8"))
     changed = {name: (previous.get(name), value) for name, value in record.items()
-               if previous.get(name) != value and not _free_to_change(name)}  # fmt: skip
+               if previous.get(name) != value and not free_to_change(name)}  # fmt: skip
     budget = {name: change for name, change in changed.items() if name in BUDGET_ARGUMENTS}
     others = {name: change for name, change in changed.items() if name not in BUDGET_ARGUMENTS}
     if others:
