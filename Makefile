@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The main job: distill the shipped ViT teacher into CompactCNN on the shipped CIFAR-10 sample, train the same-budget
+# The main job: distill the shipped CNN teacher into CompactCNN on the shipped CIFAR-10 sample, train the same-budget
 # baseline, evaluate all three and write the table and plots to outputs/demo. On a GPU the recipe trains in bf16 where
 # the GPU has it. Without one, on a CPU that multiplies bf16 in hardware (AMX, or AVX512-BF16), it runs in bf16
 # autocast: 2x faster than float32 for CompactCNN on both kinds (RESULTS.md). The malloc settings keep freed buffers in

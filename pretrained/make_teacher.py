@@ -118,8 +118,9 @@ TEACHERS = {
         },
         description=(
             "Our CIFAR ViT (ViT-Lite-7/4: 7 pre-norm blocks, 256 wide, 4 heads, 4x4 patches, an 8x8 token grid) "
-            "trained from scratch on CIFAR-10 on a CPU budget. It is the default teacher of hf_vision_distill's "
-            "distillation recipe (`examples/distill.py`), whose attention maps the CNN student learns to follow. "
+            "trained from scratch on CIFAR-10 on a CPU budget. It is the teacher of hf_vision_distill's ViT -> CNN "
+            "distillation recipe (`examples/distill.py --teacher_model_name_or_path pretrained/vit-cifar-teacher`), "
+            "whose attention maps the CNN student learns to follow. "
             "Results are on CIFAR-10's full test split (10,000 images)."
         ),
         limitations=(

@@ -351,7 +351,8 @@ def test_two_step_recipe(tmp_path, cifar10_sample_path):
 
     # stage 2 with logit distillation from the CNN as well
     distill = ["--model_name_or_path", str(tmp_path / "stage1"), "--teacher_model_name_or_path", str(tmp_path / "cnn"),
-               "--attention_loss_weight", "0", "--output_dir", str(tmp_path / "stage2-kd")]  # fmt: skip
+               "--attention_loss_weight", "0", "--feature_loss_weight", "0",
+               "--output_dir", str(tmp_path / "stage2-kd")]  # fmt: skip
     summary = load_example("distill").main([*distill, "--num_train_epochs", "1", *common])
     assert (tmp_path / "stage2-kd" / "model.safetensors").exists() and summary
 

@@ -135,7 +135,7 @@ def test_the_wheel_renders_a_card_and_runs_a_recipe(tmp_path):
 
 def test_the_shipped_defaults_are_found_in_a_checkout():
     assert Path(recipes.SHIPPED_SAMPLE) == REPO / "data" / "cifar10-sample" and Path(recipes.SHIPPED_SAMPLE).is_dir()
-    assert Path(recipes.SHIPPED_TEACHER) == REPO / "pretrained" / "vit-cifar-teacher"
+    assert Path(recipes.SHIPPED_TEACHER) == REPO / "pretrained" / "cnn-cifar10-teacher"
     assert Path(recipes.SHIPPED_TEACHER).is_dir()
     assert load_example("distill").DEFAULTS["teacher_model_name_or_path"] == recipes.SHIPPED_TEACHER
     model_args, data_args, *_ = load_example("train").parse([])  # the checkout's sample passes the check
@@ -144,12 +144,12 @@ def test_the_shipped_defaults_are_found_in_a_checkout():
 
 def test_a_missing_shipped_teacher_is_refused_before_any_work(tmp_path, monkeypatch):
     """As under a wheel install: the default teacher's folder is not there."""
-    missing = str(tmp_path / "pretrained" / "vit-cifar-teacher")
+    missing = str(tmp_path / "pretrained" / "cnn-cifar10-teacher")
     monkeypatch.setitem(recipes.SHIPPED_DEFAULTS, missing, recipes.SHIPPED_DEFAULTS[recipes.SHIPPED_TEACHER])
     recipe = load_example("distill")
     monkeypatch.setitem(recipe.DEFAULTS, "teacher_model_name_or_path", missing)
     monkeypatch.setattr(recipes.Recipe, "load_data", lambda *args, **kwargs: pytest.fail("the data was loaded"))
-    refusal = r"--teacher_model_name_or_path defaults to the CIFAR ViT teacher.*\(pretrained/vit-cifar-teacher\)"
+    refusal = r"--teacher_model_name_or_path defaults to the CNN teacher.*\(pretrained/cnn-cifar10-teacher\)"
     with pytest.raises(FileNotFoundError, match=refusal + r".*Pass --teacher_model_name_or_path"):
         recipe.main(["--output_dir", str(tmp_path / "run"), "--report_to", "none"])
     assert not (tmp_path / "run").exists()

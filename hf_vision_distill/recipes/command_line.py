@@ -27,15 +27,15 @@ from ..profiling import cpu_flags
 logger = logging.getLogger(__name__)
 
 # What a clone of the project's repository holds beside the package and a wheel does not (too large to ship): the
-# CIFAR-10 sample in data/, every recipe's default dataset so each runs with no download, and the ViT teacher in
+# CIFAR-10 sample in data/, every recipe's default dataset so each runs with no download, and the CNN teacher in
 # pretrained/ that examples/distill.py distils by default (its README.md says how it was made). A recipe whose
 # argument is still one of these and finds it missing stops before any work (`check_shipped_defaults`).
 REPOSITORY = Path(__file__).resolve().parents[2]
 SHIPPED_SAMPLE = str(REPOSITORY / "data" / "cifar10-sample")
-SHIPPED_TEACHER = str(REPOSITORY / "pretrained" / "vit-cifar-teacher")
+SHIPPED_TEACHER = str(REPOSITORY / "pretrained" / "cnn-cifar10-teacher")
 SHIPPED_DEFAULTS = {
     SHIPPED_SAMPLE: ("the CIFAR-10 sample", "data/cifar10-sample", "a Hub dataset id or a local dataset folder"),
-    SHIPPED_TEACHER: ("the CIFAR ViT teacher", "pretrained/vit-cifar-teacher", "a Hub model id or a model folder"),
+    SHIPPED_TEACHER: ("the CNN teacher", "pretrained/cnn-cifar10-teacher", "a Hub model id or a model folder"),
 }
 
 
