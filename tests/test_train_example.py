@@ -225,6 +225,21 @@ def test_asks_for_reads_a_flag_as_the_parser_does(argv):
     assert recipes.asks_for(argv, "fp16") is args.fp16
 
 
+@pytest.mark.parametrize("argv", [["--use-cpu"], ["--use-cpu=false"], ["--use_cpu", "--use-cpu", "no"],
+                                  ["--use-cpu", "f", "--use_cpu"]])  # fmt: skip
+def test_asks_for_reads_the_dashed_spelling_too(argv):
+    """HfArgumentParser takes `--use-cpu` for `use_cpu`: so must the reading made before parsing."""
+    (args,) = parse_arguments((TrainingArguments,), {"output_dir": "unused"}, argv)
+    assert recipes.asks_for(argv, "use_cpu") is args.use_cpu and recipes.user_gave(argv, "use_cpu")
+
+
+def test_a_config_file_that_is_no_mapping_is_refused_by_name(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("- fp16\n- bf16\n")
+    with pytest.raises(ValueError, match="must map argument names to values"):
+        recipes.asks_for([str(config)], "fp16")
+
+
 def test_a_config_files_null_is_not_a_given_value(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("fp16: null\nbf16: true\noutput_dir: unused\n")

@@ -73,28 +73,22 @@ def resolve_precision_defaults(defaults: dict[str, Any], user_fp16: bool) -> dic
     return resolved
 
 
-def _config_file(argv: list[str]) -> dict | None:
-    """The settings of a command line that is a single YAML/JSON file (as `parse_arguments` reads it), else None."""
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        import yaml
-
-        with open(argv[0]) as file:
-            return yaml.safe_load(file) or {}
-    return None
-
-
-def _given_values(argv: list[str] | None, name: str) -> list[Any]:
-    """The values the command line (or its single YAML/JSON file) gives the argument `name`, in order; a flag with no
-    value (`--flag` before another flag or at the end) gives True. A file's `name: null` gives nothing."""
+def _given_values(argv: list[str] | None, name: str) -> list[str | bool]:
+    """The values the command line (or its single YAML/JSON file, read as `parse_arguments` reads it) gives the
+    argument `name` under either of the parser's spellings (`--name`, `--name-with-dashes`), in order; a flag with no
+    value (before another flag or at the end) gives True. A file's `name: null` gives nothing."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    config = _config_file(argv)
-    if config is not None:
-        return [] if config.get(name) is None else [config[name]]
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = _file_arguments(argv[0])
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
     values = []
     for position, argument in enumerate(argv):
-        if argument.startswith(f"--{name}="):
-            values.append(argument.split("=", 1)[1])
-        elif argument == f"--{name}":
+        flag, equals, value = argument.partition("=")
+        if flag not in spellings:
+            continue
+        if equals:
+            values.append(value)
+        else:
             following = argv[position + 1] if position + 1 < len(argv) else "--"
             values.append(True if following.startswith("--") else following)
     return values
@@ -114,7 +108,7 @@ def asks_for(argv: list[str] | None, flag: str) -> bool:
     if not values:
         return False
     try:
-        return string_to_bool(values[-1] if isinstance(values[-1], bool) else str(values[-1]))
+        return string_to_bool(values[-1])
     except argparse.ArgumentTypeError:
         return False
 
