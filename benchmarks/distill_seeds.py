@@ -9,8 +9,8 @@ of the issue's goal (gain > 2 x the combined standard deviation, sqrt(sd_distill
 times. Arguments after `--` go to distill.py unchanged:
 
     python benchmarks/distill_seeds.py --name kd --seeds 0 1 2 -- \\
-        --teacher_model_name_or_path pretrained/cnn-cifar10-teacher --dataset_name ../shared/datasets/cifar10 \\
-        --num_train_epochs 3 --bf16 --use_cpu
+        --teacher_model_name_or_path pretrained/cnn-cifar10-teacher --temperature 4 --feature_loss_weight 0 \\
+        --dataset_name ../shared/datasets/cifar10 --num_train_epochs 3 --bf16 --use_cpu
     # the next row reuses that row's baselines (same seeds and arguments but for the loss and teacher flags)
     python benchmarks/distill_seeds.py --name dkd --baseline_from kd --seeds 0 1 2 -- ... --soft_loss_type dkd
 
@@ -26,6 +26,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +37,7 @@ from hf_vision_distill.data import load_image_classification_dataset
 from hf_vision_distill.distillation import DistillationConfig
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import RunArguments, parse_arguments
-from hf_vision_distill.recipes.output_folder import RUN_ARGUMENTS_NAME, arguments_record, free_to_change
+from hf_vision_distill.recipes.output_folder import RUN_ARGUMENTS_NAME, arguments_record
 from hf_vision_distill.tensor_data import DeviceImageTransform, decode_images, predict_decoded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,18 +71,33 @@ def run_seed(seed: int, output: Path, distill_args: list[str], baseline: bool = 
     return json.loads(summary_path.read_text())
 
 
+_RECIPE_LOCK = threading.Lock()  # seeds check their runs from several threads (--parallel)
+
+
 def distill_recipe():
-    """examples/distill.py as a module (its argument dataclasses, defaults and `recipe_defaults`)."""
-    if "distill_recipe" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("distill_recipe", REPO_ROOT / "examples" / "distill.py")
-        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules["distill_recipe"]
+    """examples/distill.py as a module (its argument dataclasses, defaults and `recipe_defaults`), loaded once."""
+    with _RECIPE_LOCK:  # a module is in sys.modules before it has run: another thread would see it half loaded
+        if "distill_recipe" not in sys.modules:
+            spec = importlib.util.spec_from_file_location("distill_recipe", REPO_ROOT / "examples" / "distill.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # its dataclasses look their module up as it runs
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[spec.name]
+                raise
+        return sys.modules["distill_recipe"]
 
 
-# What a run records that may differ between runs of one row: where it writes and logs (recipes' FREE_TO_CHANGE),
-# but not the precision, which changes the figures.
-PRECISION = {"bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval", "use_cpu"}
+# What a run records that may differ between the runs of one row: where it writes, logs and reports. Everything
+# else (precision, pipeline, validation size, what is saved, ...) can change the figures, so it must match.
+MAY_DIFFER = ("output_dir", "overwrite_output_dir", "logging_", "log_", "report_to", "run_name", "project",
+              "trackio_", "push_to_hub", "hub_", "num_overlay_images", "disable_tqdm", "per_device_eval_batch_size",
+              "eval_accumulation_steps", "local_rank", "include_")  # fmt: skip
+
+
+def may_differ(name: str) -> bool:
+    return any(name.startswith(free) if free.endswith("_") else name == free for free in MAY_DIFFER)
 
 
 def resolved_arguments(distill_args: list[str], seed: int) -> dict:
@@ -94,11 +110,11 @@ def resolved_arguments(distill_args: list[str], seed: int) -> dict:
 
 
 def comparable(record: dict) -> dict:
-    """A run's recorded arguments less those free to differ within a row, values naming existing files or folders
-    (relative to the repository, where distill.py runs) made absolute: `data/x` and `/abs/repo/data/x` are the same
-    dataset."""
+    """A run's recorded arguments less those free to differ within a row (MAY_DIFFER), values naming existing files
+    or folders (relative to the repository, where distill.py runs) made absolute: `data/x` and `/abs/repo/data/x` are
+    the same dataset."""
     return {name: with_paths_resolved([value])[0] if isinstance(value, str) else value
-            for name, value in record.items() if name in PRECISION or not free_to_change(name)}  # fmt: skip
+            for name, value in record.items() if not may_differ(name)}  # fmt: skip
 
 
 def argument_changes(run: Path, distill_args: list[str], seed: int, ignored: set[str]) -> dict | str:
@@ -166,8 +182,11 @@ def last_checkpoint(run: Path) -> Path:
 
 
 def test_accuracy(model_path: Path, test, device: str | None = None) -> float:
-    """The saved model's accuracy on the decoded `test` images, in float32 (`score_row` turns TF32 off), on `device`
+    """The saved model's accuracy on the decoded `test` images, in float32, on `device`
     (default: CUDA if there)."""
+    # float32, not TF32, on CUDA: parsing TrainingArguments in this process (`resolved_arguments`) may have set TF32
+    # globally, which the old allow_tf32 flags no longer override.
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
     loaded = load_image_classifier(str(model_path), id2label=None)
     loaded.model.float().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     transform = DeviceImageTransform(
@@ -202,7 +221,6 @@ def score_row(
     root = root or SEEDS_ROOT
     output = root / name
     shared = root / baseline_from if baseline_from else None
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32, not TF32, on CUDA
     resolved = with_paths_resolved(distill_args)  # as distill.py, which runs in the repository, read them
     dataset_name = resolved[resolved.index("--dataset_name") + 1]
     test = decode_images(load_image_classification_dataset(dataset_name).dataset["test"], source_split="test")

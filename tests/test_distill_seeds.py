@@ -1,8 +1,11 @@
 """benchmarks/distill_seeds.py's checks that a finished run, or another row's baselines, may be reused."""
 
+import importlib.machinery
 import importlib.util
 import json
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,34 @@ def test_a_run_made_under_other_defaults_is_not_reused(tmp_path, distill_seeds, 
     monkeypatch.setattr(distill_seeds.subprocess, "run", lambda *args, **kwargs: pytest.fail("ran distill.py"))
     with pytest.raises(SystemExit, match="other arguments.*temperature.*7.0"):
         distill_seeds.run_seed(0, run, ["--dataset_name", "data/cifar10-sample"])
+
+
+def test_a_run_with_another_validation_size_is_not_reused(tmp_path, distill_seeds, monkeypatch):
+    """--max_eval_samples may change when a run resumes (recipes' FREE_TO_CHANGE), but it picks the best checkpoint:
+    a seed made with another is not this row's."""
+    sample = ["--dataset_name", "data/cifar10-sample"]
+    run = finished_row(tmp_path, distill_seeds, [*sample, "--max_eval_samples", "100"]) / "seed0"
+    monkeypatch.setattr(distill_seeds.subprocess, "run", lambda *args, **kwargs: pytest.fail("ran distill.py"))
+    with pytest.raises(SystemExit, match="other arguments.*max_eval_samples"):
+        distill_seeds.run_seed(0, run, sample)
+
+
+def test_the_recipe_loads_once_for_threads_asking_together(distill_seeds, monkeypatch):
+    """Seeds check their runs from several threads (--parallel): none may see distill.py half loaded."""
+    monkeypatch.delitem(sys.modules, "distill_recipe", raising=False)
+    run_module = importlib.machinery.SourceFileLoader.exec_module
+
+    def slow_to_run(loader, module):  # as in a fresh process, where its imports take seconds
+        time.sleep(0.5)
+        run_module(loader, module)
+
+    monkeypatch.setattr(importlib.machinery.SourceFileLoader, "exec_module", slow_to_run)
+
+    def load(order):  # each thread asks while the first is still running the module
+        time.sleep(0.1 * order)
+        module = distill_seeds.distill_recipe()
+        return module, hasattr(module, "ARGUMENTS")  # complete when handed out
+
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(load, range(4)))
+    assert all(module is loaded[0][0] and complete for module, complete in loaded)
