@@ -72,8 +72,8 @@ from training_throughput import (
 
 # CIFAR-10 copied beside the checkout by prepare_gpu_carry.sh, so it travels to the GPU machine with the call.
 DEVICE_DATA_CIFAR10 = REPO / ".device_data" / "cifar10"
-# README.md's figures for `make demo` (10 epochs on the shipped sample, float32 on 2 CPU cores; the students' are
-# means over seeds, best checkpoint).
+# `make demo` on 2 CPU cores (10 epochs on the shipped sample): the teacher's test accuracy and the students' means
+# over 5 seeds at their best checkpoint, in float32 (benchmarks/RESULTS.md; README.md quotes them).
 README_CPU_ACCURACY = {"teacher": 0.912, "distilled student": 0.588, "baseline student": 0.567}
 # The ViT -> CNN recipe (the shipped ViT teacher, its attention, soft labels at T 4): fp16 overflows in attention
 # first, so fp16_teacher runs it rather than the main job's CNN teacher.

@@ -11,7 +11,7 @@
     python examples/finetune.py --model_path outputs/hybrid-stage1 --dataset_name uoft-cs/cifar10
     # ... or with logit distillation from the CNN as well
     python examples/distill.py --model_name_or_path outputs/hybrid-stage1 \
-        --teacher_model_name_or_path outputs/resnet18 --attention_loss_weight 0
+        --teacher_model_name_or_path outputs/resnet18 --feature_loss_weight 0 --temperature 4
 
 The teacher is any ResNet-18-style CNN `load_image_classifier` loads (ours, a timm `resnet18` and its CIFAR
 variants, transformers' `microsoft/resnet-18`) with a head for the dataset's labels. Its stem, shortcuts, norms,

@@ -1,5 +1,5 @@
 """What the package ships and what it finds: the wheel built from this tree, installed where the source tree is not,
-renders a model card and runs a recipe; the repository's defaults (the CIFAR-10 sample, the ViT teacher) are found
+renders a model card and runs a recipe; the repository's defaults (the CIFAR-10 sample, the CNN teacher) are found
 from a checkout or refused with the flag to pass; the recipes' card replaces the Trainer's by an explicit setting."""
 
 import json
