@@ -37,7 +37,7 @@ from hf_vision_distill.data import load_image_classification_dataset
 from hf_vision_distill.distillation import DistillationConfig
 from hf_vision_distill.models import load_image_classifier
 from hf_vision_distill.recipes import RunArguments, parse_arguments
-from hf_vision_distill.recipes.output_folder import RUN_ARGUMENTS_NAME, arguments_record
+from hf_vision_distill.recipes.output_folder import RUN_ARGUMENTS_NAME, arguments_record, named_in
 from hf_vision_distill.tensor_data import DeviceImageTransform, decode_images, predict_decoded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,15 +89,12 @@ def distill_recipe():
         return sys.modules["distill_recipe"]
 
 
-# What a run records that may differ between the runs of one row: where it writes, logs and reports. Everything
-# else (precision, pipeline, validation size, what is saved, ...) can change the figures, so it must match.
+# What a run records that may differ between the runs of one row (names, or prefixes ending in "_"): where it
+# writes, logs and reports. Everything else (precision, pipeline, validation size, what is saved, ...) can change the
+# figures, so it must match.
 MAY_DIFFER = ("output_dir", "overwrite_output_dir", "logging_", "log_", "report_to", "run_name", "project",
               "trackio_", "push_to_hub", "hub_", "num_overlay_images", "disable_tqdm", "per_device_eval_batch_size",
               "eval_accumulation_steps", "local_rank", "include_")  # fmt: skip
-
-
-def may_differ(name: str) -> bool:
-    return any(name.startswith(free) if free.endswith("_") else name == free for free in MAY_DIFFER)
 
 
 def resolved_arguments(distill_args: list[str], seed: int) -> dict:
@@ -114,7 +111,7 @@ def comparable(record: dict) -> dict:
     or folders (relative to the repository, where distill.py runs) made absolute: `data/x` and `/abs/repo/data/x` are
     the same dataset."""
     return {name: with_paths_resolved([value])[0] if isinstance(value, str) else value
-            for name, value in record.items() if not may_differ(name)}  # fmt: skip
+            for name, value in record.items() if not named_in(name, MAY_DIFFER)}  # fmt: skip
 
 
 def argument_changes(run: Path, distill_args: list[str], seed: int, ignored: set[str]) -> dict | str:

@@ -76,8 +76,9 @@ def arguments_record(groups: tuple) -> dict[str, Any]:
     return json.loads(json.dumps(record, default=str))
 
 
-def free_to_change(name: str) -> bool:
-    return any(name.startswith(free) if free.endswith("_") else name == free for free in FREE_TO_CHANGE)
+def named_in(name: str, names: tuple[str, ...]) -> bool:
+    """Whether the argument `name` is one of `names`: names, or prefixes ending in "_" (as FREE_TO_CHANGE)."""
+    return any(name.startswith(each) if each.endswith("_") else name == each for each in names)
 
 
 def prepare_output_dir(
@@ -131,7 +132,7 @@ def prepare_output_dir(
         return folder(checkpoint=checkpoint)
     previous = json.loads(record_path.read_text(encoding="utf-8"))
     changed = {name: (previous.get(name), value) for name, value in record.items()
-               if previous.get(name) != value and not free_to_change(name)}  # fmt: skip
+               if previous.get(name) != value and not named_in(name, FREE_TO_CHANGE)}  # fmt: skip
     budget = {name: change for name, change in changed.items() if name in BUDGET_ARGUMENTS}
     others = {name: change for name, change in changed.items() if name not in BUDGET_ARGUMENTS}
     if others:
