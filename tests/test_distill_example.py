@@ -230,8 +230,9 @@ def test_a_cnn_teacher_turns_the_default_attention_term_off(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_two_teachers_each_evaluated_and_distilled_together(tmp_path):
-    """--extra_teachers: a CNN teacher at another input (48 pixels, its own statistics) beside the shipped one; each
-    gets its row in the summary, and the student learns from their average."""
+    """--extra_teachers: a CNN teacher at another input (48 pixels, its own statistics) beside the shipped ViT (the
+    ViT -> CNN recipe, its attention term from the first teacher); each gets its row in the summary, and the student
+    learns from their average."""
     torch.manual_seed(0)
     id2label = dict(enumerate(CIFAR_NAMES))
     cnn = load_image_classifier("compact-cnn", id2label=id2label, image_size=48,
@@ -239,7 +240,8 @@ def test_two_teachers_each_evaluated_and_distilled_together(tmp_path):
     cnn.model.save_pretrained(tmp_path / "cnn-teacher")
     InputSpecification(48, (0.5,) * 3, (0.5,) * 3).image_processor().save_pretrained(tmp_path / "cnn-teacher")
     summary = load_recipe().main([
-        "--extra_teachers", str(tmp_path / "cnn-teacher"), "--teacher_weights", "3", "1",
+        "--teacher_model_name_or_path", str(REPO / "pretrained" / "vit-cifar-teacher"), "--temperature", "4",
+        "--feature_loss_weight", "0", "--extra_teachers", str(tmp_path / "cnn-teacher"), "--teacher_weights", "3", "1",
         "--output_dir", str(tmp_path / "run"), "--config_overrides", TINY_STUDENT, "--max_train_samples", "32",
         "--max_eval_samples", "16", "--num_train_epochs", "1", "--per_device_train_batch_size", "16",
         "--report_to", "none",
@@ -248,6 +250,7 @@ def test_two_teachers_each_evaluated_and_distilled_together(tmp_path):
     assert names[0].startswith("teacher (") and names[1] == f"teacher ({tmp_path / 'cnn-teacher'})"
     assert names[2].startswith("distilled student") and "test_agreement" in summary["models"][2]
     assert summary["settings"]["teacher_weights"] == [3.0, 1.0]
+    assert summary["settings"]["attention_loss_weight"] == 0.1  # the recipe's default, kept for the ViT teacher
     card = (tmp_path / "run" / "README.md").read_text()
     assert str(tmp_path / "cnn-teacher") in card
 
