@@ -233,6 +233,15 @@ def test_asks_for_reads_the_dashed_spelling_too(argv):
     assert recipes.asks_for(argv, "use_cpu") is args.use_cpu and recipes.user_gave(argv, "use_cpu")
 
 
+def test_user_gave_reads_an_alias_too():
+    """--model_path is the parser's other spelling of --model_name_or_path: a default that yields to the user's
+    value must yield to it under either name."""
+    argv = ["--model_path", "resnet18", "--output_dir", "unused"]
+    (model_args, _) = parse_arguments((ModelArguments, TrainingArguments), {}, argv)
+    assert model_args.model_name_or_path == "resnet18" and recipes.user_gave(argv, "model_name_or_path")
+    assert not recipes.user_gave(["--output_dir", "unused"], "model_name_or_path")
+
+
 def test_a_config_file_that_is_no_mapping_is_refused_by_name(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("- fp16\n- bf16\n")

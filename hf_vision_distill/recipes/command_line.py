@@ -75,12 +75,12 @@ def resolve_precision_defaults(defaults: dict[str, Any], user_fp16: bool) -> dic
 
 def _given_values(argv: list[str] | None, name: str) -> list[str | bool]:
     """The values the command line (or its single YAML/JSON file, read as `parse_arguments` reads it) gives the
-    argument `name` under either of the parser's spellings (`--name`, `--name-with-dashes`), in order; a flag with no
-    value (before another flag or at the end) gives True. A file's `name: null` gives nothing."""
+    argument `name` under any of the parser's spellings (`--name`, `--name-with-dashes`, an alias), in order; a
+    flag with no value (before another flag or at the end) gives True. A file's `name: null` gives nothing."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _file_arguments(argv[0])
-    spellings = {f"--{name}", f"--{name.replace('_', '-')}"}
+    spellings = {f"--{name}", f"--{name.replace('_', '-')}", *_aliases().get(name, ())}
     values = []
     for position, argument in enumerate(argv):
         flag, equals, value = argument.partition("=")
@@ -92,6 +92,16 @@ def _given_values(argv: list[str] | None, name: str) -> list[str | bool]:
             following = argv[position + 1] if position + 1 < len(argv) else "--"
             values.append(True if following.startswith("--") else following)
     return values
+
+
+def _aliases() -> dict[str, list[str]]:
+    """The other spellings (`"aliases"` in a field's metadata, such as --model_path) of this module's arguments."""
+    return {
+        spec.name: spec.metadata["aliases"]
+        for kind in (ModelArguments, DataArguments, RunArguments)
+        for spec in dataclasses.fields(kind)
+        if "aliases" in spec.metadata
+    }
 
 
 def user_gave(argv: list[str] | None, name: str) -> bool:
