@@ -181,6 +181,8 @@ def build_model_card(
         repo_id=repo_id,
         results_table=markdown_table(result_rows, result_columns),
         comparison_table=comparison_table,
+        # a distillation run with --baseline: the distilled and the baseline student, trained on the same budget
+        students_compared=sum("student" in str(row.get("model", "")) for row in comparison or []) > 1,
         teacher_name=teacher_name,
         teacher_parameters=f"{teacher_parameters:,}" if teacher_parameters else None,
         distillation_table=_settings_table(distillation_settings) if distillation_settings else None,

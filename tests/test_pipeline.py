@@ -71,6 +71,24 @@ def test_the_loader_gives_the_checkpoint_specification_and_the_card_shows_it(tmp
     assert "32x32 RGB (resized nearest), normalised with mean [0.5, 0.5, 0.5] and std [0.25, 0.25, 0.25]" in card.text
 
 
+@pytest.mark.parametrize("with_baseline", [False, True])
+def test_the_card_claims_a_same_budget_comparison_only_with_a_baseline(with_baseline):
+    """A distillation run without --baseline has one student beside its teacher: its card's side-by-side table must
+    not speak of two students."""
+    loaded = load_image_classifier("compact-cnn", id2label={0: "cat", 1: "dog"},
+                                   config_overrides={"hidden_sizes": [4, 8, 8]})  # fmt: skip
+    rows = [{"model": "teacher (t)", "parameters": 9, "test_accuracy": 0.9, "test_f1_macro": 0.9},
+            {"model": "distilled student (s)", "parameters": 5, "test_accuracy": 0.8, "test_f1_macro": 0.8}]
+    if with_baseline:
+        rows.append({"model": "baseline student (s, labels only)", "parameters": 5, "test_accuracy": 0.7,
+                     "test_f1_macro": 0.7})  # fmt: skip
+    card = build_model_card(loaded.model, repo_id="user/cnn", dataset_name="user/pets", recipe="(test)",
+                            results={}, hyperparameters={}, input_specification=loaded.input_specification,
+                            comparison=rows)  # fmt: skip
+    assert "Side by side, from the same run (same data" in card.text
+    assert ("same training budget for the two students" in card.text) is with_baseline
+
+
 def test_the_teacher_input_is_resized_with_the_teacher_interpolation():
     student = InputSpecification(16, (0.5,) * 3, (0.25,) * 3)
     teacher = InputSpecification(32, (0.0,) * 3, (1.0,) * 3, "bicubic")
