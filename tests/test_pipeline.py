@@ -77,8 +77,10 @@ def test_the_card_claims_a_same_budget_comparison_only_with_a_baseline(with_base
     not speak of two students."""
     loaded = load_image_classifier("compact-cnn", id2label={0: "cat", 1: "dog"},
                                    config_overrides={"hidden_sizes": [4, 8, 8]})  # fmt: skip
-    rows = [{"model": "teacher (t)", "parameters": 9, "test_accuracy": 0.9, "test_f1_macro": 0.9},
-            {"model": "distilled student (s)", "parameters": 5, "test_accuracy": 0.8, "test_f1_macro": 0.8}]
+    rows = [
+        {"model": "teacher (t)", "parameters": 9, "test_accuracy": 0.9, "test_f1_macro": 0.9},
+        {"model": "distilled student (s)", "parameters": 5, "test_accuracy": 0.8, "test_f1_macro": 0.8},
+    ]
     if with_baseline:
         rows.append({"model": "baseline student (s, labels only)", "parameters": 5, "test_accuracy": 0.7,
                      "test_f1_macro": 0.7})  # fmt: skip
