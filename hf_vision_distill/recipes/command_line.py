@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
@@ -94,6 +95,7 @@ def _given_values(argv: list[str] | None, name: str) -> list[str | bool]:
     return values
 
 
+@functools.cache
 def _aliases() -> dict[str, list[str]]:
     """The other spellings (`"aliases"` in a field's metadata, such as --model_path) of this module's arguments."""
     return {
