@@ -425,6 +425,7 @@ def replay_teacher_views(teacher: Teacher, inputs, teacher_args, args: Distillat
         cache = cache_teacher_views(
             teacher, inputs.train_dataset.decoded, collator, num_views=teacher_args.offline_teacher_views,
             top_k=teacher_args.offline_teacher_top_k, batch_size=args.per_device_eval_batch_size,
+            progress=not args.disable_tqdm,
         )  # fmt: skip
     return TeacherViewDataset(inputs.train_dataset.decoded, cache, seed=collator.seed), collator.with_replayed_views()
 

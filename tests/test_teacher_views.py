@@ -144,6 +144,15 @@ def count_forward_calls(module: torch.nn.Module) -> list:
     return calls
 
 
+def test_computing_the_cache_shows_progress_unless_told_not_to(tmp_path, capsys):
+    decoded, transform, teacher = decoded_images(), train_transform("pad"), tiny_vit(1)
+    cache_teacher_views(teacher, decoded, transform, num_views=2, top_k=3, batch_size=8, cache_dir=tmp_path / "a")
+    assert "Teacher on 2 views" in capsys.readouterr().err
+    cache_teacher_views(teacher, decoded, transform, num_views=2, top_k=3, batch_size=8, cache_dir=tmp_path / "b",
+                        progress=False)  # fmt: skip
+    assert "Teacher on" not in capsys.readouterr().err
+
+
 def test_the_cache_is_reused_and_recomputed_when_its_inputs_change(tmp_path):
     decoded, transform, teacher = decoded_images(), train_transform("pad"), tiny_vit(1)
     calls = count_forward_calls(teacher)

@@ -52,6 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from ..data import ROW_INDEX_COLUMN, ImageClassificationCollator, with_image_transform
@@ -329,6 +330,7 @@ def cache_teacher_views(
     seed: int | None = None,
     batch_size: int = 256,
     cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> TeacherViewCache:
     """The teacher's top-k logits on `num_views` augmented views of every training image, with each view's box and
     flip, or the cache file a previous run wrote for the same inputs (`teacher_views_key`).
@@ -350,6 +352,8 @@ def cache_teacher_views(
         seed (`int`, *optional*): the seed of the views' draws; defaults to `transform.seed`.
         batch_size (`int`): images per teacher forward pass (each of its views in turn).
         cache_dir (`str`, *optional*): folder of the cache files; defaults to `<HF_DATASETS_CACHE>/hf_vision_distill`.
+        progress (`bool`): show a progress bar over the teacher's batches (the cache can take as long as K epochs of
+            the live teacher).
 
     Returns:
         `TeacherViewCache`, rows in the order of `decoded`.
@@ -385,7 +389,10 @@ def cache_teacher_views(
     device = transform.device
     top_logits, top_indices, tail_logits = [], [], []
     num_labels = None
-    for start in range(0, rows, batch_size):
+    logger.info("Running the teacher on %d views of %d images (once; later runs with the same teacher, images and "
+                "view settings load the file %s)", num_views, rows, path)  # fmt: skip
+    batches = range(0, rows, batch_size)
+    for start in tqdm(batches, desc=f"Teacher on {num_views} views", unit="batch", disable=not progress):
         chunk = slice(start, start + batch_size)
         images = decoded.images[chunk].to(device).float()
         per_view = []
