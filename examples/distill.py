@@ -31,6 +31,7 @@ and plots (folders starting with "_" stay local).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_cache = None
     views = teacher_args.offline_teacher_views
     if args.offline_teacher:
+        teacher.place(args.device, run_autocast(args))  # cached under --bf16/--fp16 as the live teacher would run
         teacher_cache = cache_teacher(teacher, data, data_args, student, args, output_dir, training_split=not views)
     inputs = recipe.prepare_inputs(student, extra_columns=teacher_cache, changes=changes)
     args = recipe.training_args
@@ -338,6 +340,14 @@ def fit_attention_to_teacher(args: DistillationConfig, teacher, argv: list[str] 
     reason = (f"the teacher ({type(teacher.model).__name__}) gives no attention maps: attention distillation is off; "
               "the student learns from the labels and the teacher's other outputs")  # fmt: skip
     return {"attention_loss_weight": (0.0, reason)}
+
+
+def run_autocast(args: TrainingArguments):
+    """The autocast the Trainer's accelerator runs forwards under with these arguments (--bf16, --fp16), for the
+    teacher's work before the Trainer exists: its cached logits. None in full precision."""
+    if not (args.bf16 or args.fp16):
+        return None
+    return functools.partial(torch.autocast, args.device.type, dtype=torch.bfloat16 if args.bf16 else torch.float16)
 
 
 def cache_teacher(

@@ -1,6 +1,7 @@
 """The offline teacher with augmentation: the teacher's top-k logits on K cached views of every training image, each
 view replayed pixel for pixel in training, one per row and epoch."""
 
+import functools
 import json
 import math
 import types
@@ -153,6 +154,9 @@ def test_computing_the_cache_shows_progress_unless_told_not_to(tmp_path, capsys)
     assert "Teacher on" not in capsys.readouterr().err
 
 
+BF16_AUTOCAST = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+
+
 def test_the_cache_is_reused_and_recomputed_when_its_inputs_change(tmp_path):
     decoded, transform, teacher = decoded_images(), train_transform("pad"), tiny_vit(1)
     calls = count_forward_calls(teacher)
@@ -179,9 +183,11 @@ def test_the_cache_is_reused_and_recomputed_when_its_inputs_change(tmp_path):
         (teacher, other_pixels, transform, {}),
         (teacher, decoded, train_transform("pad", horizontal_flip=False), {}),
         (teacher, decoded, train_transform("random_resized"), {}),
+        # The same weights run under bf16 autocast give other logits.
+        (Teacher(teacher).place("cpu", BF16_AUTOCAST), decoded, transform, {}),
     ]
     for number, (changed_teacher, changed_decoded, changed_transform, changed_settings) in enumerate(changes, 2):
-        computed = count_forward_calls(changed_teacher)
+        computed = count_forward_calls(getattr(changed_teacher, "model", changed_teacher))
         cache_teacher_views(changed_teacher, changed_decoded, changed_transform, **{**settings, **changed_settings})
         assert len(files()) == number and computed, changed_settings
     assert teacher_views_cache_path("key", tmp_path).parent == tmp_path / "teacher_views"
@@ -352,6 +358,31 @@ def test_distill_recipe_replays_cached_views(tmp_path, teacher_dir, monkeypatch)
     assert len(cache) == 32 and cache.num_views == 2 and cache.top_k == 3
     assert not (tmp_path / "views" / "_teacher_cache" / "train").exists()
     assert (tmp_path / "views" / "_teacher_cache" / "test").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("views", ["0", "2"])
+def test_distill_recipe_caches_the_teacher_under_the_runs_autocast(tmp_path, teacher_dir, monkeypatch, views):
+    # A --bf16 run's cached teacher computes as its live teacher would: under bf16 autocast (it ran in float32).
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    recipe, seen = load_example("distill"), []
+
+    def recording(cache_function):
+        def cache(teacher, *args, **kwargs):
+            teacher.model.register_forward_hook(
+                lambda *_: seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+            )
+            return cache_function(teacher, *args, **kwargs)
+
+        return cache
+
+    for name in ("cache_teacher_logits", "cache_teacher_views"):
+        monkeypatch.setattr(recipe, name, recording(getattr(recipe, name)))
+    arguments = recipe_arguments(teacher_dir, tmp_path / "bf16") + ["--bf16", "--use_cpu", "--num_train_epochs", "1"]
+    views_arguments = (["--offline_teacher_views", views, "--input_pipeline", "tensors"] if views != "0"
+                       else ["--crop", "none", "--horizontal_flip", "false"])  # fmt: skip
+    recipe.main(arguments + views_arguments)
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen), seen
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,16 @@ class Teacher:
         parameter = next(self.model.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype its forward computes in: its autocast's (from `place`) when that is on for its device, else its
+        weights' dtype. Part of what its outputs depend on (a cache of them is keyed by it)."""
+        device_type = self.device.type
+        with self._autocast():
+            if torch.is_autocast_enabled(device_type):
+                return torch.get_autocast_dtype(device_type)
+        return self.dtype
+
     def inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The student's batch as its input: on its device, through the input transform, in its weights' dtype."""
         parameter = next(self.model.parameters(), None)

@@ -281,10 +281,10 @@ def teacher_views_key(
     top_k: int,
     seed: int,
 ) -> str:
-    """The cache key of `cache_teacher_views`: a digest of the teacher's class, weights and input transform, the
-    decoded images and their row indices, the view geometry (crop mode and padding, flip, size, interpolation,
-    normalisation), the number of views, `top_k` and the seed that draws the views. Any change computes a new
-    cache."""
+    """The cache key of `cache_teacher_views`: a digest of the teacher's class, weights, input transform and compute
+    dtype (`Teacher.compute_dtype`: its autocast's, if any), the decoded images and their row indices, the view
+    geometry (crop mode and padding, flip, size, interpolation, normalisation), the number of views, `top_k` and the
+    seed that draws the views. Any change computes a new cache."""
     teacher = _as_teacher(teacher)
     model = teacher.model
     digest = hashlib.sha256()
@@ -298,6 +298,7 @@ def teacher_views_key(
         "scale": transform.scale.flatten().tolist(),
         "shift": transform.shift.flatten().tolist(),
         "teacher_input_transform": repr(teacher.input_transform),
+        "teacher_compute_dtype": str(teacher.compute_dtype),  # a bf16-autocast teacher's logits are not float32's
         "num_views": num_views,
         "top_k": top_k,
         "seed": seed,
